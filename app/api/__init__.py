@@ -1,0 +1,1 @@
+"""HTTP only: blueprints that validate input, call a service and shape the output."""

@@ -1,0 +1,142 @@
+"""The OpenAPI document, built from the routes the app really has.
+
+Each view carries an `Operation` (set by `@operation`); the document is assembled from the URL
+map, so a route cannot exist without being described, and the schemas come from the same
+pydantic models the views validate with.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask
+from pydantic import BaseModel
+
+from app.schemas.errors import ErrorResponse
+from app.version import VERSION
+
+# A response is a model (JSON), a media type string (opaque body), or None (no body).
+ResponseSpec = tuple[str, type[BaseModel] | str | None]
+
+# Flask converters -> OpenAPI parameter schemas.
+_CONVERTERS = {"int": {"type": "integer"}, "string": {"type": "string"}, "path": {"type": "string"}}
+_RULE_ARG = re.compile(r"<(?:(\w+):)?(\w+)>")
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request.",
+    401: "Missing, malformed or expired token.",
+    403: "X-Tenant-ID does not match the token.",
+    404: "No such resource in this tenant.",
+    409: "Conflicts with the resource's state.",
+    413: "Request body too large.",
+    415: "Request body is not JSON.",
+    422: "Validation failed; `details` names the fields.",
+    429: "Rate limit exceeded; see Retry-After.",
+    503: "A dependency (PostgreSQL, Redis) is unavailable.",
+}
+
+
+@dataclass
+class Operation:
+    summary: str
+    tags: tuple[str, ...] = ()
+    request: type[BaseModel] | None = None
+    responses: dict[int, ResponseSpec] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    auth: bool = True
+
+
+def operation(
+    summary: str,
+    *,
+    tags: tuple[str, ...] = (),
+    request: type[BaseModel] | None = None,
+    responses: dict[int, ResponseSpec] | None = None,
+    errors: tuple[int, ...] = (),
+    auth: bool = True,
+) -> Callable:
+    """Describe a view for the OpenAPI document."""
+
+    def decorate(view: Callable) -> Callable:
+        view.openapi = Operation(summary, tags, request, responses or {}, errors, auth)  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every described route of `app`."""
+    components: dict[str, Any] = {}
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        spec: Operation | None = getattr(app.view_functions[rule.endpoint], "openapi", None)
+        if spec is None:
+            continue
+        path = _RULE_ARG.sub(r"{\2}", rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(rule, spec, components)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "emailservice", "version": VERSION},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
+
+
+def _operation(rule, spec: Operation, components: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "operationId": rule.endpoint.replace(".", "_"),
+        "summary": spec.summary,
+        "tags": list(spec.tags),
+        "responses": {},
+    }
+    parameters = [
+        {"name": name, "in": "path", "required": True,
+         "schema": _CONVERTERS.get(converter or "string", {"type": "string"})}
+        for converter, name in _RULE_ARG.findall(rule.rule)
+    ]
+    if parameters:
+        result["parameters"] = parameters
+    if spec.request is not None:
+        result["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _schema(spec.request, components)}},
+        }
+    for status, (description, body) in sorted(spec.responses.items()):
+        result["responses"][str(status)] = _response(description, body, components)
+    errors = set(spec.errors) | {503}
+    if spec.auth:
+        result["security"] = [{"bearer": []}]
+        errors |= {401, 403, 429}
+    if spec.request is not None:
+        errors |= {400, 413, 415, 422}
+    for status in sorted(errors):
+        result["responses"][str(status)] = _response(
+            ERROR_DESCRIPTIONS[status], ErrorResponse, components
+        )
+    return result
+
+
+def _response(description: str, body: type[BaseModel] | str | None, components) -> dict[str, Any]:
+    if body is None:
+        return {"description": description}
+    if isinstance(body, str):
+        schema = {"type": "object"} if body == "application/json" else {"type": "string"}
+        return {"description": description, "content": {body: {"schema": schema}}}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _schema(body, components)}},
+    }
+
+
+def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, definition in schema.pop("$defs", {}).items():
+        components[name] = definition
+    components[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}

@@ -1,0 +1,75 @@
+"""The engine, and sessions opened at the edge (request, job, CLI command) and passed down."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flask import Flask, current_app, g
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every model; its metadata is what Alembic compares against."""
+
+
+def make_engine(database_url: str, **kwargs) -> Engine:
+    """An engine that connects lazily, so the service starts while PostgreSQL is down."""
+    return create_engine(
+        database_url,
+        # A connection dropped by a PostgreSQL restart is detected and replaced, so the
+        # service recovers by itself.
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 3, "application_name": "emailservice"},
+        **kwargs,
+    )
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded objects usable after commit (views serialise after it)."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work for a job or a CLI command: commit on success, roll back on error."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def ping(engine: Engine) -> None:
+    """Raise unless PostgreSQL answers a trivial query."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def init_app(app: Flask, engine: Engine) -> None:
+    """Attach the engine; each request gets one session, closed when the request ends."""
+    app.extensions["db.engine"] = engine
+    app.extensions["db.sessionmaker"] = make_sessionmaker(engine)
+
+    @app.teardown_appcontext
+    def close_session(exc: BaseException | None) -> None:
+        session: Session | None = g.pop("db_session", None)
+        if session is not None:
+            # Views commit explicitly; close() rolls back whatever was left uncommitted.
+            session.close()
+
+
+def get_session() -> Session:
+    """The current request's session, opened on first use."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["db.sessionmaker"]()
+    return g.db_session
+
+
+def get_engine() -> Engine:
+    """The current app's engine."""
+    return current_app.extensions["db.engine"]

@@ -1,0 +1,28 @@
+"""Alembic environment: online migrations against the configured database."""
+from alembic import context
+from sqlalchemy import pool
+
+from app.db import Base, make_engine
+import app.models  # noqa: F401  (registers every model on Base.metadata)
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=Base.metadata,
+            compare_type=True,
+            # One transaction per migration, so a failure leaves the last good revision.
+            transaction_per_migration=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline (--sql) migrations are not supported")
+run_migrations_online()

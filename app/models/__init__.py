@@ -1,0 +1,1 @@
+"""SQLAlchemy models, one module per domain word; importing this registers them all."""

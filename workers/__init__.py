@@ -1,0 +1,1 @@
+"""RQ jobs, the worker process and the periodic scheduler."""
