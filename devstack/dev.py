@@ -36,14 +36,23 @@ PROCESSES = {
 }
 
 
-def dev_secrets(info: StackInfo) -> dict[str, str]:
-    """JWT_SECRET and ENCRYPTION_KEY for the dev stack: made once, then kept (tokens survive)."""
-    if "JWT_SECRET" in info.extra_env and "ENCRYPTION_KEY" in info.extra_env:
-        return {}
-    return {
-        "JWT_SECRET": secrets.token_urlsafe(48),
-        "ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-    }
+def dev_settings(info: StackInfo) -> dict[str, str]:
+    """Settings the dev stack adds to its env file: secrets made once, then kept (tokens
+    survive restarts), and the stack's CA so accounts on its Dovecot/Postfix verify over TLS."""
+    settings = {"MAIL_TLS_CA_FILE": info.ca_file}
+    if "JWT_SECRET" not in info.extra_env or "ENCRYPTION_KEY" not in info.extra_env:
+        settings["JWT_SECRET"] = secrets.token_urlsafe(48)
+        settings["ENCRYPTION_KEY"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    return settings
+
+
+FIRST_STEPS = """\
+First steps (another terminal):
+  set -a; . .stack/dev/env; set +a
+  .venv/bin/emailservice tenant create demo
+  .venv/bin/emailservice user create --tenant demo alice
+  TOKEN=$(.venv/bin/emailservice token --tenant demo alice)
+  curl -H "Authorization: Bearer $TOKEN" {api}/api/accounts"""
 
 
 def app_env(info: StackInfo) -> dict[str, str]:
@@ -55,7 +64,7 @@ def run_dev(root: Path) -> int:
     """Start everything, wait until Ctrl-C/SIGTERM or a process dies, then stop everything."""
     stack = Stack(NAME, root, persistent=True)
     info = stack.start()
-    info = stack.set_env(dev_secrets(info))
+    info = stack.set_env(dev_settings(info))
     state = Path(info.state_dir)
     children: dict[str, subprocess.Popen] = {}
     stopping = False
@@ -87,6 +96,7 @@ def run_dev(root: Path) -> int:
         )
         print(
             f"{summary(info)}\n  API         {api}  (docs: {api}/docs)\n"
+            f"{FIRST_STEPS.format(api=api)}\n"
             "Ctrl-C or `make stop` stops everything.",
             flush=True,
         )

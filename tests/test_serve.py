@@ -1,0 +1,87 @@
+"""`emailservice serve` under Waitress: starts with its dependencies down, recovers by itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.support import EMAILSERVICE, TcpProxy, cli_env, free_port, wait_for
+
+
+def get_health(port: int) -> tuple[int, dict] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def proxies(env):
+    db = make_url(env["DATABASE_URL"])
+    redis = make_url(env["REDIS_URL"])
+    pg_proxy = TcpProxy((db.host, db.port))
+    redis_proxy = TcpProxy((redis.host, redis.port))
+    yield pg_proxy, redis_proxy
+    pg_proxy.stop()
+    redis_proxy.stop()
+
+
+def test_serve_starts_while_dependencies_are_down_and_recovers(env, migrated, proxies, tmp_path):
+    pg_proxy, redis_proxy = proxies
+    db = make_url(env["DATABASE_URL"])
+    redis = make_url(env["REDIS_URL"])
+    settings = dict(
+        env,
+        DATABASE_URL=db.set(port=pg_proxy.port).render_as_string(hide_password=False),
+        REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/{redis.database}",
+        WAITRESS_THREADS="4",
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [EMAILSERVICE, "serve", "--port", str(port)],
+        env=cli_env(settings),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        status, body = wait_for(lambda: get_health(port))
+        assert status == 503
+        assert body["checks"] == {"database": "unavailable", "redis": "unavailable"}
+
+        pg_proxy.start()
+        assert get_health(port)[1]["checks"] == {"database": "ok", "redis": "unavailable"}
+        redis_proxy.start()
+        assert get_health(port) == (
+            200,
+            {
+                "status": "ok",
+                "checks": {"database": "ok", "redis": "ok"},
+                "version": body["version"],
+            },
+        )
+
+        # Both drop every connection (a restart), then come back: pooled connections are
+        # replaced without restarting the API.
+        pg_proxy.stop()
+        redis_proxy.stop()
+        assert get_health(port)[0] == 503
+        pg_proxy.start()
+        redis_proxy.start()
+        assert wait_for(lambda: get_health(port)[0] == 200)
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=10)
+    # Waitress and the app log through the JSON formatter: every line parses.
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines
+    assert all(isinstance(json.loads(line), dict) for line in lines)

@@ -1,0 +1,77 @@
+"""Jobs enqueued by name and run by a real `emailservice worker`; the scheduler's periodic jobs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rq.job import Job, JobStatus
+from rq_scheduler import Scheduler
+
+from app.queues import DEFAULT, HEARTBEAT_KEY, QUEUES, get_queue
+from tests.support import run_cli
+
+
+@pytest.fixture(autouse=True)
+def empty_queues(redis_client):
+    def clean():
+        for name in QUEUES:
+            get_queue(name, redis_client).empty()
+        Scheduler(connection=redis_client).cancel("periodic-heartbeat")
+        redis_client.delete(HEARTBEAT_KEY)
+
+    clean()
+    yield
+    clean()
+
+
+def test_a_job_enqueued_by_name_runs_on_every_queue(env, redis_client, tmp_path):
+    jobs = [get_queue(name, redis_client).enqueue("workers.jobs.heartbeat") for name in QUEUES]
+    started = time.time()
+    result = run_cli(["worker", "--burst"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for job in jobs:
+        job.refresh()
+        assert job.get_status() == JobStatus.FINISHED
+        assert job.return_value() >= started
+    assert float(redis_client.get(HEARTBEAT_KEY)) >= started
+
+
+def test_a_worker_on_one_queue_leaves_the_others(env, redis_client, tmp_path):
+    send = get_queue("send", redis_client).enqueue("workers.jobs.heartbeat")
+    sync = get_queue("sync", redis_client).enqueue("workers.jobs.heartbeat")
+    result = run_cli(["worker", "--burst", "send"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Job.fetch(send.id, connection=redis_client).get_status() == JobStatus.FINISHED
+    assert Job.fetch(sync.id, connection=redis_client).get_status() == JobStatus.QUEUED
+
+
+def test_scheduler_enqueues_the_heartbeat_once_however_often_it_starts(env, redis_client, tmp_path):
+    for _ in range(2):
+        result = run_cli(["scheduler", "--burst"], env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    scheduled = list(Scheduler(connection=redis_client).get_jobs())
+    assert [job.id for job in scheduled] == ["periodic-heartbeat"]
+    assert get_queue(DEFAULT, redis_client).job_ids == ["periodic-heartbeat"]
+
+    started = time.time()
+    assert run_cli(["worker", "--burst"], env, cwd=tmp_path).returncode == 0
+    assert float(redis_client.get(HEARTBEAT_KEY)) >= started
+    # rq-scheduler re-arms the job for its next interval.
+    assert [job.id for job in Scheduler(connection=redis_client).get_jobs()] == [
+        "periodic-heartbeat"
+    ]
+
+
+def test_a_changed_interval_replaces_the_scheduled_job(redis_client):
+    from workers.schedule import PeriodicJob, register_periodic_jobs
+
+    scheduler = Scheduler(connection=redis_client)
+    register_periodic_jobs(
+        scheduler, [PeriodicJob("periodic-heartbeat", "workers.jobs.heartbeat", 60, DEFAULT)]
+    )
+    register_periodic_jobs(
+        scheduler, [PeriodicJob("periodic-heartbeat", "workers.jobs.heartbeat", 30, DEFAULT)]
+    )
+    [job] = scheduler.get_jobs()
+    assert job.meta["interval"] == 30
