@@ -1,4 +1,5 @@
 """The emailservice web application."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -15,8 +16,10 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     /health reports it.
     """
     from app import db
-    from app.api import docs, errors, health, observability
+    from app.api import accounts, auth, docs, errors, health, observability, ratelimit
+    from app.api.ids import IdConverter
     from app.queues import make_redis
+    from app.secrets import SecretBox
 
     if config is None:
         settings = Settings.load()
@@ -26,16 +29,28 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
         settings = Settings.from_mapping(config)
 
     app = Flask(__name__)
+    app.url_map.converters["int"] = IdConverter
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes * 2  # base64 in JSON grows by 4/3
     app.json.sort_keys = False  # keep fields in the order the schemas declare them
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     db.init_app(app, db.make_engine(settings.database_url))
     redis = make_redis(settings.redis_url)
     app.extensions["redis"] = redis
+    app.extensions["secretbox"] = SecretBox(settings.encryption_keys)
 
+    # Hook order matters: request id and metrics first, then authentication, which also
+    # applies the tenant's rate limit.
     errors.init_app(app)
     observability.init_app(app, redis)
+    ratelimit.init_app(app, redis)
+    auth.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(accounts.bp)
     return app

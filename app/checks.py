@@ -1,4 +1,5 @@
 """Start-up checks shared by `emailservice check`: environment, database, migrations, Redis."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -47,7 +48,8 @@ def run_checks(settings: Settings | None = None) -> Iterator[CheckResult]:
         else:
             have = ", ".join(sorted(current)) or "none applied"
             yield CheckResult(
-                "migrations", False,
+                "migrations",
+                False,
                 f"database at {have}, code expects {', '.join(sorted(heads))}: "
                 "run `emailservice db upgrade`",
             )

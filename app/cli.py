@@ -2,14 +2,21 @@
 
 Worker-side commands import `workers/` lazily: the web app itself never does.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from app.config import ConfigError, Settings
 from app.logs import configure_logging
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def load_settings() -> Settings:
@@ -118,10 +125,130 @@ def revision(message: str) -> None:
     """Write a new migration by comparing the models with the database (developers)."""
     from alembic import command
 
-    from app.migrations import alembic_config
+    from app.migrations import alembic_config, head_revisions
 
     settings = load_settings()
-    command.revision(alembic_config(settings.database_url), message=message, autogenerate=True)
+    # Revisions are numbered 0001, 0002, ... so their order reads off the file names.
+    number = (
+        max((int(r) for r in head_revisions(settings.database_url) if r.isdigit()), default=0) + 1
+    )
+    command.revision(
+        alembic_config(settings.database_url),
+        message=message,
+        autogenerate=True,
+        rev_id=f"{number:04d}",
+    )
+
+
+@contextmanager
+def _session(settings: Settings) -> Iterator[Session]:
+    """One unit of work for a CLI command; service errors become one-line CLI errors."""
+    from app.db import make_engine, make_sessionmaker, session_scope
+    from app.errors import ServiceError
+
+    engine = make_engine(settings.database_url)
+    try:
+        with session_scope(make_sessionmaker(engine)) as session:
+            yield session
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        engine.dispose()
+
+
+@cli.group()
+def tenant() -> None:
+    """Tenants."""
+
+
+@tenant.command("create")
+@click.argument("name")
+def tenant_create(name: str) -> None:
+    """Create the tenant NAME (a slug: [a-z0-9-]{1,63})."""
+    from app.services.tenants import create_tenant
+
+    with _session(load_settings()) as session:
+        created = create_tenant(session, name)
+    click.echo(f"tenant {created.slug} created")
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    # Piped: the first line is the password (never a command-line argument, which `ps` shows).
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@cli.group()
+def user() -> None:
+    """Users of a tenant."""
+
+
+@user.command("create")
+@click.option("--tenant", "tenant_name", required=True, help="The tenant's name.")
+@click.argument("username")
+def user_create(tenant_name: str, username: str) -> None:
+    """Create USERNAME in a tenant; the password comes from a prompt, or stdin when piped."""
+    from app.services.tenants import create_user
+
+    settings = load_settings()
+    password = _read_password()
+    with _session(settings) as session:
+        create_user(session, tenant_name, username, password)
+    click.echo(f"user {username} created in tenant {tenant_name}")
+
+
+@user.command("delete")
+@click.option("--tenant", "tenant_name", required=True, help="The tenant's name.")
+@click.argument("username")
+def user_delete(tenant_name: str, username: str) -> None:
+    """Delete USERNAME from a tenant; their tokens stop working at once."""
+    from app.services.tenants import delete_user
+
+    with _session(load_settings()) as session:
+        delete_user(session, tenant_name, username)
+    click.echo(f"user {username} deleted from tenant {tenant_name}")
+
+
+@cli.command()
+@click.option("--tenant", "tenant_name", required=True, help="The tenant's name.")
+@click.argument("username")
+def token(tenant_name: str, username: str) -> None:
+    """Print an access token for USERNAME (for scripts and first steps)."""
+    from app.services.auth import Principal, issue_token
+    from app.services.tenants import get_tenant, get_user
+
+    settings = load_settings()
+    with _session(settings) as session:
+        found = get_user(session, tenant_name, username)
+        tenant_row = get_tenant(session, tenant_name)
+        principal = Principal(found.id, tenant_row.id, tenant_row.slug, found.username)
+    click.echo(issue_token(settings, principal))
+
+
+@cli.group()
+def keys() -> None:
+    """ENCRYPTION_KEY management."""
+
+
+@keys.command("generate")
+def keys_generate() -> None:
+    """Print a new key; put it first in ENCRYPTION_KEY, then run `keys rotate`."""
+    from app.secrets import generate_key
+
+    click.echo(generate_key())
+
+
+@keys.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret under the newest key of ENCRYPTION_KEY."""
+    from app.secrets import SecretBox
+    from app.services.accounts import rotate_secrets
+
+    settings = load_settings()
+    with _session(settings) as session:
+        rotated, total = rotate_secrets(session, SecretBox(settings.encryption_keys))
+    click.echo(f"{rotated} of {total} secrets re-encrypted under the newest key")
 
 
 @cli.command()

@@ -4,6 +4,7 @@ The names, defaults and rules are the contract in shared/API.md ("CLI"). Every v
 checked once, at start-up, and a bad one raises `ConfigError` naming the setting, so the CLI
 can print a single line instead of a traceback. Secrets are kept out of `repr()`.
 """
+
 from __future__ import annotations
 
 import base64
@@ -103,6 +104,12 @@ def _host(name: str, raw: str) -> str:
     return raw
 
 
+def _ca_file(name: str, raw: str) -> str:
+    if raw and not Path(raw).is_file():
+        raise ConfigError(name, f"names no readable file: {raw}")
+    return raw
+
+
 def _log_level(name: str, raw: str) -> str:
     level = raw.upper()
     if level not in LOG_LEVELS:
@@ -126,6 +133,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str], Any], str | None]] = {
     "SYNC_INTERVAL_SECONDS": ("sync_interval_seconds", _int(10), "300"),
     "MAX_MESSAGE_BYTES": ("max_message_bytes", _int(1024), str(25 * MB)),
     "LOG_LEVEL": ("log_level", _log_level, "INFO"),
+    "MAIL_TLS_CA_FILE": ("mail_tls_ca_file", _ca_file, ""),
+    "TRUSTED_PROXIES": ("trusted_proxies", _int(0, 10), "0"),
 }
 
 
@@ -147,6 +156,8 @@ class Settings:
     sync_interval_seconds: int = 300
     max_message_bytes: int = 25 * MB
     log_level: str = "INFO"
+    mail_tls_ca_file: str = ""
+    trusted_proxies: int = 0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:
@@ -159,7 +170,7 @@ class Settings:
                 if default is None:
                     raise ConfigError(name, "is required but not set")
                 raw = default
-            parsed[attribute] = parse(name, raw)
+            parsed[attribute] = parse(name, raw) if raw else raw
         return cls(**parsed)
 
     @classmethod

@@ -1,4 +1,5 @@
 """The engine, and sessions opened at the edge (request, job, CLI command) and passed down."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -3,6 +3,7 @@
 Services raise these without knowing about HTTP; `app.api.errors` turns any of them into the
 error shape of shared/API.md.
 """
+
 from __future__ import annotations
 
 
@@ -64,6 +65,17 @@ class Unavailable(ServiceError):
 
 BY_STATUS: dict[int, type[ServiceError]] = {
     cls.status: cls
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict,
-                PayloadTooLarge, UnsupportedMediaType, ValidationFailed, RateLimited, Unavailable)
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        ValidationFailed,
+        RateLimited,
+        Unavailable,
+    )
 }

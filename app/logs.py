@@ -3,6 +3,7 @@
 One line per record on stderr, so the journal and any log shipper can parse it. The id lives
 in a context variable: the API sets it per request, workers per job.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
-                timespec="milliseconds"
-            ).replace("+00:00", "Z"),
+            "ts": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

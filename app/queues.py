@@ -3,6 +3,7 @@
 The web app enqueues jobs by their dotted name (`workers.jobs.heartbeat`) and never imports
 `workers/`, so dependencies point one way.
 """
+
 from __future__ import annotations
 
 from redis import Redis

@@ -1,4 +1,5 @@
 """The installed distribution's version, reported by /health and the OpenAPI document."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -1,4 +1,5 @@
 """RQ jobs: ids in, one service call, safe to run twice."""
+
 from __future__ import annotations
 
 import time

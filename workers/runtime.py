@@ -4,6 +4,7 @@ Built lazily, once per worker process. RQ forks a work-horse per job; the horse 
 the parent's pooled PostgreSQL connections (two processes on one socket corrupt both), so
 `after_fork()` drops them without closing the parent's (SQLAlchemy's documented recipe).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

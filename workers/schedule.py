@@ -4,6 +4,7 @@ Registering is idempotent: a job already scheduled with the same function and in
 its next run time, so restarting the scheduler (or running a second one) neither doubles a
 periodic job nor runs it early; rq-scheduler's lock lets only one scheduler enqueue at a time.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """The RQ worker process: every queue of the service, JSON logs with the job id."""
+
 from __future__ import annotations
 
 from rq import Worker

@@ -1,12 +1,16 @@
 """The OpenAPI document and an interactive page for it, served without any CDN."""
+
 from __future__ import annotations
 
+from importlib.resources import files
+
 from flask import Blueprint, current_app, jsonify, render_template, send_from_directory
-from swagger_ui_bundle import swagger_ui_path
 
 from app.api.openapi import build_document, operation
 
 bp = Blueprint("docs", __name__, template_folder="templates")
+# Swagger UI's JavaScript and CSS as shipped in the flask-openapi3-swagger wheel.
+SWAGGER_UI = files("flask_openapi3_swagger") / "templates" / "swagger"
 
 
 @bp.get("/openapi.json")
@@ -36,4 +40,4 @@ def docs():
 @bp.get("/docs/assets/<path:filename>")
 def docs_assets(filename: str):
     # Static files of the Swagger UI wheel; not an API operation, so not in the document.
-    return send_from_directory(swagger_ui_path, filename, max_age=86400)
+    return send_from_directory(str(SWAGGER_UI), filename, max_age=86400)

@@ -1,4 +1,5 @@
 """Every failure leaves the API in one JSON shape: {"error": {"code", "message"[, "details"]}}."""
+
 from __future__ import annotations
 
 import logging
@@ -54,7 +55,9 @@ def init_app(app: Flask) -> None:
 
     def dependency_error(error: Exception) -> Response:
         log.warning("dependency unavailable: %s", type(error).__name__)
-        return error_response(Unavailable("A service dependency is unavailable; try again shortly."))
+        return error_response(
+            Unavailable("A service dependency is unavailable; try again shortly.")
+        )
 
     for exc_class in DEPENDENCY_ERRORS:
         app.register_error_handler(exc_class, dependency_error)

@@ -1,4 +1,5 @@
 """Service endpoints without authentication: /health and /metrics."""
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,12 @@ def _check(name: str, probe) -> str:
     try:
         probe()
     except Exception as exc:  # any failure of a dependency is "unavailable", with the reason logged
-        log.warning("health check %s failed: %s", name, exc.__class__.__name__,
-                    extra={"check": name, "reason": str(exc)[:200]})
+        log.warning(
+            "health check %s failed: %s",
+            name,
+            exc.__class__.__name__,
+            extra={"check": name, "reason": str(exc)[:200]},
+        )
         return "unavailable"
     return "ok"
 

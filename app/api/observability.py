@@ -1,4 +1,5 @@
 """Per-request id, JSON access log and Prometheus metrics for every route."""
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ Each view carries an `Operation` (set by `@operation`); the document is assemble
 map, so a route cannot exist without being described, and the schemas come from the same
 pydantic models the views validate with.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,11 @@ from app.version import VERSION
 ResponseSpec = tuple[str, type[BaseModel] | str | None]
 
 # Flask converters -> OpenAPI parameter schemas.
-_CONVERTERS = {"int": {"type": "integer"}, "string": {"type": "string"}, "path": {"type": "string"}}
+_CONVERTERS = {
+    "int": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    "string": {"type": "string"},
+    "path": {"type": "string"},
+}
 _RULE_ARG = re.compile(r"<(?:(\w+):)?(\w+)>")
 
 ERROR_DESCRIPTIONS = {
@@ -83,7 +88,9 @@ def build_document(app: Flask) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
         },
     }
 
@@ -96,8 +103,12 @@ def _operation(rule, spec: Operation, components: dict[str, Any]) -> dict[str, A
         "responses": {},
     }
     parameters = [
-        {"name": name, "in": "path", "required": True,
-         "schema": _CONVERTERS.get(converter or "string", {"type": "string"})}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": _CONVERTERS.get(converter or "string", {"type": "string"}),
+        }
         for converter, name in _RULE_ARG.findall(rule.rule)
     ]
     if parameters:

@@ -1,4 +1,5 @@
 """Alembic migrations, packaged with the code so `emailservice db upgrade` works anywhere."""
+
 from __future__ import annotations
 
 from alembic.config import Config

@@ -1,9 +1,10 @@
 """Alembic environment: online migrations against the configured database."""
+
 from alembic import context
 from sqlalchemy import pool
 
-from app.db import Base, make_engine
 import app.models  # noqa: F401  (registers every model on Base.metadata)
+from app.db import Base, make_engine
 
 config = context.config
 

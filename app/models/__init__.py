@@ -1,1 +1,6 @@
 """SQLAlchemy models, one module per domain word; importing this registers them all."""
+
+from app.models.accounts import Account
+from app.models.tenants import Tenant, User
+
+__all__ = ["Account", "Tenant", "User"]

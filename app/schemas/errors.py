@@ -1,4 +1,5 @@
 """The one error shape of every non-2xx response."""
+
 from pydantic import BaseModel
 
 

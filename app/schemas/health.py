@@ -1,4 +1,5 @@
 """Shapes of the service endpoints."""
+
 from typing import Literal
 
 from pydantic import BaseModel

@@ -4,6 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-27
 """
+
 revision = "0001"
 down_revision = None
 branch_labels = None

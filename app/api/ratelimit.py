@@ -1,0 +1,77 @@
+"""Rate limits kept in Redis, so every API process shares them.
+
+Built on `limits` (the library behind Flask-Limiter) with fixed windows: per tenant a minute
+and an hour limit on /api/, and per client address a minute limit on logins. The glue is
+ours because the contract fixes the order of checks (after authentication), the error shape,
+and `X-RateLimit-Reset` as seconds until the minute window resets.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from flask import Flask, Response, current_app, g
+from limits import RateLimitItemPerHour, RateLimitItemPerMinute
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
+from redis import Redis
+
+from app.errors import RateLimited
+
+
+def init_app(app: Flask, redis: Redis) -> None:
+    """Share the app's Redis connection pool with the limiter and add the headers."""
+    settings = app.config["SETTINGS"]
+    storage = RedisStorage(
+        settings.redis_url,
+        connection_pool=redis.connection_pool,
+        key_prefix="emailservice:ratelimit",
+    )
+    app.extensions["ratelimit"] = {
+        "limiter": FixedWindowRateLimiter(storage),
+        "minute": RateLimitItemPerMinute(settings.rate_limit_per_minute),
+        "hour": RateLimitItemPerHour(settings.rate_limit_per_hour),
+        "login": RateLimitItemPerMinute(settings.login_rate_limit_per_minute),
+    }
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        for name, value in g.get("ratelimit_headers", {}).items():
+            response.headers[name] = value
+        return response
+
+
+def limit_tenant(tenant: str) -> None:
+    """Count one request of `tenant`; RateLimited when either window is exhausted."""
+    config = current_app.extensions["ratelimit"]
+    limiter: FixedWindowRateLimiter = config["limiter"]
+    minute_ok = limiter.hit(config["minute"], "tenant", tenant)
+    hour_ok = limiter.hit(config["hour"], "tenant", tenant)
+    minute = limiter.get_window_stats(config["minute"], "tenant", tenant)
+    now = time.time()
+    g.ratelimit_headers = {
+        "X-RateLimit-Limit": str(config["minute"].amount),
+        "X-RateLimit-Remaining": str(max(minute.remaining, 0)),
+        "X-RateLimit-Reset": str(max(math.ceil(minute.reset_time - now), 0)),
+    }
+    if not minute_ok:
+        _refuse(minute.reset_time - now, "per minute")
+    if not hour_ok:
+        hour = limiter.get_window_stats(config["hour"], "tenant", tenant)
+        _refuse(hour.reset_time - now, "per hour")
+
+
+def limit_login(address: str) -> None:
+    """Count one login attempt from `address`; RateLimited past the per-minute limit."""
+    config = current_app.extensions["ratelimit"]
+    limiter: FixedWindowRateLimiter = config["limiter"]
+    if not limiter.hit(config["login"], "login", address):
+        stats = limiter.get_window_stats(config["login"], "login", address)
+        _refuse(stats.reset_time - time.time(), "of login attempts per minute")
+
+
+def _refuse(retry_after: float, window: str) -> None:
+    seconds = max(math.ceil(retry_after), 1)
+    g.ratelimit_headers = {**g.get("ratelimit_headers", {}), "Retry-After": str(seconds)}
+    raise RateLimited(f"Rate limit {window} exceeded; retry in {seconds} s.")

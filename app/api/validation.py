@@ -1,0 +1,74 @@
+"""Request bodies and query parameters in, validated models out; every failure a 4xx."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from app.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], *, optional: bool = False) -> M:
+    """The JSON body validated against `model`.
+
+    Order: 415 when it is not JSON, 400 when it does not parse, 422 naming each bad field.
+    With `optional`, an empty body (with or without Content-Type) means the model's defaults.
+    """
+    raw = request.get_data(cache=True)  # past MAX_CONTENT_LENGTH this raises 413
+    if optional and not raw.strip():
+        return model()
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            "The request body must be JSON (Content-Type: application/json)."
+        )
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeError) as exc:
+        raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+    problems = [
+        {"field": field, "message": "contains a NUL character or an unpaired surrogate"}
+        for field in _unstorable_strings(data, ())
+    ]
+    if problems:
+        raise ValidationFailed("The request is invalid.", problems)
+    return validate(model, data)
+
+
+def _unstorable_strings(value: object, path: tuple) -> Iterator[str]:
+    """Paths of strings PostgreSQL cannot store: NUL, or lone surrogates JSON can escape."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            yield ".".join(map(str, path)) or "body"
+            return
+        if "\x00" in value:
+            yield ".".join(map(str, path)) or "body"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unstorable_strings(key, path)
+            yield from _unstorable_strings(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unstorable_strings(item, (*path, index))
+
+
+def validate(model: type[M], data: object) -> M:
+    """`data` validated against `model`, or ValidationFailed with one detail per problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            {
+                "field": ".".join(str(part) for part in error["loc"]) or "body",
+                "message": error["msg"],
+            }
+            for error in exc.errors(include_url=False)
+        ]
+        raise ValidationFailed("The request is invalid.", details) from None

@@ -1,0 +1,95 @@
+"""Account request and response shapes; passwords go in, never out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
+
+from app.schemas.common import EmailAddress, Input, Page, PatchInput, Timestamp, integral
+
+Security = Literal["ssl", "starttls", "none"]
+# A host name or address: no spaces, slashes or control characters.
+Host = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\s/\x00-\x1f\x7f]+$")
+]
+Username = Annotated[
+    str, StringConstraints(min_length=1, max_length=320, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+# Any characters but NUL, which neither PostgreSQL nor the mail protocols can carry.
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
+Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(integral)]
+DisplayName = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class ServerCreate(Input):
+    host: Host
+    port: Port
+    security: Security
+    username: Username
+    password: Password
+
+
+class ServerReplace(Input):
+    """As on create, but a password left out keeps the stored one."""
+
+    host: Host
+    port: Port
+    security: Security
+    username: Username
+    password: Password | None = None
+
+
+class ServerPatch(PatchInput):
+    host: Host = None
+    port: Port = None
+    security: Security = None
+    username: Username = None
+    password: Password = None
+
+
+class AccountCreate(Input):
+    email: EmailAddress
+    display_name: DisplayName | None = None
+    imap: ServerCreate
+    smtp: ServerCreate
+    verify: bool = False
+
+
+class AccountReplace(Input):
+    email: EmailAddress
+    display_name: DisplayName | None = None
+    imap: ServerReplace
+    smtp: ServerReplace
+    verify: bool = False
+
+
+class AccountPatch(PatchInput):
+    email: EmailAddress = None
+    display_name: DisplayName | None = None
+    imap: ServerPatch = None
+    smtp: ServerPatch = None
+    verify: bool = False
+
+
+class ServerOut(BaseModel):
+    host: str
+    port: int
+    security: Security
+    username: str
+
+
+class AccountOut(BaseModel):
+    id: int
+    email: str
+    display_name: str | None
+    imap: ServerOut
+    smtp: ServerOut
+    state: Literal["active", "auth_failed", "disabled"]
+    last_error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class AccountPage(Page[AccountOut]):
+    pass

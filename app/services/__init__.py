@@ -1,0 +1,1 @@
+"""Domain services: receive their session and collaborators explicitly; know nothing of Flask."""

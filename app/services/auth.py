@@ -1,0 +1,109 @@
+"""Passwords, logins and access tokens.
+
+Passwords are hashed with argon2id (argon2-cffi): salted, memory-hard, parameters stored in the
+hash so they can be raised later (`check_needs_rehash`). Tokens are HS256 JWTs whose subject is
+the user's id, so a deleted and re-created user does not inherit old tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import Unauthorized
+from app.models import Tenant, User
+
+ALGORITHM = "HS256"
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so a wrong username costs as much time as a
+# wrong password and timing does not reveal which usernames exist.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of a request."""
+
+    user_id: int
+    tenant_id: int
+    tenant_slug: str
+    username: str
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def login(session: Session, tenant_slug: str, username: str, password: str) -> Principal:
+    """The principal for valid credentials; Unauthorized, saying nothing of which part was wrong."""
+    row = session.execute(
+        select(User, Tenant)
+        .join(Tenant, Tenant.id == User.tenant_id)
+        .where(Tenant.slug == tenant_slug, User.username == username)
+    ).first()
+    if row is None:
+        verify_password(_DUMMY_HASH, password)
+        raise Unauthorized("Invalid credentials.")
+    user, tenant = row
+    if not verify_password(user.password_hash, password):
+        raise Unauthorized("Invalid credentials.")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    return Principal(user.id, tenant.id, tenant.slug, user.username)
+
+
+def issue_token(settings: Settings, principal: Principal) -> str:
+    """A signed access token for `principal`, valid for JWT_TTL_SECONDS."""
+    now = int(time.time())
+    claims = {
+        "sub": str(principal.user_id),
+        "tenant": principal.tenant_slug,
+        "iat": now,
+        "exp": now + settings.jwt_ttl_seconds,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
+
+
+def authenticate(session: Session, settings: Settings, token: str) -> Principal:
+    """The principal a bearer token stands for, or Unauthorized.
+
+    Only HS256 is accepted (never `none`, never an algorithm named by the token), every claim
+    is required, and the user must still exist in the token's tenant.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "tenant", "iat", "exp", "jti"]},
+        )
+        user_id = int(claims["sub"])
+        if not isinstance(claims["tenant"], str):
+            raise ValueError("tenant claim")
+    except (jwt.PyJWTError, ValueError, TypeError):
+        raise Unauthorized("Invalid or expired token.") from None
+    row = session.execute(
+        select(User, Tenant)
+        .join(Tenant, Tenant.id == User.tenant_id)
+        .where(User.id == user_id, Tenant.slug == claims["tenant"])
+    ).first()
+    if row is None:
+        raise Unauthorized("Invalid or expired token.")
+    user, tenant = row
+    return Principal(user.id, tenant.id, tenant.slug, user.username)

@@ -1,0 +1,187 @@
+"""Login, and every way a bearer token can be wrong."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import jwt
+import pytest
+
+from app import create_app
+from app.services.tenants import create_user, delete_user
+
+
+def login(client, **body):
+    return client.post("/auth/login", json=body)
+
+
+def test_login_returns_a_token_that_opens_the_api(client, tenant_a):
+    response = login(client, tenant=tenant_a.slug, username="alice", password=tenant_a.password)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 3600
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["sub"] == str(tenant_a.user_id)
+    assert claims["tenant"] == tenant_a.slug
+    assert claims["exp"] - claims["iat"] == 3600
+    assert len(claims["jti"]) >= 16
+    listed = client.get(
+        "/api/accounts", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    assert listed.status_code == 200
+
+
+@pytest.mark.parametrize("wrong", ["password", "username", "tenant"])
+def test_wrong_credentials_are_401_without_saying_which(client, tenant_a, wrong):
+    body = {"tenant": tenant_a.slug, "username": "alice", "password": tenant_a.password}
+    body[wrong] = body[wrong] + "x"
+    response = login(client, **body)
+    assert response.status_code == 401
+    assert response.get_json() == {
+        "error": {"code": "unauthorized", "message": "Invalid credentials."}
+    }
+
+
+def test_login_body_is_validated(client):
+    assert client.post("/auth/login", data="{", content_type="application/json").status_code == 400
+    assert client.post("/auth/login", data="tenant=x").status_code == 415
+    response = login(client, tenant="x", username="alice")
+    assert response.status_code == 422
+    assert response.get_json()["error"]["details"] == [
+        {"field": "password", "message": "Field required"}
+    ]
+
+
+def forge(claims: dict, secret: str, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def unsigned(claims: dict) -> str:
+    def part(data: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def valid_claims(user) -> dict:
+    now = int(time.time())
+    return {
+        "sub": str(user.user_id),
+        "tenant": user.slug,
+        "iat": now,
+        "exp": now + 600,
+        "jti": "0123456789abcdef",
+    }
+
+
+@pytest.mark.parametrize(
+    "make_header",
+    [
+        pytest.param(lambda u, s: None, id="missing"),
+        pytest.param(lambda u, s: "Bearer", id="empty-bearer"),
+        pytest.param(lambda u, s: f"Basic {u.token}", id="other-scheme"),
+        pytest.param(lambda u, s: "Bearer not.a.jwt", id="malformed"),
+        pytest.param(lambda u, s: f"Bearer {u.token[:-4]}AAAA", id="tampered-signature"),
+        pytest.param(
+            lambda u, s: "Bearer " + forge(valid_claims(u), "another-secret-" * 3),
+            id="wrong-secret",
+        ),
+        pytest.param(lambda u, s: "Bearer " + unsigned(valid_claims(u)), id="alg-none"),
+        pytest.param(
+            lambda u, s: "Bearer " + forge(valid_claims(u), s, "HS512"), id="other-algorithm"
+        ),
+        pytest.param(
+            lambda u, s: "Bearer " + forge({**valid_claims(u), "iat": 1, "exp": 2}, s), id="expired"
+        ),
+        pytest.param(
+            lambda u, s: (
+                "Bearer " + forge({k: v for k, v in valid_claims(u).items() if k != "exp"}, s)
+            ),
+            id="no-expiry",
+        ),
+        pytest.param(
+            lambda u, s: "Bearer " + forge({**valid_claims(u), "tenant": ["x"]}, s),
+            id="bad-tenant-claim",
+        ),
+        pytest.param(
+            lambda u, s: "Bearer " + forge({**valid_claims(u), "sub": "999999999"}, s),
+            id="unknown-user",
+        ),
+    ],
+)
+def test_bad_tokens_are_401(client, env, tenant_a, make_header):
+    header = make_header(tenant_a, env["JWT_SECRET"])
+    headers = {"Authorization": header} if header is not None else {}
+    response = client.get("/api/accounts", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_token_of_another_tenant_claim_is_401(client, env, tenant_a, tenant_b):
+    # A real user id with another tenant's slug: the pair must match.
+    claims = {**valid_claims(tenant_a), "tenant": tenant_b.slug}
+    response = client.get(
+        "/api/accounts", headers={"Authorization": "Bearer " + forge(claims, env["JWT_SECRET"])}
+    )
+    assert response.status_code == 401
+
+
+def test_deleted_user_token_stops_working_even_when_recreated(client, db, tenant_a):
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+    delete_user(db, tenant_a.slug, "alice")
+    db.commit()
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 401
+    create_user(db, tenant_a.slug, "alice", "a-new-password")
+    db.commit()
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 401
+
+
+def test_tenant_header_must_match_the_token(client, tenant_a, tenant_b):
+    same = client.get("/api/accounts", headers={**tenant_a.headers, "X-Tenant-ID": tenant_a.slug})
+    assert same.status_code == 200
+    other = client.get("/api/accounts", headers={**tenant_a.headers, "X-Tenant-ID": tenant_b.slug})
+    assert other.status_code == 403
+    assert other.get_json()["error"]["code"] == "forbidden"
+    # The header alone grants nothing.
+    alone = client.get("/api/accounts", headers={"X-Tenant-ID": tenant_b.slug})
+    assert alone.status_code == 401
+
+
+def test_authentication_comes_before_existence(client):
+    assert client.get("/api/accounts/123456").status_code == 401
+    assert client.get("/api/no-such-thing").status_code == 401
+
+
+def test_logins_are_limited_per_client_address(env, migrated, tenant_a):
+    app = create_app(dict(env, LOGIN_RATE_LIMIT_PER_MINUTE="3"))
+    client = app.test_client()
+    guesser = {"REMOTE_ADDR": f"127.1.{tenant_a.user_id % 250}.9"}
+    bad = {"tenant": tenant_a.slug, "username": "alice", "password": "guess"}
+    statuses = [
+        client.post("/auth/login", json=bad, environ_base=guesser).status_code for _ in range(4)
+    ]
+    assert statuses == [401, 401, 401, 429]
+    limited = client.post("/auth/login", json=bad, environ_base=guesser)
+    assert int(limited.headers["Retry-After"]) >= 1
+    # Even the right password waits: that is what stops guessing.
+    good = dict(bad, password=tenant_a.password)
+    assert client.post("/auth/login", json=good, environ_base=guesser).status_code == 429
+    # Another address is unaffected.
+    other = {"REMOTE_ADDR": f"127.2.{tenant_a.user_id % 250}.9"}
+    assert client.post("/auth/login", json=good, environ_base=other).status_code == 200
+
+
+def test_behind_a_trusted_proxy_logins_are_limited_per_forwarded_address(env, migrated, tenant_a):
+    app = create_app(dict(env, LOGIN_RATE_LIMIT_PER_MINUTE="1", TRUSTED_PROXIES="1"))
+    client = app.test_client()
+    bad = {"tenant": tenant_a.slug, "username": "alice", "password": "guess"}
+    proxy = {"REMOTE_ADDR": "127.0.0.1"}
+    first = {"X-Forwarded-For": f"198.51.100.{tenant_a.user_id % 250}"}
+    second = {"X-Forwarded-For": f"203.0.113.{tenant_a.user_id % 250}"}
+    post = client.post
+    assert post("/auth/login", json=bad, headers=first, environ_base=proxy).status_code == 401
+    assert post("/auth/login", json=bad, headers=first, environ_base=proxy).status_code == 429
+    assert post("/auth/login", json=bad, headers=second, environ_base=proxy).status_code == 401

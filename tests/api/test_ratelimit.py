@@ -1,0 +1,126 @@
+"""Per-tenant rate limits in Redis: headers, 429, shared across processes, Redis outages."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from app import create_app
+from tests.support import EMAILSERVICE, TcpProxy, cli_env, free_port, wait_for
+
+
+def test_minute_limit_headers_and_429(env, migrated, tenant_a):
+    client = create_app(dict(env, RATE_LIMIT_REQUESTS_PER_MINUTE="5")).test_client()
+    remaining = []
+    for _ in range(5):
+        response = client.get("/api/accounts", headers=tenant_a.headers)
+        assert response.status_code == 200
+        assert response.headers["X-RateLimit-Limit"] == "5"
+        assert 0 < int(response.headers["X-RateLimit-Reset"]) <= 60
+        remaining.append(int(response.headers["X-RateLimit-Remaining"]))
+    assert remaining == [4, 3, 2, 1, 0]
+    limited = client.get("/api/accounts", headers=tenant_a.headers)
+    assert limited.status_code == 429
+    assert limited.get_json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_limits_are_per_tenant(env, migrated, tenant_a, tenant_b):
+    client = create_app(dict(env, RATE_LIMIT_REQUESTS_PER_MINUTE="2")).test_client()
+    for _ in range(2):
+        client.get("/api/accounts", headers=tenant_a.headers)
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 429
+    assert client.get("/api/accounts", headers=tenant_b.headers).status_code == 200
+
+
+def test_hour_limit(env, migrated, tenant_a):
+    client = create_app(dict(env, RATE_LIMIT_REQUESTS_PER_HOUR="3")).test_client()
+    statuses = [client.get("/api/accounts", headers=tenant_a.headers).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = client.get("/api/accounts", headers=tenant_a.headers)
+    assert int(limited.headers["Retry-After"]) > 60  # waits for the hour window, not the minute
+
+
+def test_service_endpoints_are_not_limited(env, migrated):
+    client = create_app(dict(env, RATE_LIMIT_REQUESTS_PER_MINUTE="1")).test_client()
+    assert {client.get("/health").status_code for _ in range(5)} == {200}
+    assert {client.get("/metrics").status_code for _ in range(5)} == {200}
+
+
+def get(port: int, token: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/accounts", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.fixture
+def two_api_processes(env, migrated, tmp_path):
+    settings = dict(env, RATE_LIMIT_REQUESTS_PER_MINUTE="5")
+    ports = [free_port(), free_port()]
+    servers = [
+        subprocess.Popen(
+            [EMAILSERVICE, "serve", "--port", str(port)],
+            env=cli_env(settings),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            wait_for(lambda port=port: _answers(port))
+        yield ports
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def test_the_limit_is_shared_by_separate_api_processes(two_api_processes, tenant_a):
+    first, second = two_api_processes
+    statuses = [get(port, tenant_a.token) for port in (first, second, first, second, first)]
+    assert statuses == [200] * 5
+    assert get(second, tenant_a.token) == 429
+    assert get(first, tenant_a.token) == 429
+
+
+def test_redis_down_is_503_and_recovers(env, migrated, tenant_a):
+    redis = make_url(env["REDIS_URL"])
+    proxy = TcpProxy((redis.host, redis.port))
+    proxy.start()
+    try:
+        client = create_app(
+            dict(env, REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{redis.database}")
+        ).test_client()
+        assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+        proxy.stop()
+        down = client.get("/api/accounts", headers=tenant_a.headers)
+        assert down.status_code == 503
+        assert down.get_json()["error"]["code"] == "unavailable"
+        proxy.start()
+        assert wait_for(
+            lambda: client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+        )
+    finally:
+        proxy.stop()
