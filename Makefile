@@ -24,6 +24,7 @@ stop: ## Stop everything `make dev` started
 	-$(BIN)/python -m devstack.dev --stop
 
 test: $(STAMP) ## Run the test suite against real PostgreSQL, Redis, Dovecot and Postfix
+	$(BIN)/python -m devstack install --test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Static checks (ruff)

@@ -56,6 +56,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                 action="store_true",
                 help="keep data across down/up (default: throwaway, removed by down)",
             )
+        if name == "install":
+            cmd.add_argument(
+                "--test-tools", action="store_true", help="also what the tests drive (chromium)"
+            )
         if name == "down":
             cmd.add_argument(
                 "--purge", action="store_true", help="also delete a persistent stack's data"
@@ -70,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     try:
         if args.command == "install":
-            packages.ensure()
-            print("PostgreSQL, Redis, Dovecot, Postfix and openssl are installed")
+            packages.ensure(test_tools=args.test_tools)
+            tools = ", Chromium" if args.test_tools else ""
+            print(f"PostgreSQL, Redis, Dovecot, Postfix, openssl{tools}: installed")
         elif args.command == "prune":
             removed = prune([root])
             print(

@@ -40,7 +40,11 @@ def _present(*paths: str) -> bool:
     return all(os.access(p, os.X_OK) for p in paths)
 
 
-def missing(postgres: bool = True, redis: bool = True) -> list[str]:
+# Tools the test suite drives besides the servers: headless Chromium loads /docs.
+TEST_TOOLS = {"chromium": "chromium"}
+
+
+def missing(postgres: bool = True, redis: bool = True, test_tools: bool = False) -> list[str]:
     """The Debian packages whose binaries are not installed."""
     checks = {
         "postgresql": (lambda: postgres_bindir() is not None) if postgres else None,
@@ -53,6 +57,9 @@ def missing(postgres: bool = True, redis: bool = True) -> list[str]:
         "dovecot-lmtpd": lambda: _present("/usr/lib/dovecot/lmtp"),
         "openssl": lambda: _which("openssl"),
     }
+    if test_tools:
+        for package, binary in TEST_TOOLS.items():
+            checks[package] = lambda binary=binary: _which(binary)
     return [package for package, check in checks.items() if check is not None and not check()]
 
 
@@ -61,9 +68,9 @@ def install_line(packages: list[str]) -> str:
     return "sudo apt-get install " + " ".join(APT_OPTS + packages)
 
 
-def ensure(postgres: bool = True, redis: bool = True) -> None:
+def ensure(postgres: bool = True, redis: bool = True, test_tools: bool = False) -> None:
     """Make sure the binaries are there: quick if so, apt-get install as root, else raise."""
-    needed = missing(postgres=postgres, redis=redis)
+    needed = missing(postgres=postgres, redis=redis, test_tools=test_tools)
     if not needed:
         return
     if os.geteuid() != 0:
@@ -71,7 +78,7 @@ def ensure(postgres: bool = True, redis: bool = True) -> None:
             f"missing packages {', '.join(needed)}; install them with: {install_line(needed)}"
         )
     _apt_install(needed)
-    still = missing(postgres=postgres, redis=redis)
+    still = missing(postgres=postgres, redis=redis, test_tools=test_tools)
     if still:
         raise StackError(
             f"packages {', '.join(still)} installed but their binaries are still missing"
