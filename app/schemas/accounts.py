@@ -9,9 +9,10 @@ from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 from app.schemas.common import EmailAddress, Input, Page, PatchInput, Timestamp, integral
 
 Security = Literal["ssl", "starttls", "none"]
-# A host name or address: no spaces, slashes or control characters.
+# A host name (ASCII; IDN names in their xn-- form) or an address: printable ASCII without
+# spaces or slashes. Ranges, not \s: Python's \s and JSON Schema's (ECMA) differ on U+0085.
 Host = Annotated[
-    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\s/\x00-\x1f\x7f]+$")
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[\x21-\x2e\x30-\x7e]+$")
 ]
 Username = Annotated[
     str, StringConstraints(min_length=1, max_length=320, pattern=r"^[^\x00-\x1f\x7f]+$")

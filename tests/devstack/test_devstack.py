@@ -568,7 +568,7 @@ def test_packages_missing_without_root_names_the_install_command(
     from devstack import packages
 
     monkeypatch.setattr(
-        packages, "missing", lambda postgres=True, redis=True: ["postfix", "dovecot-imapd"]
+        packages, "missing", lambda **kinds: ["postfix", "dovecot-imapd"]
     )
     monkeypatch.setattr(packages.os, "geteuid", lambda: 1000)
     with pytest.raises(StackError) as raised:
