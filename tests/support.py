@@ -8,6 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from app.config import SETTINGS
@@ -128,3 +132,38 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes] | None:
+    """(status, body) of GET http://127.0.0.1:port/path, or None when nothing answers."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return None
+
+
+@contextmanager
+def api_process(settings: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path]]:
+    """A real `emailservice serve` on a free port; yields (port, path of its stderr log)."""
+    port = free_port()
+    log = cwd / f"api-{port}.log"
+    with open(log, "wb") as stderr:
+        server = subprocess.Popen(
+            [EMAILSERVICE, "serve", "--port", str(port)],
+            env=cli_env(settings),
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        wait_for(lambda: http_get(port, "/health") is not None)
+        yield port, log
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

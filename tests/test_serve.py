@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import urllib.error
-import urllib.request
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import EMAILSERVICE, TcpProxy, cli_env, free_port, wait_for
+from tests.support import TcpProxy, api_process, http_get, wait_for
 
 
 def get_health(port: int) -> tuple[int, dict] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-    except OSError:
-        return None
+    answer = http_get(port, "/health")
+    return (answer[0], json.loads(answer[1])) if answer else None
 
 
 @pytest.fixture
@@ -44,16 +36,7 @@ def test_serve_starts_while_dependencies_are_down_and_recovers(env, migrated, pr
         REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/{redis.database}",
         WAITRESS_THREADS="4",
     )
-    port = free_port()
-    server = subprocess.Popen(
-        [EMAILSERVICE, "serve", "--port", str(port)],
-        env=cli_env(settings),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with api_process(settings, tmp_path) as (port, log):
         status, body = wait_for(lambda: get_health(port))
         assert status == 503
         assert body["checks"] == {"database": "unavailable", "redis": "unavailable"}
@@ -78,10 +61,7 @@ def test_serve_starts_while_dependencies_are_down_and_recovers(env, migrated, pr
         pg_proxy.start()
         redis_proxy.start()
         assert wait_for(lambda: get_health(port)[0] == 200)
-    finally:
-        server.terminate()
-        _, stderr = server.communicate(timeout=10)
     # Waitress and the app log through the JSON formatter: every line parses.
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert lines
     assert all(isinstance(json.loads(line), dict) for line in lines)

@@ -240,6 +240,9 @@ def test_strings_postgres_cannot_store_are_422(client, tenant_a, escaped):
     )
     assert response.status_code == 422
     assert response.get_json()["error"]["details"][0]["field"] == "imap.username"
-    login = client.post("/auth/login", data='{"tenant": "a", "username": "%s", "password": "p"}'
-                        % escaped, content_type="application/json")
+    login = client.post(
+        "/auth/login",
+        data='{"tenant": "a", "username": "%s", "password": "p"}' % escaped,
+        content_type="application/json",
+    )
     assert login.status_code == 422

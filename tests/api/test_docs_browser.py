@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import urllib.request
 
 import pytest
 
-from tests.support import EMAILSERVICE, cli_env, free_port, wait_for
+from tests.support import api_process
 
 
 @pytest.fixture
 def api_port(env, migrated, tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [EMAILSERVICE, "serve", "--port", str(port)],
-        env=cli_env(env),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return True
-        except OSError:
-            return False
-
-    try:
-        wait_for(up)
+    with api_process(env, tmp_path) as (port, _):
         yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_docs_page_lists_the_endpoints_in_a_real_browser(api_port, tmp_path):

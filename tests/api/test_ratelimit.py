@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import urllib.error
-import urllib.request
-
 import pytest
 from sqlalchemy.engine import make_url
 
 from app import create_app
-from tests.support import EMAILSERVICE, TcpProxy, cli_env, free_port, wait_for
+from tests.support import TcpProxy, api_process, http_get, wait_for
 
 
 def test_minute_limit_headers_and_429(env, migrated, tenant_a):
@@ -53,48 +49,17 @@ def test_service_endpoints_are_not_limited(env, migrated):
 
 
 def get(port: int, token: str) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/accounts", headers={"Authorization": f"Bearer {token}"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return http_get(port, "/api/accounts", {"Authorization": f"Bearer {token}"})[0]
 
 
 @pytest.fixture
 def two_api_processes(env, migrated, tmp_path):
     settings = dict(env, RATE_LIMIT_REQUESTS_PER_MINUTE="5")
-    ports = [free_port(), free_port()]
-    servers = [
-        subprocess.Popen(
-            [EMAILSERVICE, "serve", "--port", str(port)],
-            env=cli_env(settings),
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ]
-    try:
-        for port in ports:
-            wait_for(lambda port=port: _answers(port))
-        yield ports
-    finally:
-        for server in servers:
-            server.terminate()
-            server.wait(timeout=10)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
+    with (
+        api_process(settings, tmp_path) as (first, _),
+        api_process(settings, tmp_path) as (second, _),
+    ):
+        yield first, second
 
 
 def test_the_limit_is_shared_by_separate_api_processes(two_api_processes, tenant_a):

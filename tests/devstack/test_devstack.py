@@ -567,9 +567,7 @@ def test_packages_missing_without_root_names_the_install_command(
 ) -> None:
     from devstack import packages
 
-    monkeypatch.setattr(
-        packages, "missing", lambda **kinds: ["postfix", "dovecot-imapd"]
-    )
+    monkeypatch.setattr(packages, "missing", lambda **kinds: ["postfix", "dovecot-imapd"])
     monkeypatch.setattr(packages.os, "geteuid", lambda: 1000)
     with pytest.raises(StackError) as raised:
         packages.ensure()
