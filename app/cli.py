@@ -252,6 +252,80 @@ def keys_rotate() -> None:
 
 
 @cli.command()
+@click.argument("account_id", type=int)
+def sync(account_id: int) -> None:
+    """Sync ACCOUNT_ID now, in the foreground, with progress (operators, debugging)."""
+    from app.db import make_engine, make_sessionmaker
+    from app.errors import ServiceError
+    from app.mail import MailConnectionError
+    from app.secrets import SecretBox
+    from app.services.sync import Syncer, SyncLimits
+
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
+    syncer = Syncer(
+        make_sessionmaker(engine),
+        SecretBox(settings.encryption_keys),
+        settings.mail_tls_ca_file or None,
+        SyncLimits(max_messages=None, max_seconds=None),
+        _ProgressBars(),
+    )
+    try:
+        outcome = syncer.sync_account(account_id)
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    except MailConnectionError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    if outcome.busy:
+        raise click.ClickException(f"a sync of account {account_id} is running elsewhere")
+    if outcome.auth_failed:
+        raise click.ClickException(f"account {account_id}: the IMAP server refused the login")
+    click.echo(f"account {account_id} synced: {outcome.messages_fetched} messages fetched")
+
+
+class _ProgressBars:
+    """One progress bar per folder with mail to fetch."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def folder_started(self, folder: str, missing: int) -> None:
+        if missing:
+            self.bar = click.progressbar(length=missing, label=folder, show_pos=True)
+            self.bar.__enter__()
+
+    def batch_committed(self, folder: str, uids: list[int]) -> None:
+        if self.bar is not None:
+            self.bar.update(len(uids))
+
+    def folder_done(self, folder: str) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+        else:
+            click.echo(f"{folder}: up to date")
+
+
+@cli.command()
+@click.option("--shard", default="0/1", help="K/N: watch only accounts whose id % N == K.")
+def idle(shard: str) -> None:
+    """Hold IMAP IDLE on INBOX for active accounts; enqueue a sync when mail arrives."""
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+        if not 0 <= index < count:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{shard!r} is not K/N with 0 <= K < N", param_hint="--shard")
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    from workers.idle import run_idle
+
+    run_idle(index, count)
+
+
+@cli.command()
 def check() -> None:
     """Run the start-up checks; exit 1 if any fails."""
     from app.checks import run_checks

@@ -135,6 +135,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str], Any], str | None]] = {
     "LOG_LEVEL": ("log_level", _log_level, "INFO"),
     "MAIL_TLS_CA_FILE": ("mail_tls_ca_file", _ca_file, ""),
     "TRUSTED_PROXIES": ("trusted_proxies", _int(0, 10), "0"),
+    "SYNC_BATCH_MESSAGES": ("sync_batch_messages", _int(1, 5000), "200"),
+    "SYNC_JOB_MAX_MESSAGES": ("sync_job_max_messages", _int(1), "5000"),
 }
 
 
@@ -158,6 +160,8 @@ class Settings:
     log_level: str = "INFO"
     mail_tls_ca_file: str = ""
     trusted_proxies: int = 0
+    sync_batch_messages: int = 200
+    sync_job_max_messages: int = 5000
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:

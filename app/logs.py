@@ -52,3 +52,6 @@ def configure_logging(level: str = "INFO", stream=None) -> None:
     for name in ("waitress", "rq", "rq_scheduler", "alembic"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # imapclient's DEBUG output is the IMAP conversation, LOGIN and its password included:
+    # never let LOG_LEVEL=DEBUG turn it on.
+    logging.getLogger("imapclient").setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from devstack import seed
 from devstack.__main__ import summary
 from devstack.errors import StackError
 from devstack.proc import kill, pid_alive, wait_until
@@ -33,6 +34,7 @@ PROCESSES = {
     "api": ["serve", "--reload"],
     "worker": ["worker"],
     "scheduler": ["scheduler"],
+    "idle": ["idle"],
 }
 
 
@@ -46,13 +48,11 @@ def dev_settings(info: StackInfo) -> dict[str, str]:
     return settings
 
 
-FIRST_STEPS = """\
-First steps (another terminal):
-  set -a; . .stack/dev/env; set +a
-  .venv/bin/emailservice tenant create demo
-  .venv/bin/emailservice user create --tenant demo alice
-  TOKEN=$(.venv/bin/emailservice token --tenant demo alice)
-  curl -H "Authorization: Bearer $TOKEN" {api}/api/accounts"""
+DEMO = """\
+Demo: tenant "{tenant}", user "{user}", password in .stack/dev/env (DEMO_PASSWORD); the account
+{mailbox} on the local Dovecot has sample mail and is syncing. Ready to paste:
+{curl}
+More: `set -a; . .stack/dev/env; set +a` then `.venv/bin/emailservice --help`."""
 
 
 def app_env(info: StackInfo) -> dict[str, str]:
@@ -64,7 +64,7 @@ def run_dev(root: Path) -> int:
     """Start everything, wait until Ctrl-C/SIGTERM or a process dies, then stop everything."""
     stack = Stack(NAME, root, persistent=True)
     info = stack.start()
-    info = stack.set_env(dev_settings(info))
+    info = stack.set_env({**dev_settings(info), **seed.demo_password(info)})
     state = Path(info.state_dir)
     children: dict[str, subprocess.Popen] = {}
     stopping = False
@@ -94,9 +94,15 @@ def run_dev(root: Path) -> int:
         api = (
             f"http://{os.environ.get('API_HOST', '127.0.0.1')}:{os.environ.get('API_PORT', '5000')}"
         )
+        token, account_id = seed.seed(info, app_env(info), api, info.extra_env["DEMO_PASSWORD"])
+        demo = DEMO.format(
+            tenant=seed.TENANT,
+            user=seed.USER,
+            mailbox=seed.MAILBOX,
+            curl=seed.curl_lines(api, token, account_id),
+        )
         print(
-            f"{summary(info)}\n  API         {api}  (docs: {api}/docs)\n"
-            f"{FIRST_STEPS.format(api=api)}\n"
+            f"{summary(info)}\n  API         {api}  (docs: {api}/docs)\n{demo}\n"
             "Ctrl-C or `make stop` stops everything.",
             flush=True,
         )

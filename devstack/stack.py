@@ -181,22 +181,29 @@ class Stack:
 
     def add_user(self, email: str, password: str | None = None) -> str:
         """Create or update a mailbox user (any domain); return the password."""
-        email = email.strip().lower()
-        if not EMAIL_RE.match(email):
-            raise ValueError(f"not an email address: {email!r}")
-        password = password if password is not None else secrets.token_urlsafe(12)
-        if "\n" in password or "\0" in password:
-            raise ValueError("a password cannot contain newlines or NUL")
+        return self.add_users({email: password})[email.strip().lower()]
+
+    def add_users(self, users: Mapping[str, str | None]) -> dict[str, str]:
+        """Create or update several users at once (one reload); return email -> password."""
+        added: dict[str, str] = {}
+        for email, password in users.items():
+            email = email.strip().lower()
+            if not EMAIL_RE.match(email):
+                raise ValueError(f"not an email address: {email!r}")
+            password = password if password is not None else secrets.token_urlsafe(12)
+            if "\n" in password or "\0" in password:
+                raise ValueError("a password cannot contain newlines or NUL")
+            added[email] = password
         with self._lock():
             info = self.info or self.load(self.name, self.root)
             if info is None:
                 raise StackError(f"stack {self.name} has not been started")
-            info.users[email] = password
+            info.users.update(added)
             self._write_users(info, wait=True)
             postfix.reload(Path(info.state_dir))  # texthash maps are read once per Postfix process
             self._save(info)
             self.info = info
-        return password
+        return added
 
     def set_env(self, values: Mapping[str, str]) -> StackInfo:
         """Add lines to the stack's env file (kept across restarts of a persistent stack)."""

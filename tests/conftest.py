@@ -32,12 +32,50 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator:
-    """The real servers for this session, stopped and removed at the end."""
+def stack_control() -> Iterator:
+    """The real servers for this session (a devstack Stack), stopped and removed at the end."""
     from devstack import Stack
 
-    with Stack(name=f"t{uuid.uuid4().hex[:8]}", root=ROOT / ".stack", persistent=False) as info:
-        yield info
+    stack = Stack(name=f"t{uuid.uuid4().hex[:8]}", root=ROOT / ".stack", persistent=False)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_control):
+    """Addresses, ports and users of this session's servers."""
+    return stack_control.info
+
+
+# Dovecot advertising neither CONDSTORE nor QRESYNC, for the sync's other path (RFC 7162 is
+# optional for servers). The override replaces the post-login capability list.
+PLAIN_CAPABILITIES = (
+    "IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE SORT SORT=DISPLAY THREAD=REFERENCES "
+    "THREAD=REFS THREAD=ORDEREDSUBJECT MULTIAPPEND URL-PARTIAL CATENATE UNSELECT CHILDREN "
+    "NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 ESEARCH ESORT SEARCHRES WITHIN CONTEXT=SEARCH "
+    "LIST-STATUS BINARY MOVE SPECIAL-USE"
+)
+
+
+@pytest.fixture(scope="session")
+def plain_stack_control() -> Iterator:
+    """A second stack whose Dovecot has no CONDSTORE/QRESYNC (started only when needed)."""
+    from devstack import Stack
+
+    stack = Stack(
+        name=f"p{uuid.uuid4().hex[:8]}",
+        root=ROOT / ".stack",
+        persistent=False,
+        dovecot_extra=f"protocol imap {{\n  imap_capability = {PLAIN_CAPABILITIES}\n}}\n",
+    )
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 def new_encryption_key() -> str:
@@ -94,6 +132,27 @@ def redis_client(env):
     connection = make_redis(env["REDIS_URL"])
     yield connection
     connection.close()
+
+
+@pytest.fixture
+def empty_queues(redis_client):
+    """No job of another test in any queue, nor scheduled for later (a retry), before or after:
+    a worker started by a test runs only what the test put there."""
+    from rq.registry import ScheduledJobRegistry
+
+    from app.queues import QUEUES, get_queue
+
+    def empty() -> None:
+        for name in QUEUES:
+            queue = get_queue(name, redis_client)
+            queue.empty()
+            registry = ScheduledJobRegistry(queue=queue)
+            for job_id in registry.get_job_ids():
+                registry.remove(job_id, delete_job=True)
+
+    empty()
+    yield
+    empty()
 
 
 @pytest.fixture(scope="session")

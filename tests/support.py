@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,6 +67,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._cut_budget: int | None = None
 
     def start(self) -> None:
         listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
@@ -104,13 +106,25 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, downstream in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, downstream), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def cut_after_bytes(self, count: int) -> None:
+        """Stop (cut every connection) once `count` more bytes came from the server."""
+        with self._lock:
+            self._cut_budget = count
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, downstream: bool) -> None:
         try:
             while data := source.recv(65536):
+                if downstream and self._cut_budget is not None:
+                    with self._lock:
+                        self._cut_budget -= len(data)
+                        cut = self._cut_budget <= 0
+                    if cut:
+                        self._cut_budget = None
+                        self.stop()
+                        return
                 sink.sendall(data)
         except OSError:
             pass
@@ -167,3 +181,35 @@ def api_process(settings: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (read from /proc: RQ's work-horses start sessions of their own,
+    so killing the worker's process group misses them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL `pid` and everything below it, as a machine crash or the OOM killer would."""
+    victims = [pid, *descendants(pid)]
+    for victim in victims:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return victims

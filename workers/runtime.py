@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.queues import make_redis
+from app.secrets import SecretBox
 
 
 @cache
@@ -33,8 +34,15 @@ def engine() -> Engine:
 
 
 @cache
-def _sessionmaker() -> sessionmaker[Session]:
+def sessions() -> sessionmaker[Session]:
+    """This process's session factory (for services that open short transactions themselves)."""
     return make_sessionmaker(engine())
+
+
+@cache
+def secretbox() -> SecretBox:
+    """Decrypts stored credentials with this process's ENCRYPTION_KEY."""
+    return SecretBox(settings().encryption_keys)
 
 
 @cache
@@ -46,7 +54,7 @@ def redis() -> Redis:
 @contextmanager
 def session() -> Iterator[Session]:
     """A unit of work for one job: committed when the block succeeds."""
-    with session_scope(_sessionmaker()) as s:
+    with session_scope(sessions()) as s:
         yield s
 
 

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from rq_scheduler import Scheduler
 
+from app.config import Settings
 from app.queues import DEFAULT
 from workers import runtime
 
@@ -24,9 +25,17 @@ class PeriodicJob:
     queue: str
 
 
-def periodic_jobs() -> list[PeriodicJob]:
+def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
     """Every job the scheduler runs, with its interval."""
-    return [PeriodicJob("periodic-heartbeat", "workers.jobs.heartbeat", 60, DEFAULT)]
+    return [
+        PeriodicJob("periodic-heartbeat", "workers.jobs.heartbeat", 60, DEFAULT),
+        PeriodicJob(
+            "periodic-sync",
+            "workers.jobs.sync_all_accounts",
+            settings.sync_interval_seconds,
+            DEFAULT,
+        ),
+    ]
 
 
 def register_periodic_jobs(scheduler: Scheduler, jobs: list[PeriodicJob]) -> None:
@@ -58,5 +67,5 @@ def register_periodic_jobs(scheduler: Scheduler, jobs: list[PeriodicJob]) -> Non
 def run_scheduler(poll_seconds: int = 5, burst: bool = False) -> None:
     """Run rq-scheduler in the foreground."""
     scheduler = Scheduler(queue_name=DEFAULT, connection=runtime.redis(), interval=poll_seconds)
-    register_periodic_jobs(scheduler, periodic_jobs())
+    register_periodic_jobs(scheduler, periodic_jobs(runtime.settings()))
     scheduler.run(burst=burst)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import select
 
 from app.api.openapi import operation
 from app.api.pagination import page_request, paginate
 from app.api.validation import parse_body, validate
 from app.db import get_session
 from app.mail import ServerSettings
-from app.models import Account
+from app.models import Account, Folder
 from app.schemas.accounts import (
     AccountCreate,
     AccountOut,
@@ -18,6 +19,7 @@ from app.schemas.accounts import (
     AccountReplace,
     ServerOut,
 )
+from app.schemas.sync import FolderOut, FolderPage
 from app.secrets import SecretBox
 from app.services import accounts
 from app.services.accounts import AccountFields
@@ -166,6 +168,39 @@ def _server_dict(server: ServerSettings) -> dict:
         "username": server.username,
         "password": server.password,
     }
+
+
+@bp.get("/<int:account_id>/folders")
+@operation(
+    "The account's folders with their roles and counts",
+    tags=TAGS,
+    responses={200: ("A page of folders, by name.", FolderPage)},
+    errors=(404, 422),
+)
+def list_folders(account_id: int):
+    session = get_session()
+    account = accounts.get_account(session, account_id)
+    page = page_request(key_type=str)
+    query = select(Folder).where(Folder.account_id == account.id).order_by(Folder.name)
+    if page.after is not None:
+        query = query.where(Folder.name > page.after)
+    rows = list(session.scalars(query.limit(page.limit + 1)))
+    items, cursor = paginate(rows, page.limit, key=lambda f: f.name)
+    return jsonify(
+        {
+            "items": [
+                FolderOut(
+                    name=f.name,
+                    role=f.role,
+                    messages=f.messages_count,
+                    unread=f.unread_count,
+                    last_synced_at=f.last_synced_at,
+                ).model_dump(mode="json")
+                for f in items
+            ],
+            "next_cursor": cursor,
+        }
+    )
 
 
 @bp.delete("/<int:account_id>")

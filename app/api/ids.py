@@ -5,6 +5,7 @@ as a 500; failing the converter instead makes Werkzeug answer 405. So: more than
 matches no route (404), and a 19-digit number past the BIGINT range becomes 0, an id that
 is never assigned, so the route answers its own 404.
 """
+
 from werkzeug.routing import BaseConverter
 
 BIGINT_MAX = 2**63 - 1

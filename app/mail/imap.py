@@ -1,22 +1,150 @@
-"""IMAP over imapclient, without any knowledge of the database."""
+"""IMAP over imapclient, without any knowledge of the database.
+
+Every imapclient, imaplib and socket error becomes `MailAuthError` or `MailConnectionError` at
+one boundary (`_boundary`), so the sync service handles two error types, not a dozen.
+
+Protocol rules followed here:
+- Folders are read with EXAMINE (read-only select) and bodies with BODY.PEEK[]: RFC822 and
+  BODY[] would set \\Seen (RFC 3501 6.4.5); a sync never changes the user's mailbox.
+- Messages are addressed by UID only (RFC 3501 2.3.1.1); sequence numbers never leave a session.
+- `UID FETCH n:*` returns the newest message even when its UID is below n (RFC 3501 6.4.8):
+  results are filtered to the UIDs asked for.
+- Special-use attributes (RFC 6154) name the folder roles; names arrive in modified UTF-7
+  (RFC 3501 5.1.3), which imapclient decodes.
+- CONDSTORE (RFC 7162) is enabled when advertised: HIGHESTMODSEQ in STATUS and EXAMINE, and
+  `FETCH ... (CHANGEDSINCE m)` for flag changes.
+"""
 
 from __future__ import annotations
 
+import imaplib
 import socket
 import ssl
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import imapclient
 from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.response_parser import parse_fetch_response
 
-from app.mail import MailAuthError, MailConnectionError, ServerSettings, tls_context
+from app.mail import MailAuthError, MailConnectionError, MailError, ServerSettings, tls_context
 
-TIMEOUT_SECONDS = 30
+TIMEOUT_SECONDS = 60
+# Servers send long lines (big FLAGS lists, long UID sets); imaplib's default 10 000 bytes
+# would abort the connection.
+imaplib._MAXLINE = 10_000_000
+
+ROLE_ATTRIBUTES = {
+    b"\\sent": "sent",
+    b"\\drafts": "drafts",
+    b"\\trash": "trash",
+    b"\\junk": "junk",
+    b"\\archive": "archive",
+}
+# Servers without SPECIAL-USE: the common names.
+ROLE_NAMES = {
+    "sent": "sent",
+    "sent items": "sent",
+    "sent messages": "sent",
+    "sent mail": "sent",
+    "drafts": "drafts",
+    "draft": "drafts",
+    "trash": "trash",
+    "deleted items": "trash",
+    "deleted messages": "trash",
+    "bin": "trash",
+    "junk": "junk",
+    "spam": "junk",
+    "junk e-mail": "junk",
+    "archive": "archive",
+    "archives": "archive",
+}
+SYSTEM_FLAGS = {
+    b"\\seen": "seen",
+    b"\\flagged": "flagged",
+    b"\\answered": "answered",
+    b"\\draft": "draft",
+}
+
+
+class FolderGone(MailError):
+    """The server refused to open a folder (deleted or renamed since it was listed)."""
+
+
+@dataclass(frozen=True)
+class RemoteFolder:
+    name: str  # decoded, "/" as separator, INBOX upper-case
+    remote_name: str  # as the server names it (decoded from modified UTF-7)
+    delimiter: str | None
+    role: str | None
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    uidvalidity: int
+    uidnext: int | None
+    messages: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True)
+class Flags:
+    seen: bool
+    flagged: bool
+    answered: bool
+    draft: bool
+    keywords: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, raw: Iterable[bytes | str]) -> Flags:
+        found = {"seen": False, "flagged": False, "answered": False, "draft": False}
+        keywords = []
+        for flag in raw:
+            text = flag.decode("utf-8", "replace") if isinstance(flag, bytes) else flag
+            name = SYSTEM_FLAGS.get(text.lower().encode())
+            if name:
+                found[name] = True
+            elif text.lower() != "\\recent":
+                keywords.append(text)
+        return cls(keywords=tuple(keywords), **found)
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    flags: Flags
+    internal_date: datetime | None
+    size: int
+    raw: bytes
+    modseq: int | None
+
+
+@dataclass(frozen=True)
+class FlagChange:
+    uid: int
+    flags: Flags
+    modseq: int | None
+
+
+@contextmanager
+def _boundary(what: str) -> Iterator[None]:
+    """Translate every library and socket error into the service's own mail errors."""
+    try:
+        yield
+    except MailError:
+        raise
+    except LoginError as exc:
+        raise MailAuthError(f"IMAP login refused: {_text(exc)}") from None
+    except (OSError, ssl.SSLError, socket.timeout, IMAPClientError, imaplib.IMAP4.error) as exc:
+        raise MailConnectionError(f"IMAP {what} failed: {_text(exc)}") from None
 
 
 def connect(server: ServerSettings, ca_file: str | None = None) -> imapclient.IMAPClient:
     """A logged-in client; `security` chooses implicit TLS, STARTTLS or (loopback tests) none."""
     context = tls_context(ca_file)
-    try:
+    with _boundary(f"connection to {server.host}:{server.port}"):
         client = imapclient.IMAPClient(
             server.host,
             port=server.port,
@@ -24,29 +152,226 @@ def connect(server: ServerSettings, ca_file: str | None = None) -> imapclient.IM
             ssl_context=context if server.security == "ssl" else None,
             timeout=TIMEOUT_SECONDS,
         )
-    except (OSError, ssl.SSLError, IMAPClientError) as exc:
-        raise MailConnectionError(
-            f"IMAP connection to {server.host}:{server.port} failed: {exc}"
-        ) from None
     try:
-        if server.security == "starttls":
-            client.starttls(context)
-        client.login(server.username, server.password)
-    except LoginError as exc:
+        with _boundary(f"session with {server.host}:{server.port}"):
+            if server.security == "starttls":
+                client.starttls(context)
+            client.login(server.username, server.password)
+    except MailError:
         _close(client)
-        raise MailAuthError(f"IMAP login refused: {_text(exc)}") from None
-    except (OSError, ssl.SSLError, IMAPClientError, socket.timeout) as exc:
-        _close(client)
-        raise MailConnectionError(
-            f"IMAP session with {server.host}:{server.port} failed: {_text(exc)}"
-        ) from None
+        raise
+    # Aware datetimes for INTERNALDATE, not local-time naive ones.
+    client.normalise_times = False
     return client
 
 
 def check_login(server: ServerSettings, ca_file: str | None = None) -> None:
     """Log in and out; raise MailAuthError or MailConnectionError on failure."""
-    client = connect(server, ca_file)
-    _close(client)
+    _close(connect(server, ca_file))
+
+
+class ImapSession:
+    """One logged-in connection, with the operations the sync needs."""
+
+    def __init__(self, client: imapclient.IMAPClient) -> None:
+        self.client = client
+        with _boundary("CAPABILITY"):
+            caps = {c.upper() for c in client.capabilities()}
+        self.condstore = b"CONDSTORE" in caps or b"QRESYNC" in caps
+        self.idle_supported = b"IDLE" in caps
+        self.move_supported = b"MOVE" in caps
+        self.uidplus = b"UIDPLUS" in caps
+        if self.condstore:
+            with _boundary("ENABLE CONDSTORE"):
+                client.enable("CONDSTORE")
+
+    @classmethod
+    def open(cls, server: ServerSettings, ca_file: str | None = None) -> ImapSession:
+        return cls(connect(server, ca_file))
+
+    def close(self) -> None:
+        _close(self.client)
+
+    def __enter__(self) -> ImapSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def folders(self) -> list[RemoteFolder]:
+        """Every selectable folder, with its role (RFC 6154) and decoded name."""
+        with _boundary("LIST"):
+            listed = self.client.list_folders()
+        result = []
+        for attributes, delimiter, remote in listed:
+            attrs = {a.lower() for a in attributes}
+            if b"\\noselect" in attrs or b"\\nonexistent" in attrs:
+                continue
+            delim = delimiter.decode() if isinstance(delimiter, bytes) else delimiter
+            name = display_name(remote, delim)
+            result.append(RemoteFolder(name, remote, delim, _role(name, attrs)))
+        return result
+
+    def status(self, folder: str) -> FolderStatus:
+        """STATUS without selecting: the cheap check for "anything changed?"."""
+        what = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
+        if self.condstore:
+            what.append(b"HIGHESTMODSEQ")
+        with _boundary(f"STATUS {folder}"):
+            try:
+                found = self.client.folder_status(folder, what)
+            except imaplib.IMAP4.abort:
+                raise  # the connection broke: not the folder's fault
+            except IMAPClientError as exc:  # a NO or BAD answer for this folder
+                raise FolderGone(f"STATUS {folder}: {_text(exc)}") from None
+        return FolderStatus(
+            uidvalidity=int(found[b"UIDVALIDITY"]),
+            uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
+            messages=int(found[b"MESSAGES"]),
+            highestmodseq=int(found[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in found else None,
+        )
+
+    def examine(self, folder: str) -> FolderStatus:
+        """Select `folder` read-only (EXAMINE)."""
+        with _boundary(f"EXAMINE {folder}"):
+            try:
+                found = self.client.select_folder(folder, readonly=True)
+            except imaplib.IMAP4.abort:
+                raise
+            except IMAPClientError as exc:
+                raise FolderGone(f"EXAMINE {folder}: {_text(exc)}") from None
+        return FolderStatus(
+            uidvalidity=int(found[b"UIDVALIDITY"]),
+            uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
+            messages=int(found[b"EXISTS"]),
+            highestmodseq=int(found[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in found else None,
+        )
+
+    def uids(self, from_uid: int | None = None) -> set[int]:
+        """UIDs in the selected folder, all or those >= from_uid."""
+        criteria = ["UID", f"{from_uid}:*"] if from_uid else ["ALL"]
+        with _boundary("UID SEARCH"):
+            found = self.client.search(criteria)
+        uids = {int(u) for u in found}
+        # "n:*" always includes the highest UID, even below n (RFC 3501 6.4.8).
+        return {u for u in uids if u >= from_uid} if from_uid else uids
+
+    def sizes(self, uids: Iterable[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID (to bound batches by bytes before fetching bodies)."""
+        result: dict[int, int] = {}
+        for chunk in _chunks(sorted(uids), 1000):
+            with _boundary("UID FETCH RFC822.SIZE"):
+                found = self.client.fetch(chunk, [b"RFC822.SIZE"])
+            for uid, data in found.items():
+                if uid in chunk and b"RFC822.SIZE" in data:
+                    result[uid] = int(data[b"RFC822.SIZE"])
+        return result
+
+    def fetch(self, uids: list[int]) -> list[FetchedMessage]:
+        """Bodies (BODY.PEEK[], never BODY[]), flags, internal date and size of `uids`."""
+        items = [b"BODY.PEEK[]", b"FLAGS", b"INTERNALDATE", b"RFC822.SIZE"]
+        if self.condstore:
+            items.append(b"MODSEQ")
+        with _boundary("UID FETCH BODY.PEEK[]"):
+            found = self.client.fetch(uids, items)
+        wanted = set(uids)
+        result = []
+        for uid, data in found.items():
+            if uid not in wanted or b"BODY[]" not in data:
+                continue
+            raw = data[b"BODY[]"] or b""
+            result.append(
+                FetchedMessage(
+                    uid=uid,
+                    flags=Flags.parse(data.get(b"FLAGS", ())),
+                    internal_date=_aware(data.get(b"INTERNALDATE")),
+                    size=int(data.get(b"RFC822.SIZE", len(raw))),
+                    raw=raw,
+                    modseq=_modseq(data),
+                )
+            )
+        return result
+
+    def flags(self, uids: list[int] | str, changed_since: int | None = None) -> list[FlagChange]:
+        """Flags of `uids` ("1:*" for all); with CONDSTORE, only those changed since a modseq."""
+        items = [b"FLAGS"] + ([b"MODSEQ"] if self.condstore else [])
+        modifiers = [f"CHANGEDSINCE {changed_since}"] if changed_since is not None else None
+        with _boundary("UID FETCH FLAGS"):
+            if isinstance(uids, str):
+                found = self._fetch_range(uids, items, modifiers)
+            else:
+                found = self.client.fetch(uids, items, modifiers=modifiers)
+        return [
+            FlagChange(uid, Flags.parse(data.get(b"FLAGS", ())), _modseq(data))
+            for uid, data in found.items()
+            if b"FLAGS" in data
+        ]
+
+    def _fetch_range(self, uid_range: str, items: list[bytes], modifiers: list[str] | None):
+        # imapclient's fetch() keeps only the responses whose ids it was given as a list, so
+        # it cannot take "1:*"; listing every UID instead would overrun servers' line limits
+        # (Dovecot: 64 KiB). This is fetch() without that filter, on imaplib's own calls.
+        args = ["UID", "FETCH", uid_range, "(" + " ".join(i.decode() for i in items) + ")"]
+        if modifiers:
+            args.append("(" + " ".join(modifiers) + ")")
+        imap = self.client._imap
+        tag = imap._command(*args)
+        typ, data = imap._command_complete("FETCH", tag)
+        if typ != "OK":
+            raise MailConnectionError(f"UID FETCH {uid_range}: {data!r}")
+        typ, data = imap._untagged_response(typ, data, "FETCH")
+        return parse_fetch_response(data, self.client.normalise_times, True)
+
+    # IDLE (RFC 2177): the watcher holds it on INBOX and re-issues it before servers drop it.
+    def idle_start(self, folder: str = "INBOX") -> None:
+        with _boundary("IDLE"):
+            self.client.select_folder(folder, readonly=True)
+            self.client.idle()
+
+    def idle_wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s in IDLE; True when the server reported new or removed mail."""
+        with _boundary("IDLE"):
+            responses = self.client.idle_check(timeout=timeout)
+        return any(len(r) > 1 and r[1] in (b"EXISTS", b"EXPUNGE", b"RECENT") for r in responses)
+
+    def idle_stop(self) -> None:
+        with _boundary("IDLE DONE"):
+            self.client.idle_done()
+
+
+def display_name(remote: str, delimiter: str | None) -> str:
+    """The API's name for a folder: "/" as separator, INBOX (case-insensitive) upper-case."""
+    parts = remote.split(delimiter) if delimiter else [remote]
+    if parts[0].upper() == "INBOX":
+        parts[0] = "INBOX"
+    return "/".join(parts)
+
+
+def _role(name: str, attributes: set[bytes]) -> str | None:
+    if name == "INBOX":
+        return "inbox"
+    for attribute, role in ROLE_ATTRIBUTES.items():
+        if attribute in attributes:
+            return role
+    return ROLE_NAMES.get(name.rsplit("/", 1)[-1].lower())
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _modseq(data: dict) -> int | None:
+    value = data.get(b"MODSEQ")
+    if value is None:
+        return None
+    return int(value[0] if isinstance(value, (tuple, list)) else value)
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _close(client: imapclient.IMAPClient) -> None:
@@ -61,6 +386,6 @@ def _close(client: imapclient.IMAPClient) -> None:
 
 def _text(exc: Exception) -> str:
     text = str(exc)
-    if text.startswith("b'") or text.startswith('b"'):
+    if text.startswith(("b'", 'b"')):
         text = text[2:-1]
     return text.strip() or type(exc).__name__

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Integer, LargeBinary, String, Text
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -38,3 +40,12 @@ class Account(TenantScoped, Timestamps, Base):
     smtp_password_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Sync bookkeeping. Whether a sync is running is not stored: it is whether the account's
+    # advisory lock is held (app.services.sync), which a killed worker cannot leave behind.
+    sync_job_id: Mapped[str | None] = mapped_column(String(64))
+    sync_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sync_folders_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sync_folders_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sync_messages_synced: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    sync_messages_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

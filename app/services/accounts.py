@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound, ValidationFailed
@@ -101,6 +101,7 @@ def update_account(
         for kind in ("imap", "smtp")
     )
     account.email, account.display_name = complete.email, complete.display_name
+    account.updated_at = func.now()
     _apply(account, box, complete)
     # New credentials are the user's answer to an auth failure: try the account again.
     if changed_credentials and account.state == "auth_failed":

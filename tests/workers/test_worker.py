@@ -13,11 +13,10 @@ from tests.support import run_cli
 
 
 @pytest.fixture(autouse=True)
-def empty_queues(redis_client):
+def clean_redis(empty_queues, redis_client):
     def clean():
-        for name in QUEUES:
-            get_queue(name, redis_client).empty()
-        Scheduler(connection=redis_client).cancel("periodic-heartbeat")
+        for job_id in ("periodic-heartbeat", "periodic-sync"):
+            Scheduler(connection=redis_client).cancel(job_id)
         redis_client.delete(HEARTBEAT_KEY)
 
     clean()
@@ -46,21 +45,23 @@ def test_a_worker_on_one_queue_leaves_the_others(env, redis_client, tmp_path):
     assert Job.fetch(sync.id, connection=redis_client).get_status() == JobStatus.QUEUED
 
 
-def test_scheduler_enqueues_the_heartbeat_once_however_often_it_starts(env, redis_client, tmp_path):
+def test_scheduler_enqueues_its_periodic_jobs_once_however_often_it_starts(
+    fresh_migrated_env, redis_client, tmp_path
+):
+    # A database of its own: the periodic sync acts on every account there is.
+    env = fresh_migrated_env
     for _ in range(2):
         result = run_cli(["scheduler", "--burst"], env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-    scheduled = list(Scheduler(connection=redis_client).get_jobs())
-    assert [job.id for job in scheduled] == ["periodic-heartbeat"]
-    assert get_queue(DEFAULT, redis_client).job_ids == ["periodic-heartbeat"]
+    periodic = ["periodic-heartbeat", "periodic-sync"]
+    assert sorted(job.id for job in Scheduler(connection=redis_client).get_jobs()) == periodic
+    assert sorted(get_queue(DEFAULT, redis_client).job_ids) == periodic
 
     started = time.time()
     assert run_cli(["worker", "--burst"], env, cwd=tmp_path).returncode == 0
     assert float(redis_client.get(HEARTBEAT_KEY)) >= started
-    # rq-scheduler re-arms the job for its next interval.
-    assert [job.id for job in Scheduler(connection=redis_client).get_jobs()] == [
-        "periodic-heartbeat"
-    ]
+    # rq-scheduler re-arms the jobs for their next interval.
+    assert sorted(job.id for job in Scheduler(connection=redis_client).get_jobs()) == periodic
 
 
 def test_a_changed_interval_replaces_the_scheduled_job(redis_client):

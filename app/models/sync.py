@@ -1,0 +1,115 @@
+"""Synced mail: folders with their sync state, message copies, and raw bytes.
+
+A message row is one copy in one folder, identified by (folder, uidvalidity, uid) (RFC 3501
+2.3.1.1); the raw bytes live once per account, keyed by SHA-256, so a message moved between
+folders or refetched after a UIDVALIDITY change is not stored twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.tenancy import TenantScoped
+
+ROLES = ("inbox", "sent", "drafts", "trash", "junk", "archive")
+
+
+class Folder(TenantScoped, Base):
+    __tablename__ = "folders"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    # Decoded, "/" as separator whatever the server's delimiter; INBOX upper-case.
+    name: Mapped[str] = mapped_column(Text)
+    # As the server names it (decoded from modified UTF-7), for SELECT and STATUS.
+    remote_name: Mapped[str] = mapped_column(Text)
+    delimiter: Mapped[str | None] = mapped_column(String(4))
+    role: Mapped[str | None] = mapped_column(String(16))
+    # Sync state, advanced only in the transaction that stored what it stands for.
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uidnext: Mapped[int | None] = mapped_column(BigInteger)
+    highestmodseq: Mapped[int | None] = mapped_column(BigInteger)
+    last_flag_scan_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # UIDVALIDITY changes seen recently, to stop a server that resets it on every visit.
+    uidvalidity_resets: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    messages_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    unread_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class MessageRaw(TenantScoped, Base):
+    __tablename__ = "message_raws"
+    __table_args__ = (UniqueConstraint("account_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Message(TenantScoped, Base):
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("folder_id", "uidvalidity", "uid"),
+        # The raw GC looks for raws no message references.
+        Index("ix_messages_raw_id", "raw_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), index=True
+    )
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    modseq: Mapped[int | None] = mapped_column(BigInteger)
+    seen: Mapped[bool] = mapped_column(Boolean, default=False)
+    flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    answered: Mapped[bool] = mapped_column(Boolean, default=False)
+    draft: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Other flags and keywords, as the server sent them.
+    keywords: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    internal_date: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    size: Mapped[int] = mapped_column(Integer)
+    raw_id: Mapped[int] = mapped_column(ForeignKey("message_raws.id"))
+    # Parsed: the Date header, or the internal date when it is missing or broken.
+    date: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    subject: Mapped[str | None] = mapped_column(Text)
+    from_name: Mapped[str | None] = mapped_column(Text)
+    from_email: Mapped[str | None] = mapped_column(Text)
+    # [{"name": ..., "email": ...}, ...]
+    to_addrs: Mapped[list] = mapped_column(JSONB, default=list)
+    cc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
+    bcc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
+    reply_to: Mapped[list] = mapped_column(JSONB, default=list)
+    message_id_header: Mapped[str | None] = mapped_column(Text)
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    references: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
+    headers: Mapped[list] = mapped_column(JSONB, default=list)
+    text_body: Mapped[str | None] = mapped_column(Text)
+    html_body: Mapped[str | None] = mapped_column(Text)
+    attachments: Mapped[list] = mapped_column(JSONB, default=list)
+    has_attachments: Mapped[bool] = mapped_column(Boolean, default=False)
+    parse_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,151 @@
+"""`emailservice idle`: IMAP IDLE (RFC 2177) on INBOX for every active account.
+
+One thread and one IMAP connection per account. IDLE is re-issued every `REISSUE_SECONDS`
+(servers may drop an IDLE after 30 minutes: RFC 2177 says re-issue at least every 29), and
+when the server reports EXISTS/EXPUNGE the account gets a sync request, the same one the API
+makes (deduplicated, so a burst of mail is one job). The account list is re-read every
+`REFRESH_SECONDS`: accounts added, removed, disabled or given new credentials are picked up
+while it runs. Servers without IDLE are polled with STATUS instead.
+
+Scaling: a connection per account is what IDLE means; `--shard K/N` runs N watchers side by
+side, each taking the accounts whose id % N == K (on one host or several).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from datetime import datetime
+
+from sqlalchemy import select
+
+from app.errors import Conflict
+from app.mail import MailAuthError, MailError
+from app.mail.imap import ImapSession
+from app.models import Account
+from app.services.accounts import server_settings
+from app.services.sync_control import request_sync
+from workers import runtime
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 30
+REISSUE_SECONDS = 25 * 60
+POLL_SECONDS = 60  # servers without IDLE
+WAKE_SECONDS = 5  # how often an idling thread checks whether it should stop
+
+
+class AccountWatcher(threading.Thread):
+    """Holds IDLE for one account until told to stop."""
+
+    def __init__(self, account_id: int) -> None:
+        super().__init__(name=f"idle-{account_id}", daemon=True)
+        self.account_id = account_id
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            try:
+                self._watch()
+                failures = 0
+            except MailAuthError as exc:
+                # The next sync marks the account auth_failed; the refresh then drops it.
+                log.warning(
+                    "idle login refused", extra={"account_id": self.account_id, "error": str(exc)}
+                )
+                self.stopping.wait(REFRESH_SECONDS * 4)
+            except MailError as exc:
+                failures += 1
+                delay = min(5 * 2**failures, 600) * random.uniform(0.5, 1.5)
+                log.info(
+                    "idle connection lost",
+                    extra={"account_id": self.account_id, "error": str(exc), "retry_in": delay},
+                )
+                self.stopping.wait(delay)
+            except Exception:
+                log.exception("idle watcher failed", extra={"account_id": self.account_id})
+                self.stopping.wait(60)
+
+    def _watch(self) -> None:
+        with runtime.session() as session:
+            account = session.get(Account, self.account_id)
+            if account is None or account.state != "active":
+                self.stopping.set()
+                return
+            server = server_settings(account, runtime.secretbox(), "imap")
+        ca_file = runtime.settings().mail_tls_ca_file or None
+        with ImapSession.open(server, ca_file) as imap:
+            # Mail may have arrived while we were not connected.
+            self._request_sync()
+            if not imap.idle_supported:
+                self._poll(imap)
+                return
+            while not self.stopping.is_set():
+                imap.idle_start("INBOX")
+                changed = False
+                waited = 0.0
+                while waited < REISSUE_SECONDS and not changed and not self.stopping.is_set():
+                    changed = imap.idle_wait(WAKE_SECONDS)
+                    waited += WAKE_SECONDS
+                imap.idle_stop()
+                if changed:
+                    self._request_sync()
+
+    def _poll(self, imap: ImapSession) -> None:
+        last = imap.status("INBOX")
+        while not self.stopping.wait(POLL_SECONDS):
+            current = imap.status("INBOX")
+            if (current.uidnext, current.messages) != (last.uidnext, last.messages):
+                self._request_sync()
+            last = current
+
+    def _request_sync(self) -> None:
+        with runtime.session() as session:
+            account = session.get(Account, self.account_id)
+            if account is None:
+                return
+            try:
+                request_sync(session, runtime.redis(), account)
+            except Conflict:
+                self.stopping.set()
+
+
+def active_accounts(index: int, count: int) -> dict[int, datetime]:
+    """Active accounts of this shard, with when their settings last changed."""
+    with runtime.session() as session:
+        rows = session.execute(
+            select(Account.id, Account.updated_at).where(Account.state == "active")
+        ).all()
+    return {account_id: updated for account_id, updated in rows if account_id % count == index}
+
+
+def run_idle(index: int = 0, count: int = 1) -> None:
+    """Watch this shard's accounts until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    watchers: dict[int, tuple[AccountWatcher, datetime]] = {}
+    log.info("idle watcher started", extra={"shard": f"{index}/{count}"})
+    while not stop.is_set():
+        try:
+            wanted = active_accounts(index, count)
+        except Exception:
+            log.exception("could not read the accounts; retrying")
+            stop.wait(REFRESH_SECONDS)
+            continue
+        for account_id, (watcher, updated) in list(watchers.items()):
+            # Gone, disabled, or new settings (a restart picks those up).
+            if wanted.get(account_id) != updated or not watcher.is_alive():
+                watcher.stopping.set()
+                del watchers[account_id]
+        for account_id, updated in wanted.items():
+            if account_id not in watchers:
+                watcher = AccountWatcher(account_id)
+                watcher.start()
+                watchers[account_id] = (watcher, updated)
+        stop.wait(REFRESH_SECONDS)
+    for watcher, _ in watchers.values():
+        watcher.stopping.set()
+    log.info("idle watcher stopped")
