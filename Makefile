@@ -5,16 +5,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+ENV ?= vagrant
 
 .DEFAULT_GOAL := help
-.PHONY: help dev stop test lint health check db-upgrade clean
+.PHONY: help dev stop test lock lint health check db-upgrade deploy deploy-check test-deploy clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@scripts/ensure-venv $(PYTHON) $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+	@# The service's dependencies at the lock file's versions (what a deploy installs); the lock's
+	@# hashes are for deploys: pip refuses hashes beside an editable install.
+	@sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' requirements.lock > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -e '.[test,dev,deploy]'
 	@touch $@
 
 dev: $(STAMP) ## Start the local stack, migrations, API (reloading), worker and scheduler; Ctrl-C stops
@@ -27,8 +31,16 @@ test: $(STAMP) ## Run the test suite against real PostgreSQL, Redis, Dovecot and
 	$(BIN)/python -m devstack install --test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lock: ## Re-resolve requirements.lock (exact versions with hashes) from pyproject.toml
+	@scripts/ensure-venv $(PYTHON) $(VENV)
+	@$(BIN)/pip install --quiet --disable-pip-version-check pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --output-file requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --output-file requirements-build.lock requirements-build.in
+
 lint: $(STAMP) ## Static checks (ruff)
-	$(BIN)/ruff check app workers devstack tests
+	$(BIN)/ruff check app workers devstack tests tasks inventories deploy.py
 
 health: ## GET /health of the running dev API
 	@curl -sS -w '\n' http://127.0.0.1:$${API_PORT:-5000}/health
@@ -38,6 +50,18 @@ check: $(STAMP) ## Start-up checks against the dev stack's settings
 
 db-upgrade: $(STAMP) ## Apply migrations to the dev stack's database
 	@set -a; [ -f .stack/dev/env ] && . .stack/dev/env; set +a; $(BIN)/emailservice db upgrade
+
+deploy: $(STAMP) ## Deploy to ENV (vagrant, staging or production): make deploy ENV=staging
+	@test -f inventories/$(ENV).py || { echo "no inventory inventories/$(ENV).py" >&2; exit 2; }
+	$(BIN)/pyinfra -y inventories/$(ENV).py deploy.py
+
+deploy-check: $(STAMP) ## Dry run against ENV: what a deploy would change, with diffs (secrets hidden)
+	@test -f inventories/$(ENV).py || { echo "no inventory inventories/$(ENV).py" >&2; exit 2; }
+	$(BIN)/pyinfra inventories/$(ENV).py deploy.py --dry --diff
+
+test-deploy: $(STAMP) ## Deploy onto a booted Debian 12 test host (twice) and check it from outside
+	$(BIN)/python -m devstack install --test-tools
+	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 clean: stop ## Remove the virtualenv and the dev stack's data
 	rm -rf $(VENV) .stack build dist *.egg-info

@@ -184,7 +184,11 @@ class Settings:
         """Read `.env` (when present) overlaid by the environment, which wins."""
         values: dict[str, str] = {}
         path = Path(dotenv_path)
-        if path.is_file():
+        try:
+            present = path.is_file()
+        except OSError:  # e.g. a working directory this user may not read: no .env there
+            present = False
+        if present:
             values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
         values.update(os.environ if environ is None else environ)
         return cls.from_mapping(values)

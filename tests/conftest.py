@@ -31,6 +31,22 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under CI=true, which counts as a failure: {report.longrepr}"
 
 
+def pytest_terminal_summary(terminalreporter):
+    """DEPLOY.md asks the suite to say how many level-4 (deployed host) checks ran."""
+    counts = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        counts[outcome] = sum(
+            1
+            for report in terminalreporter.stats.get(outcome, [])
+            if getattr(report, "when", "call") == "call" and "level4" in report.keywords
+        )
+    if any(counts.values()):
+        terminalreporter.write_line(
+            "level-4 checks on a deployed host: "
+            + ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n)
+        )
+
+
 @pytest.fixture(scope="session")
 def stack_control() -> Iterator:
     """The real servers for this session (a devstack Stack), stopped and removed at the end."""

@@ -1,0 +1,177 @@
+"""The service itself: user, release virtualenv, secrets file, migrations, systemd units.
+
+Layout on the host:
+  /opt/emailservice/releases/<hash>/{wheels,venv}   one per release, installed from its wheels
+  /opt/emailservice/current -> releases/<hash>      what the units run
+  /etc/emailservice/emailservice.env                secrets and settings (root:emailservice 0640)
+  /var/lib/emailservice                             the service user's state
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.facts.files import File
+from pyinfra.facts.systemd import SystemdEnabled
+from pyinfra.operations import files, server, systemd
+
+from tasks.common import changed, template
+from tasks.release import Release
+from tasks.secrets import secret_file
+
+UNITS = [
+    "emailservice-api@.service",
+    "emailservice-worker@.service",
+    "emailservice-scheduler.service",
+    "emailservice-idle.service",
+    "emailservice-migrate.service",
+    "emailservice-healthcheck.service",
+    "emailservice-healthcheck.timer",
+]
+
+
+def api_ports() -> list[int]:
+    return [host.data.api_base_port + i for i in range(host.data.api_instances)]
+
+
+def env_file(data, secrets: dict[str, str]) -> str:
+    """The service's settings (.env format) from host data; see .env.example for each one."""
+    values = {
+        "DATABASE_URL": f"postgresql://{data.app_user}@/{data.postgres_database}"
+        "?host=/var/run/postgresql",
+        "REDIS_URL": f"redis://:{secrets['REDIS_PASSWORD']}@127.0.0.1:6379/0",
+        "JWT_SECRET": secrets["JWT_SECRET"],
+        "ENCRYPTION_KEY": secrets["ENCRYPTION_KEY"],
+        "API_HOST": "127.0.0.1",
+        "WAITRESS_THREADS": str(data.waitress_threads),
+        "LOG_LEVEL": data.log_level,
+        "SYNC_INTERVAL_SECONDS": str(data.sync_interval_seconds),
+        # nginx in front: per-address login limits see the client, not nginx.
+        "TRUSTED_PROXIES": "1",
+        # Accounts on this host's own IMAP/SMTP verify against its (maybe self-signed) cert.
+        "MAIL_TLS_CA_FILE": data.tls_cert_path,
+    }
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def install(release: Release, secrets: dict[str, str]) -> list:
+    data = host.data
+    ops = [
+        server.group(name="Service group", group=data.app_user, system=True),
+        server.user(
+            name="Service user (no login, no sudo)",
+            user=data.app_user,
+            group=data.app_user,
+            system=True,
+            home=data.state_dir,
+            shell="/usr/sbin/nologin",
+            create_home=False,
+        ),
+        files.directory(
+            name="State directory",
+            path=data.state_dir,
+            user=data.app_user,
+            group=data.app_user,
+            mode="750",
+        ),
+        files.directory(
+            name="Config directory",
+            path=data.config_dir,
+            user="root",
+            group=data.app_user,
+            mode="750",
+        ),
+        files.directory(name="Releases directory", path=f"{data.app_root}/releases", mode="755"),
+    ]
+
+    root = f"{data.app_root}/releases/{release.name}"
+    # A release is installed once; after that its venv exists and this step reports nothing.
+    if host.get_fact(File, path=f"{root}/venv/bin/emailservice") is None:
+        ops.append(
+            files.sync(
+                name=f"Upload release {release.name}",
+                src=str(release.wheelhouse),
+                dest=f"{root}/wheels",
+                mode="644",
+                dir_mode="755",
+                delete=True,
+            )
+        )
+        ops.append(
+            server.shell(
+                name=f"Install release {release.name} (offline, hash-checked)",
+                commands=[
+                    f"rm -rf {root}/venv",
+                    f"python3 -m venv {root}/venv",
+                    f"{root}/venv/bin/pip install --quiet --no-index --find-links {root}/wheels "
+                    f"--require-hashes -r {root}/wheels/requirements-build.lock",
+                    f"{root}/venv/bin/pip install --quiet --no-index --find-links {root}/wheels "
+                    f"--require-hashes --no-build-isolation -r {root}/wheels/requirements.lock",
+                    f"{root}/venv/bin/pip install --quiet --no-index --no-deps {root}/wheels/"
+                    "emailservice-*.whl",
+                    f"{root}/venv/bin/emailservice --help > /dev/null",
+                ],
+            )
+        )
+
+    settings = secret_file(
+        name="Service settings and secrets",
+        path=f"{data.config_dir}/emailservice.env",
+        content=env_file(data, secrets),
+        user="root",
+        group=data.app_user,
+        mode="640",
+    )
+    units = [template(f"systemd/{unit}.j2", f"/etc/systemd/system/{unit}") for unit in UNITS]
+    cli = template("emailservice/emailservice-cli.j2", "/usr/local/bin/emailservice", mode="755")
+    healthcheck = template(
+        "systemd/healthcheck.j2",
+        "/usr/local/lib/emailservice/healthcheck",
+        mode="755",
+        api_ports=api_ports(),
+    )
+    ops += [settings, *units, cli, healthcheck]
+    if changed(*units):
+        ops.append(systemd.daemon_reload(name="Reload systemd units"))
+    current = files.link(name="Switch to the release", path=f"{data.app_root}/current", target=root)
+    ops.append(current)
+
+    # Migrations run once per release, before anything of the new release starts.
+    if changed(current) or changed(settings):
+        ops.append(
+            server.shell(name="Apply migrations", commands=["systemctl start emailservice-migrate"])
+        )
+    ops += _services(restart=changed(current, settings, *units))
+    ops.append(
+        systemd.service(
+            name="Health-check timer",
+            service="emailservice-healthcheck.timer",
+            running=True,
+            enabled=True,
+            restarted=changed(healthcheck),
+        )
+    )
+    return ops
+
+
+def _services(restart: bool) -> list:
+    data = host.data
+    wanted = [f"emailservice-api@{port}.service" for port in api_ports()]
+    wanted += [f"emailservice-worker@{n}.service" for n in range(1, data.worker_count + 1)]
+    wanted += ["emailservice-scheduler.service", "emailservice-idle.service"]
+    ops = [
+        systemd.service(
+            name=f"{unit} running", service=unit, running=True, enabled=True, restarted=restart
+        )
+        for unit in wanted
+    ]
+    # Instances beyond the inventory's counts are stopped and disabled.
+    enabled = host.get_fact(SystemdEnabled) or {}
+    for unit, is_enabled in enabled.items():
+        if is_enabled and unit.startswith(("emailservice-api@", "emailservice-worker@")):
+            if unit not in wanted:
+                ops.append(
+                    systemd.service(
+                        name=f"Retire {unit}", service=unit, running=False, enabled=False
+                    )
+                )
+    return ops

@@ -1,0 +1,59 @@
+"""Dovecot: IMAP (143 STARTTLS, 993 TLS), LMTP and SASL sockets for Postfix, passwd-file users."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.operations import files, server, systemd
+
+from tasks.common import changed, template
+from tasks.secrets import dovecot_hash, secret_file
+
+
+def configure(secrets: dict[str, str]) -> list:
+    data = host.data
+    ops = [
+        server.group(name="vmail group", group="vmail", system=True),
+        server.user(
+            name="vmail user (owns the mailboxes)",
+            user="vmail",
+            group="vmail",
+            system=True,
+            home=data.mail_root,
+            shell="/usr/sbin/nologin",
+            create_home=False,
+        ),
+        files.directory(
+            name="Mailbox root", path=data.mail_root, user="vmail", group="vmail", mode="750"
+        ),
+    ]
+    conf = template("dovecot/dovecot.conf.j2", "/etc/dovecot/dovecot.conf", group="dovecot")
+    # The passwd-file is re-read by Dovecot on its own: new users need no restart.
+    users = secret_file(
+        name="Dovecot users (password hashes)",
+        path="/etc/dovecot/users",
+        content="".join(
+            f"{address}:{dovecot_hash(address, secrets[secret])}::::::\n"
+            for address, secret in sorted(data.mail_users.items())
+        ),
+        user="root",
+        group="dovecot",
+        mode="640",
+    )
+    ops += [conf, users]
+    if changed(conf):
+        # A broken configuration must not take down a running Dovecot.
+        ops.append(
+            server.shell(
+                name="Dovecot configuration is valid", commands=["doveconf -n > /dev/null"]
+            )
+        )
+    ops.append(
+        systemd.service(
+            name="Dovecot running",
+            service="dovecot",
+            running=True,
+            enabled=True,
+            restarted=changed(conf),
+        )
+    )
+    return ops

@@ -1,0 +1,75 @@
+"""Secrets: one set per environment, never printed, never on a command line.
+
+Each value comes from the deploying person's environment (`EMAILSERVICE_<NAME>`) or from an
+untracked, mode-0600 file beside the inventory (`inventories/secrets/<env>.env`), where a
+missing one is generated once. Files holding secrets are written with `secret_file`, which,
+unlike files.put/template, shows no diff and no contents, even with `--diff`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import secrets as random
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, operation
+from pyinfra.facts.files import File, Sha256File
+from pyinfra.operations.util.files import chmod, chown
+
+SECRETS_DIR = Path(__file__).resolve().parent.parent / "inventories" / "secrets"
+
+
+def _generate(name: str) -> str:
+    if name == "ENCRYPTION_KEY":  # the format the service expects: 32 bytes, URL-safe base64
+        return base64.urlsafe_b64encode(random.token_bytes(32)).decode()
+    return random.token_urlsafe(32)
+
+
+def load(env: str, names: list[str]) -> dict[str, str]:
+    """The environment's secrets: from EMAILSERVICE_<NAME>, else the file, else generated."""
+    path = SECRETS_DIR / f"{env}.env"
+    stored: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, _, value = line.partition("=")
+                stored[key.strip()] = value.strip()
+    missing = [n for n in names if n not in stored and f"EMAILSERVICE_{n}" not in os.environ]
+    if missing:
+        stored.update({name: _generate(name) for name in missing})
+        SECRETS_DIR.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"# Secrets of the {env} environment: keep this file, never commit it.\n")
+            f.writelines(f"{k}={v}\n" for k, v in sorted(stored.items()))
+    return {n: os.environ.get(f"EMAILSERVICE_{n}", stored.get(n, "")) for n in names}
+
+
+def dovecot_hash(email: str, password: str) -> str:
+    """{SSHA512} for Dovecot's passwd-file, salted per user and stable across deploys."""
+    salt = hashlib.sha256(f"{email}\0{password}".encode()).digest()[:8]
+    digest = hashlib.sha512(password.encode() + salt).digest()
+    return "{SSHA512}" + base64.b64encode(digest + salt).decode()
+
+
+@operation()
+def secret_file(
+    path: str, content: str, user: str = "root", group: str = "root", mode: str = "640"
+):
+    """Ensure a file holds `content` without ever showing it (no diff, no contents)."""
+    data = content.encode()
+    current = host.get_fact(File, path=path)
+    if host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest():
+        host.log(f"Will write {path} (contents hidden)")
+        yield FileUploadCommand(
+            io.BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path)
+        )
+        current = None  # a new file: set owner and mode
+    if not current or current.get("user") != user or current.get("group") != group:
+        yield chown(path, user, group)
+    if not current or f"{current.get('mode')}" != mode.lstrip("0"):
+        yield chmod(path, mode)

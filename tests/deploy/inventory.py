@@ -1,0 +1,16 @@
+"""The inventory's data as pyinfra merges it (all.py overlaid by the environment's file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def group_data(env: str) -> dict:
+    data: dict = {}
+    for name in ("all", env):
+        namespace: dict = {}
+        exec((ROOT / "inventories" / "group_data" / f"{name}.py").read_text(), namespace)
+        data.update({k: v for k, v in namespace.items() if not k.startswith("__")})
+    return data

@@ -1,0 +1,235 @@
+"""DEPLOY.md level 1 and 2: templates rendered with each environment's data, and the whole
+deploy planned without a target, printing no secret."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from tests.deploy.inventory import group_data
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVIRONMENTS = ["vagrant", "staging", "production"]
+UNITS = ["api@", "worker@", "scheduler", "idle", "migrate"]
+
+
+def render(template: str, env: str, **extra) -> str:
+    jinja = Environment(
+        loader=FileSystemLoader(str(ROOT / "templates")),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    host = SimpleNamespace(data=SimpleNamespace(**group_data(env)))
+    return jinja.get_template(template).render(host=host, **extra)
+
+
+def settings(text: str, sep: str = "=") -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and sep in line:
+            key, _, value = line.partition(sep)
+            found[key.strip()] = value.strip()
+    return found
+
+
+def api_ports(env: str) -> list[int]:
+    data = group_data(env)
+    return [data["api_base_port"] + i for i in range(data["api_instances"])]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_redis_keeps_queued_jobs_and_stays_local(env):
+    conf = render("redis/redis.conf.j2", env)
+    lines = {
+        line.split(None, 1)[0]: line.split(None, 1)[1]
+        for line in conf.splitlines()
+        if line.strip() and not line.startswith("#") and " " in line
+    }
+    assert lines["appendonly"] == "yes"
+    assert lines["appendfsync"] == "everysec"
+    assert lines["maxmemory"] == "256mb"
+    assert lines["maxmemory-policy"] == "noeviction"
+    assert lines["bind"] == "127.0.0.1 -::1"
+    assert lines["protected-mode"] == "yes"
+    assert lines["include"] == "/etc/redis/emailservice-auth.conf"
+    assert "requirepass" not in lines  # the password lives in the hidden file only
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_postgres_is_local_with_no_trust(env):
+    conf = settings(render("postgresql/emailservice.conf.j2", env))
+    assert conf["listen_addresses"] == "'localhost'"
+    hba = render("postgresql/pg_hba.conf.j2", env)
+    rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+    assert all("trust" not in rule for rule in rules)
+    assert ["local", "emailservice", "emailservice", "peer"] in rules
+    assert all(rule[0] == "local" or rule[3] in ("127.0.0.1/32", "::1/128") for rule in rules)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_postfix_refuses_relay_and_forged_senders(env):
+    main = settings(render("postfix/main.cf.j2", env))
+    data = group_data(env)
+    assert main["virtual_mailbox_domains"] == data["mail_domain"]
+    assert data["mail_domain"] not in main["mydestination"]
+    assert main["virtual_transport"] == "lmtp:unix:private/dovecot-lmtp"
+    assert main["smtpd_tls_auth_only"] == "yes"
+    assert main["smtpd_sasl_type"] == "dovecot"
+    assert main["smtpd_relay_restrictions"].endswith("reject_unauth_destination")
+    assert (
+        "check_sender_access texthash:/etc/postfix/local_senders"
+        in main["smtpd_sender_restrictions"]
+    )
+    assert (
+        render("postfix/local_senders.j2", env)
+        .splitlines()[-1]
+        .startswith(f"{data['mail_domain']} REJECT")
+    )
+    assert main["smtpd_tls_cert_file"] == data["tls_cert_path"]
+    master = render("postfix/master.cf.j2", env)
+    submission = master.split("\nsubmission ")[1].split("\nsubmissions ")[0]
+    assert "smtpd_tls_security_level=encrypt" in submission
+    assert "smtpd_sasl_auth_enable=yes" in submission
+    assert "reject_sender_login_mismatch" in submission
+    submissions = master.split("\nsubmissions ")[1].split("\npickup ")[0]
+    assert "smtpd_tls_wrappermode=yes" in submissions
+
+
+@pytest.mark.parametrize("env", ["vagrant"])
+def test_postfix_maps_list_the_inventorys_mailboxes(env):
+    mailboxes = render("postfix/virtual_mailboxes.j2", env)
+    logins = render("postfix/sender_logins.j2", env)
+    for address in group_data(env)["mail_users"]:
+        assert f"{address} OK" in mailboxes
+        assert f"{address} {address}" in logins
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_dovecot_requires_tls_and_serves_postfix(env):
+    conf = render("dovecot/dovecot.conf.j2", env)
+    assert re.search(r"^ssl = required$", conf, re.M)
+    assert re.search(r"^disable_plaintext_auth = yes$", conf, re.M)
+    assert f"ssl_cert = <{group_data(env)['tls_cert_path']}\n" in conf
+    assert "unix_listener /var/spool/postfix/private/dovecot-lmtp" in conf
+    assert "unix_listener /var/spool/postfix/private/auth" in conf
+    assert re.search(r"inet_listener imaps \{\s*port = 993\s*ssl = yes", conf)
+    assert "driver = passwd-file" in conf
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_nginx_terminates_tls_in_front_of_local_api_ports(env):
+    ports = api_ports(env)
+    conf = render("nginx/emailservice.conf.j2", env, api_ports=ports)
+    assert re.findall(r"server 127\.0\.0\.1:(\d+)", conf) == [str(p) for p in ports]
+    assert "listen 443 ssl" in conf
+    assert "return 301 https://" in conf
+    assert "proxy_next_upstream error timeout http_502 http_503" in conf
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_firewall_opens_only_the_public_ports(env):
+    rules = render("nftables/nftables.conf.j2", env)
+    [ports] = re.findall(r"tcp dport \{ ([\d, ]+) \} accept", rules)
+    assert {int(p) for p in ports.split(",")} == {22, 25, 80, 443, 465, 587, 143, 993}
+    assert "policy drop" in rules
+    for private in [5432, 6379, *api_ports(env)]:
+        assert str(private) not in ports.split(", ")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_are_hardened_and_run_as_the_service_user(env, unit):
+    text = render(f"systemd/emailservice-{unit}.service.j2", env)
+    conf = settings(text)
+    assert conf["User"] == "emailservice"
+    assert conf["EnvironmentFile"] == "/etc/emailservice/emailservice.env"
+    for setting, value in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("CapabilityBoundingSet", ""),
+    ]:
+        assert conf[setting] == value, setting
+    assert conf["ReadWritePaths"] == "/var/lib/emailservice"
+    if unit != "migrate":
+        assert conf["Restart"] == "on-failure"
+        assert "redis-server.service" in conf["After"]
+    if unit == "api@":
+        assert "--host 127.0.0.1 --port %i" in conf["ExecStart"]
+    if unit == "worker@":
+        assert conf["KillMode"] == "mixed"
+        assert int(conf["TimeoutStopSec"]) > 900  # the sync job timeout
+
+
+def test_the_environment_file_holds_every_required_setting():
+    sys.path.insert(0, str(ROOT))
+    from app.config import Settings
+    from tasks import app as app_task
+
+    data = group_data("vagrant")
+    fake = {
+        "REDIS_PASSWORD": "r" * 20,
+        "JWT_SECRET": "j" * 40,
+        "ENCRYPTION_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    }
+    values = settings(app_task.env_file(SimpleNamespace(**data), fake))
+    assert values.pop("MAIL_TLS_CA_FILE") == data["tls_cert_path"]  # a file on the host
+    parsed = Settings.from_mapping(values)
+    from sqlalchemy.engine import make_url
+
+    url = make_url(parsed.database_url)
+    assert (url.username, url.database, url.query["host"]) == (
+        "emailservice",
+        "emailservice",
+        "/var/run/postgresql",
+    )
+    assert parsed.trusted_proxies == 1
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, tmp_path):
+    secret_values = {
+        "JWT_SECRET": secrets.token_urlsafe(40),
+        "ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "REDIS_PASSWORD": secrets.token_urlsafe(24),
+        "MAILBOX_TEST_PASSWORD": secrets.token_urlsafe(18),
+    }
+    environ = {f"EMAILSERVICE_{k}": v for k, v in secret_values.items()}
+    secrets_file = ROOT / "inventories" / "secrets" / f"{env}.env"
+    existed = secrets_file.exists()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "deploy" / "plan.py"), env],
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    for expected in [
+        "Install postgresql",
+        "Render /etc/postfix/main.cf",
+        "Redis password",
+        "Service settings and secrets",
+        "emailservice-api@8001.service running",
+        "emailservice-scheduler.service running",
+        "Firewall active",
+        "/health answers 200 through nginx",
+    ]:
+        assert expected in output, expected
+    for name, value in secret_values.items():
+        assert value not in output, f"{name} printed by the plan"
+    # Every secret came from the environment: no secrets file was generated.
+    assert secrets_file.exists() == existed
