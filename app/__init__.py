@@ -16,7 +16,18 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     /health reports it.
     """
     from app import db
-    from app.api import accounts, auth, docs, errors, health, observability, ratelimit, sync
+    from app.api import (
+        accounts,
+        auth,
+        docs,
+        errors,
+        health,
+        messages,
+        observability,
+        ratelimit,
+        search,
+        sync,
+    )
     from app.api.ids import IdConverter
     from app.queues import make_redis
     from app.secrets import SecretBox
@@ -54,4 +65,6 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(docs.bp)
     app.register_blueprint(accounts.bp)
     app.register_blueprint(sync.bp)
+    app.register_blueprint(search.bp)
+    app.register_blueprint(messages.bp)
     return app

@@ -177,6 +177,9 @@ def curl_lines(base: str, token: str, account_id: int) -> str:
             f"  curl -s {auth} {base}/api/accounts",
             f"  curl -s {auth} {base}/api/accounts/{account_id}/folders",
             f"  curl -s {auth} {base}/api/sync/status/{account_id}",
+        f"  curl -s {auth} '{base}/api/accounts/{account_id}/messages?folder=INBOX'",
+        f"  curl -s {auth} '{base}/api/sync/search?query=lunch'",
+        f"  curl -s {auth} '{base}/api/sync/search?query=from:bob%20has:attachment%20OR%20report'",
             f"  curl -s -X POST {auth} {base}/api/sync/imap/{account_id}",
         ]
     )

@@ -284,3 +284,43 @@ def fresh_migrated_env(env, fresh_database):
 
     command.upgrade(alembic_config(fresh_database), "head")
     return dict(env, DATABASE_URL=fresh_database)
+
+
+@pytest.fixture(scope="session")
+def user_pools():
+    """Mail users created in bulk per stack (each creation reloads Dovecot's and Postfix's maps)."""
+    return {}
+
+
+@pytest.fixture
+def mailbox(stack_control, user_pools):
+    """A fresh mail user on this session's Dovecot (the sync tests also use one without
+    CONDSTORE: tests/services/conftest.py)."""
+    from tests.mailbox import UserPool
+
+    return user_pools.setdefault(stack_control.name, UserPool(stack_control)).take()
+
+
+@pytest.fixture
+def account_id(db_sessionmaker, env, tenant_a, mailbox) -> int:
+    """An account of tenant A for `mailbox`."""
+    from tests.mailbox import add_account
+
+    return add_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+
+
+@pytest.fixture
+def make_syncer(db_sessionmaker, env):
+    """Syncers with test-sized limits (keyword arguments override SyncLimits fields)."""
+    from datetime import timedelta
+
+    from app.secrets import SecretBox
+    from app.services.sync import Syncer, SyncLimits
+
+    def make(observer=None, **limits) -> Syncer:
+        box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
+        defaults = dict(max_messages=None, max_seconds=None, flag_scan_interval=timedelta(0))
+        defaults.update(limits)
+        return Syncer(db_sessionmaker, box, None, SyncLimits(**defaults), observer)
+
+    return make

@@ -13,6 +13,13 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 import imapclient
+from sqlalchemy import select
+
+from app.mail import ServerSettings
+from app.models import Folder, Message
+from app.secrets import SecretBox
+from app.services.accounts import AccountFields, create_account
+from app.tenancy import bind_tenant
 
 
 def message(
@@ -156,3 +163,34 @@ def wire_log() -> Iterator[WireLog]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+def add_account(sessionmaker, env, tenant_id: int, mailbox) -> int:
+    """An account row for `mailbox`, IMAP in plain text over loopback."""
+    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
+    imap = ServerSettings(mailbox.host, mailbox.imap_port, "none", mailbox.email, mailbox.password)
+    smtp = ServerSettings(
+        mailbox.host, mailbox.submission_port, "starttls", mailbox.email, mailbox.password
+    )
+    with sessionmaker() as session:
+        bind_tenant(session, tenant_id)
+        account = create_account(
+            session, box, AccountFields(mailbox.email, None, imap, smtp), verify=False, ca_file=None
+        )
+        session.commit()
+        return account.id
+
+
+def stored(sessionmaker, account_id: int) -> dict[str, dict[int, Message]]:
+    """The current copies per folder name: {folder: {uid: Message}}."""
+    with sessionmaker() as session:
+        folders = session.scalars(select(Folder).where(Folder.account_id == account_id)).all()
+        result = {}
+        for folder in folders:
+            rows = session.scalars(
+                select(Message).where(
+                    Message.folder_id == folder.id, Message.uidvalidity == folder.uidvalidity
+                )
+            ).all()
+            result[folder.name] = {m.uid: m for m in rows}
+        return result

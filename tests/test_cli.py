@@ -20,7 +20,7 @@ def test_malformed_setting_in_dotenv_is_named(env, tmp_path):
     assert result.stderr.strip() == "Error: API_PORT must be an integer, not 'eighty'"
 
 
-def test_environment_wins_over_dotenv(env, tmp_path):
+def test_environment_wins_over_dotenv(env, migrated, tmp_path):
     (tmp_path / ".env").write_text("JWT_SECRET=too-short\n")
     assert run_cli(["check"], env, cwd=tmp_path).returncode == 0
     without = {k: v for k, v in env.items() if k != "JWT_SECRET"}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import random
 import time
+from datetime import timedelta
 
 from sqlalchemy import select
 
 from app.errors import Conflict, NotFound
 from app.mail import MailConnectionError
 from app.models import Account
-from app.queues import HEARTBEAT_KEY
+from app.queues import DEFAULT, HEARTBEAT_KEY, get_queue
 from app.services.sync import Syncer, SyncLimits
 from app.services.sync_control import enqueue_sync, pending_key, request_sync
 from workers import runtime
@@ -105,3 +106,26 @@ def sync_all_accounts() -> int:
             except Conflict:
                 continue  # its state changed meanwhile
     return requested
+
+
+def apply_message_changes(account_id: int, attempt: int = 0) -> int:
+    """Write an account's pending message changes to its IMAP server."""
+    from app.services.messages import apply_changes
+
+    settings = runtime.settings()
+    try:
+        applied = apply_changes(
+            runtime.sessions(), runtime.secretbox(), settings.mail_tls_ca_file or None, account_id
+        )
+    except MailConnectionError:
+        if attempt >= SYNC_RETRIES:
+            raise
+        delay = retry_delay(attempt)
+        get_queue(DEFAULT, runtime.redis()).enqueue_in(
+            timedelta(seconds=delay),
+            "workers.jobs.apply_message_changes",
+            account_id,
+            attempt + 1,
+        )
+        return 0
+    return applied

@@ -51,6 +51,7 @@ class Operation:
     responses: dict[int, ResponseSpec] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     auth: bool = True
+    params: type[BaseModel] | None = None  # the query string's parameters
 
 
 def operation(
@@ -61,11 +62,12 @@ def operation(
     responses: dict[int, ResponseSpec] | None = None,
     errors: tuple[int, ...] = (),
     auth: bool = True,
+    params: type[BaseModel] | None = None,
 ) -> Callable:
     """Describe a view for the OpenAPI document."""
 
     def decorate(view: Callable) -> Callable:
-        view.openapi = Operation(summary, tags, request, responses or {}, errors, auth)  # type: ignore[attr-defined]
+        view.openapi = Operation(summary, tags, request, responses or {}, errors, auth, params)  # type: ignore[attr-defined]
         return view
 
     return decorate
@@ -111,6 +113,8 @@ def _operation(rule, spec: Operation, components: dict[str, Any]) -> dict[str, A
         }
         for converter, name in _RULE_ARG.findall(rule.rule)
     ]
+    if spec.params is not None:
+        parameters += _query_parameters(spec.params)
     if parameters:
         result["parameters"] = parameters
     if spec.request is not None:
@@ -131,6 +135,26 @@ def _operation(rule, spec: Operation, components: dict[str, Any]) -> dict[str, A
             ERROR_DESCRIPTIONS[status], ErrorResponse, components
         )
     return result
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """One `in: query` parameter per field of `model` (a query string has no nulls)."""
+    schema = model.model_json_schema()
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        if prop.get("default", "") is None:
+            del prop["default"]
+        branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
+        if branches:
+            prop.update(branches[0])
+        parameter = {"name": name, "in": "query", "required": name in schema.get("required", [])}
+        if description:
+            parameter["description"] = description
+        parameters.append({**parameter, "schema": prop})
+    return parameters
 
 
 def _response(description: str, body: type[BaseModel] | str | None, components) -> dict[str, Any]:

@@ -51,6 +51,13 @@ def page_request(key_type: type = int) -> PageRequest:
     return PageRequest(limit=limit, after=after)
 
 
+def bad_cursor() -> ValidationFailed:
+    """The error for a cursor this API did not make (or that was edited)."""
+    return ValidationFailed(
+        "cursor is not one this API returned.", [{"field": "cursor", "message": "malformed"}]
+    )
+
+
 def encode_cursor(key: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps({"k": key}).encode()).decode().rstrip("=")
 

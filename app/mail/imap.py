@@ -322,6 +322,94 @@ class ImapSession:
         typ, data = imap._untagged_response(typ, data, "FETCH")
         return parse_fetch_response(data, self.client.normalise_times, True)
 
+    # Writing back (the user's own changes): flags, moves, deletions.
+    def select(self, folder: str) -> FolderStatus:
+        """Select `folder` read-write (for STORE, MOVE, EXPUNGE)."""
+        with _boundary(f"SELECT {folder}"):
+            try:
+                found = self.client.select_folder(folder)
+            except imaplib.IMAP4.abort:
+                raise
+            except IMAPClientError as exc:
+                raise FolderGone(f"SELECT {folder}: {_text(exc)}") from None
+        return FolderStatus(
+            uidvalidity=int(found[b"UIDVALIDITY"]),
+            uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
+            messages=int(found[b"EXISTS"]),
+            highestmodseq=int(found[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in found else None,
+        )
+
+    def store(self, uid: int, add: list[bytes], remove: list[bytes]) -> bool:
+        """Add and remove flags of one message; False when it no longer exists.
+
+        +FLAGS/-FLAGS name only the flags the user changed, so flags another client set at the
+        same time are kept. With CONDSTORE, UNCHANGEDSINCE (RFC 7162 3.1.3) guards against
+        writing over a concurrent change of the same flag: on a conflict (MODIFIED) the store
+        is retried against the message's new state.
+        """
+        for _attempt in range(3):
+            modseq = None
+            if self.condstore:
+                current = self.flags([uid])
+                if not current:
+                    return False
+                modseq = current[0].modseq
+            elif uid not in self.uids(from_uid=uid):
+                return False
+            conflicted = False
+            for sign, flags in (("+", add), ("-", remove)):
+                if not flags:
+                    continue
+                item = f"{sign}FLAGS.SILENT"
+                if modseq is not None:
+                    item = f"(UNCHANGEDSINCE {modseq}) {item}"
+                names = "(" + " ".join(f.decode() for f in flags) + ")"
+                with _boundary("UID STORE"):
+                    self.client._imap.untagged_responses.pop("MODIFIED", None)
+                    typ, data = self.client._imap.uid("STORE", str(uid), item, names)
+                    if typ != "OK":
+                        raise MailConnectionError(f"UID STORE {uid}: {_text(Exception(data))}")
+                    conflicted = bool(self.client._imap.untagged_responses.pop("MODIFIED", None))
+                if conflicted:
+                    break
+            if not conflicted:
+                return True
+        raise MailConnectionError(f"UID STORE {uid}: kept conflicting with another client")
+
+    def move(self, uid: int, target: str) -> int | None:
+        r"""Move one message; return its UID in `target` when the server says (COPYUID), else None.
+
+        UID MOVE (RFC 6851) when advertised, else COPY + \Deleted + UID EXPUNGE (RFC 4315), which
+        expunges only this message, never other \Deleted ones.
+        """
+        imap = self.client._imap
+        imap.untagged_responses.pop("COPYUID", None)
+        with _boundary("UID MOVE"):
+            if self.move_supported:
+                self.client.move([uid], target)
+            else:
+                self.client.copy([uid], target)
+                self.client.add_flags([uid], [b"\\Deleted"], silent=True)
+                if self.uidplus:
+                    self.client.uid_expunge([uid])
+        # COPYUID <uidvalidity> <source uids> <target uids>, kept by imaplib as a response code.
+        found = imap.untagged_responses.pop("COPYUID", None)
+        if not found:
+            return None
+        try:
+            return int(_text(Exception(found[-1])).split()[2])
+        except (IndexError, ValueError):
+            return None
+
+    def expunge(self, uid: int) -> None:
+        r"""Delete one message for good: \Deleted, then UID EXPUNGE of that UID only."""
+        with _boundary("UID EXPUNGE"):
+            self.client.add_flags([uid], [b"\\Deleted"], silent=True)
+            if self.uidplus:
+                self.client.uid_expunge([uid])
+            else:
+                raise MailConnectionError("the server cannot expunge one message (no UIDPLUS)")
+
     # IDLE (RFC 2177): the watcher holds it on INBOX and re-issues it before servers drop it.
     def idle_start(self, folder: str = "INBOX") -> None:
         with _boundary("IDLE"):

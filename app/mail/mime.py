@@ -378,10 +378,13 @@ def _join_problems(problems: list[str]) -> str | None:
     return "; ".join(unique)[:MAX_PARSE_ERROR] or None
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
-    """Parse a message; never raises (problems go to `parse_error`)."""
+def parse_message(raw: bytes, *, allow_remote: bool = False) -> ParsedMessage:
+    """Parse a message; never raises (problems go to `parse_error`).
+
+    `allow_remote` keeps remote images in the sanitised HTML (when the user asks for them).
+    """
     try:
-        return _parse(bytes(raw))
+        return _parse(bytes(raw), allow_remote)
     except Exception as exc:  # a bug here must not stop a folder sync
         return _empty(f"message could not be parsed ({type(exc).__name__})")
 
@@ -394,7 +397,7 @@ def _guard(compute: Callable[[], T], default: T) -> T:
         return default
 
 
-def _parse(raw: bytes) -> ParsedMessage:
+def _parse(raw: bytes, allow_remote: bool = False) -> ParsedMessage:
     problems: list[str] = []
     if not raw.strip():
         return _empty("empty message")
@@ -432,7 +435,7 @@ def _parse(raw: bytes) -> ParsedMessage:
             if not ok:
                 problems.append(f"{label}: invalid base64")
             if part is tree.html:
-                source, html = body, sanitize_html(body, allow_remote=False)
+                source, html = body, sanitize_html(body, allow_remote=allow_remote)
             else:
                 text = LINEBREAK.sub("\n", body)
         if text is None and source is not None:

@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -21,14 +22,27 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
 from app.tenancy import TenantScoped
 
 ROLES = ("inbox", "sent", "drafts", "trash", "junk", "archive")
+
+# What full-text search matches (migration 0005 says why each part is weighted and cut so).
+SEARCH_CONFIG = "mail_search"
+SEARCH_VECTOR = f"""
+setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, left(coalesce(subject, ''), 1000)), 'A')
+|| setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig,
+    left(coalesce(from_name, ''), 1000) || ' ' || left(coalesce(from_email, ''), 1000) || ' '
+    || translate(left(coalesce(from_email, ''), 1000), '@.', '  ') || ' '
+    || left(coalesce(recipients, ''), 8000) || ' '
+    || translate(left(coalesce(recipients, ''), 8000), '@.<>', '    ')), 'B')
+|| setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, left(coalesce(text_body, ''), 65536)), 'C')
+"""
 
 
 class Folder(TenantScoped, Base):
@@ -74,6 +88,19 @@ class Message(TenantScoped, Base):
         UniqueConstraint("folder_id", "uidvalidity", "uid"),
         # The raw GC looks for raws no message references.
         Index("ix_messages_raw_id", "raw_id"),
+        # Search (migration 0005 explains each with its plan).
+        Index("ix_messages_search", "tenant_id", "search_vector", postgresql_using="gin"),
+        Index("ix_messages_tenant_date", "tenant_id", text("date DESC"), text("id DESC")),
+        Index("ix_messages_folder_date", "folder_id", text("date DESC"), text("id DESC")),
+        Index(
+            "ix_messages_addresses_trgm",
+            "tenant_id",
+            "from_name",
+            "from_email",
+            "recipients",
+            postgresql_using="gin",
+            postgresql_ops={c: "gin_trgm_ops" for c in ("from_name", "from_email", "recipients")},
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -102,6 +129,8 @@ class Message(TenantScoped, Base):
     to_addrs: Mapped[list] = mapped_column(JSONB, default=list)
     cc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
     bcc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
+    # "Name <addr>, addr, ..." over to, cc and bcc, for search (`to:` and words).
+    recipients: Mapped[str | None] = mapped_column(Text)
     reply_to: Mapped[list] = mapped_column(JSONB, default=list)
     message_id_header: Mapped[str | None] = mapped_column(Text)
     in_reply_to: Mapped[str | None] = mapped_column(Text)
@@ -113,3 +142,38 @@ class Message(TenantScoped, Base):
     has_attachments: Mapped[bool] = mapped_column(Boolean, default=False)
     parse_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Kept by PostgreSQL; deferred: only search reads it, inside SQL.
+    search_vector: Mapped[str | None] = mapped_column(
+        TSVECTOR, Computed(SEARCH_VECTOR, persisted=True), deferred=True
+    )
+
+
+class MessageChange(TenantScoped, Base):
+    """A change a user asked for (flags, move, delete), until a worker applies it over IMAP.
+
+    Flag changes are shown at once (the message row is updated with the request); while one is
+    pending the sync leaves that message's flags alone, so the change is never undone before
+    the server has it.
+    """
+
+    __tablename__ = "message_changes"
+    __table_args__ = (Index("ix_message_changes_account_state", "account_id", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    # Kept when its message row goes (moved, deleted, expunged by another client): the record
+    # of what was asked and done outlives the copy it was about.
+    message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="SET NULL"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(8))  # flags | move | delete
+    seen: Mapped[bool | None] = mapped_column(Boolean)
+    flagged: Mapped[bool | None] = mapped_column(Boolean)
+    target_folder_id: Mapped[int | None] = mapped_column(
+        ForeignKey("folders.id", ondelete="CASCADE")
+    )
+    state: Mapped[str] = mapped_column(String(8), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

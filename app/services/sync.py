@@ -54,7 +54,7 @@ from app.errors import NotFound
 from app.mail import MailAuthError, MailConnectionError
 from app.mail.imap import FetchedMessage, Flags, FolderGone, ImapSession, RemoteFolder
 from app.mail.mime import parse_message
-from app.models import Account, Folder, Message, MessageRaw
+from app.models import Account, Folder, Message, MessageChange, MessageRaw
 from app.secrets import SecretBox
 from app.services.accounts import server_settings
 from app.services.sync_control import ROUND_EXPIRY, account_lock
@@ -474,6 +474,15 @@ class Syncer:
                     Message.folder_id == folder_id,
                     Message.uidvalidity == validity,
                     Message.uid == bindparam("b_uid"),
+                    # A flag change the user asked for and a worker has not written back yet
+                    # wins over the server's older state: never undone by a sync.
+                    ~select(MessageChange.id)
+                    .where(
+                        MessageChange.message_id == Message.id,
+                        MessageChange.kind == "flags",
+                        MessageChange.state == "pending",
+                    )
+                    .exists(),
                 )
                 .values(
                     seen=bindparam("b_seen"),
@@ -508,18 +517,9 @@ class Syncer:
             s.execute(update(Folder).where(Folder.id == folder_id).values(**values))
 
     def _folder_counted(self, folder_id: int) -> None:
-        """Message and unread counts of the folder's current copies, and the round's progress."""
+        """The folder's counts, and one more folder done in the round's progress."""
         with self.sessions.begin() as s:
-            folder = s.get(Folder, folder_id)
-            current = (
-                select(Message)
-                .where(Message.folder_id == folder_id, Message.uidvalidity == folder.uidvalidity)
-                .subquery()
-            )
-            total, unread = s.execute(
-                select(func.count(), func.count().filter(~current.c.seen))
-            ).one()
-            folder.messages_count, folder.unread_count = total, unread
+            folder = count_folder(s, folder_id)
             s.execute(
                 update(Account)
                 .where(Account.id == folder.account_id)
@@ -533,6 +533,21 @@ class Syncer:
                 .where(Account.id == account_id)
                 .values(sync_messages_total=Account.sync_messages_total + total)
             )
+
+
+def count_folder(session: Session, folder_id: int) -> Folder:
+    """Store the message and unread counts of the folder's current copies."""
+    folder = session.get(Folder, folder_id)
+    current = (
+        select(Message.seen)
+        .where(Message.folder_id == folder_id, Message.uidvalidity == folder.uidvalidity)
+        .subquery()
+    )
+    total, unread = session.execute(
+        select(func.count(), func.count().filter(~current.c.seen))
+    ).one()
+    folder.messages_count, folder.unread_count = total, unread
+    return folder
 
 
 @dataclass(frozen=True)
@@ -575,6 +590,12 @@ def _message_row(f: _FolderState, validity: int, m: FetchedMessage, raw_id: int)
     def addresses(values) -> list[dict]:
         return [{"name": a.name, "email": a.email} for a in values]
 
+    # What search's `to:` and words match (migration 0005 backfills the same format).
+    recipients = ", ".join(
+        f"{a.name} <{a.email}>" if a.name else a.email
+        for a in [*parsed.to, *parsed.cc, *parsed.bcc]
+    )
+
     return {
         "tenant_id": f.tenant_id,
         "account_id": f.account_id,
@@ -597,6 +618,7 @@ def _message_row(f: _FolderState, validity: int, m: FetchedMessage, raw_id: int)
         "to_addrs": addresses(parsed.to),
         "cc_addrs": addresses(parsed.cc),
         "bcc_addrs": addresses(parsed.bcc),
+        "recipients": recipients or None,
         "reply_to": addresses(parsed.reply_to),
         "message_id_header": parsed.message_id,
         "in_reply_to": parsed.in_reply_to,

@@ -10,15 +10,25 @@ import re
 
 import pytest
 
+from tests.mailbox import add_account, message, stored
+
 PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 
 
 @pytest.fixture
-def other_tenant_ids(client, tenant_b, mail_account_body) -> dict[str, int]:
-    """One resource of each kind owned by tenant B, by the URL parameter naming it."""
-    account = client.post("/api/accounts", json=mail_account_body(), headers=tenant_b.headers)
-    assert account.status_code == 201, account.get_json()
-    return {"account_id": account.get_json()["id"]}
+def other_tenant_ids(tenant_b, mailbox, make_syncer, db_sessionmaker, env) -> dict[str, int]:
+    """One resource of each kind owned by tenant B, by the URL parameter naming it: an account
+    with a synced message that has an attachment."""
+    mailbox.append(
+        "INBOX",
+        message(
+            subject="B's secret", attachments=[("b.txt", "text/plain", b"only B may read this")]
+        ),
+    )
+    account_id = add_account(db_sessionmaker, env, tenant_b.tenant_id, mailbox)
+    make_syncer().sync_account(account_id)
+    [message_id] = [m.id for m in stored(db_sessionmaker, account_id)["INBOX"].values()]
+    return {"account_id": account_id, "message_id": message_id, "index": 0}
 
 
 def id_routes(app):
@@ -29,10 +39,12 @@ def id_routes(app):
                 yield rule, method, [name for _, name in params]
 
 
-def test_probe_covers_the_account_routes(app):
+def test_probe_covers_the_account_and_message_routes(app):
     probed = {(rule.rule, method) for rule, method, _ in id_routes(app)}
     assert ("/api/accounts/<int:account_id>", "DELETE") in probed
     assert ("/api/accounts/<int:account_id>", "PATCH") in probed
+    assert ("/api/messages/<int:message_id>/attachments/<int:index>", "GET") in probed
+    assert ("/api/messages/<int:message_id>/move", "POST") in probed
 
 
 def test_no_route_reaches_another_tenants_resources(

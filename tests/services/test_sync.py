@@ -14,8 +14,7 @@ from sqlalchemy import func, select
 from app.mail import MailConnectionError
 from app.models import Folder, Message, MessageRaw
 from app.services.sync import SyncObserver
-from tests.mailbox import message, wire_log
-from tests.services.conftest import add_account, stored
+from tests.mailbox import add_account, message, stored, wire_log
 from tests.support import TcpProxy
 
 BROKEN_MIME = (

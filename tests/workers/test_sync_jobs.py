@@ -12,28 +12,10 @@ import pytest
 from sqlalchemy import text
 
 from app.queues import SYNC, get_queue
-from tests.mailbox import UserPool, message
-from tests.services.conftest import add_account, stored
+from tests.mailbox import add_account, message, stored
 from tests.support import EMAILSERVICE, cli_env, kill_tree, run_cli, wait_for
 
-
-@pytest.fixture
-def mailbox(stack_control, user_pools):
-    pool = user_pools.setdefault(stack_control.name, UserPool(stack_control))
-    return pool.take()
-
-
-@pytest.fixture(scope="session")
-def user_pools():
-    return {}
-
-
 pytestmark = pytest.mark.usefixtures("empty_queues")
-
-
-@pytest.fixture
-def account_id(db_sessionmaker, env, tenant_a, mailbox) -> int:
-    return add_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
 
 
 @pytest.fixture

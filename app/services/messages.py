@@ -1,0 +1,261 @@
+"""Messages: reading them, and the user's changes (flags, move, delete) written back over IMAP.
+
+Reading is tenant-bound like every API query (app.tenancy). A change is recorded as a
+MessageChange and applied by a worker on the real IMAP server: flags with UID STORE, moves
+with UID MOVE (or COPY + UID EXPUNGE), deletions as a move to the Trash role folder, or, for
+a message already in Trash, an expunge. Flag changes show at once; a move shows when the
+server has done it (its new UID in the target folder is known from COPYUID, RFC 4315).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, load_only, sessionmaker
+
+from app.errors import Conflict, NotFound, ValidationFailed
+from app.mail import MailConnectionError
+from app.mail.imap import FolderGone, ImapSession
+from app.mail.mime import Attachment, attachment_content
+from app.models import Account, Folder, Message, MessageChange, MessageRaw
+from app.secrets import SecretBox
+from app.services.accounts import server_settings
+from app.services.sync import count_folder
+
+log = logging.getLogger(__name__)
+# Columns a moved copy takes over from the original (the rest is its own, or generated).
+_OWN_COLUMNS = {"id", "folder_id", "uidvalidity", "uid", "modseq", "created_at"}
+# What a summary shows (lists and search hits load only these).
+SUMMARY_COLUMNS = (
+    Message.id,
+    Message.account_id,
+    Message.folder_id,
+    Message.uidvalidity,
+    Message.uid,
+    Message.subject,
+    Message.from_name,
+    Message.from_email,
+    Message.to_addrs,
+    Message.cc_addrs,
+    Message.date,
+    Message.seen,
+    Message.flagged,
+    Message.answered,
+    Message.draft,
+    Message.has_attachments,
+    Message.size,
+)
+
+
+def get_message(session: Session, message_id: int) -> tuple[Message, Folder]:
+    """A current copy and its folder; a copy left behind by a UIDVALIDITY change is gone."""
+    row = session.execute(
+        select(Message, Folder)
+        .join(Folder, Folder.id == Message.folder_id)
+        .where(Message.id == message_id, Message.uidvalidity == Folder.uidvalidity)
+    ).first()
+    if row is None:
+        raise NotFound(f"Message {message_id} does not exist.")
+    return row[0], row[1]
+
+
+def find_folder(session: Session, account_id: int, name: str) -> Folder | None:
+    """A folder of the account by its name (INBOX in any case) or its role (`sent`, `trash`...)."""
+    wanted = "INBOX" if name.upper() == "INBOX" else name
+    return session.scalars(
+        select(Folder)
+        .where(Folder.account_id == account_id, or_(Folder.name == wanted, Folder.role == name))
+        .order_by(Folder.name == wanted)  # a folder named like a role beats the role
+        .limit(1)
+    ).first()
+
+
+def list_messages(
+    session: Session, folder: Folder, after: tuple[datetime, int] | None, limit: int
+) -> list[Message]:
+    """A folder's current copies, newest first, keyset-paginated on (date, id).
+
+    The order is ix_messages_folder_date's (date DESC, id DESC), so a page is an index range
+    scan; every synced message has a date (the Date header, else the server's internal date).
+    Only the summary's columns are loaded: no bodies for a list.
+    """
+    query = (
+        select(Message)
+        .options(load_only(*SUMMARY_COLUMNS))
+        .where(Message.folder_id == folder.id, Message.uidvalidity == folder.uidvalidity)
+        .order_by(Message.date.desc(), Message.id.desc())
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(tuple_(Message.date, Message.id) < tuple_(*after))
+    return list(session.scalars(query))
+
+
+def raw_bytes(session: Session, message: Message) -> bytes:
+    """Exactly the bytes the server sent."""
+    return bytes(session.scalar(select(MessageRaw.data).where(MessageRaw.id == message.raw_id)))
+
+
+def attachment(session: Session, message: Message, index: int) -> tuple[Attachment, bytes]:
+    found = attachment_content(raw_bytes(session, message), index)
+    if found is None:
+        raise NotFound(f"Message {message.id} has no attachment {index}.")
+    return found
+
+
+def request_flags(
+    session: Session, message: Message, seen: bool | None, flagged: bool | None
+) -> MessageChange:
+    """Change flags now in our copy; a worker writes them to the server."""
+    if seen is not None:
+        message.seen = seen
+    if flagged is not None:
+        message.flagged = flagged
+    return _record(session, message, kind="flags", seen=seen, flagged=flagged)
+
+
+def request_move(session: Session, message: Message, folder: Folder, target: str) -> MessageChange:
+    destination = find_folder(session, message.account_id, target)
+    if destination is None:
+        raise ValidationFailed(
+            f"Account {message.account_id} has no folder {target!r}.",
+            [{"field": "folder", "message": "no such folder or role"}],
+        )
+    if destination.id == folder.id:
+        raise ValidationFailed(
+            f"Message {message.id} is already in {folder.name}.",
+            [{"field": "folder", "message": "the message is already there"}],
+        )
+    return _record(session, message, kind="move", target_folder_id=destination.id)
+
+
+def request_delete(session: Session, message: Message, folder: Folder) -> MessageChange:
+    """To Trash; from Trash, for good."""
+    if folder.role == "trash":
+        return _record(session, message, kind="delete")
+    trash = find_folder(session, message.account_id, "trash")
+    if trash is None:
+        raise Conflict(f"Account {message.account_id} has no Trash folder to delete into.")
+    return _record(session, message, kind="move", target_folder_id=trash.id)
+
+
+def _record(session: Session, message: Message, **change) -> MessageChange:
+    row = MessageChange(account_id=message.account_id, message_id=message.id, **change)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def apply_changes(
+    sessions: sessionmaker[Session],
+    box: SecretBox,
+    ca_file: str | None,
+    account_id: int,
+    limit: int = 500,
+) -> int:
+    """Write an account's pending changes to its IMAP server, oldest first; how many applied.
+
+    A network failure leaves the remaining changes pending (the job retries them); a change
+    that cannot be applied (its folder is gone, its copy is stale) is marked failed.
+    """
+    with sessions() as s:
+        pending = list(
+            s.scalars(
+                select(MessageChange.id)
+                .where(MessageChange.account_id == account_id, MessageChange.state == "pending")
+                .order_by(MessageChange.id)
+                .limit(limit)
+            )
+        )
+        if not pending:
+            return 0
+        account = s.get(Account, account_id)
+        server = server_settings(account, box, "imap")
+    applied = 0
+    with ImapSession.open(server, ca_file) as imap:
+        selected: str | None = None
+        for change_id in pending:
+            with sessions.begin() as s:
+                change = s.get(MessageChange, change_id)
+                found = s.execute(
+                    select(Message, Folder)
+                    .join(Folder, Folder.id == Message.folder_id)
+                    .where(Message.id == change.message_id)
+                ).first()
+                if change.message_id is None:
+                    _finish(change, "failed", "the message is gone from the server")
+                    continue
+                if found is None or found[0].uidvalidity != found[1].uidvalidity:
+                    _finish(change, "failed", "the message changed on the server meanwhile")
+                    continue
+                message, folder = found
+                try:
+                    if selected != folder.remote_name:
+                        imap.select(folder.remote_name)
+                        selected = folder.remote_name
+                    _apply(s, imap, change, message, folder)
+                except FolderGone as exc:
+                    _finish(change, "failed", str(exc))
+                    continue
+                except MailConnectionError as exc:
+                    change.attempts += 1
+                    change.last_error = str(exc)[:2000]
+                    s.commit()
+                    raise
+                _finish(change, "done", None)
+                applied += 1
+    return applied
+
+
+def _apply(
+    s: Session, imap: ImapSession, change: MessageChange, message: Message, folder: Folder
+) -> None:
+    if change.kind == "flags":
+        add, remove = [], []
+        for wanted, flag in ((change.seen, b"\\Seen"), (change.flagged, b"\\Flagged")):
+            if wanted is not None:
+                (add if wanted else remove).append(flag)
+        imap.store(message.uid, add, remove)
+    elif change.kind == "delete":
+        imap.expunge(message.uid)
+        s.delete(message)
+        s.flush()
+        count_folder(s, folder.id)
+    else:
+        target = s.get(Folder, change.target_folder_id)
+        new_uid = imap.move(message.uid, target.remote_name)
+        if new_uid is not None and target.uidvalidity is not None:
+            _copy_to(s, message, target, new_uid)
+        # Without COPYUID the target's next sync fetches the copy: it is never lost.
+        s.delete(message)
+        s.flush()
+        count_folder(s, folder.id)
+        count_folder(s, target.id)
+
+
+def _copy_to(s: Session, message: Message, target: Folder, uid: int) -> None:
+    """The moved message's row in its new folder, under its new UID (no refetch needed)."""
+    table = Message.__table__
+    columns = [c for c in table.columns if c.name not in _OWN_COLUMNS and c.computed is None]
+    source = select(
+        *columns,
+        func.cast(target.id, table.c.folder_id.type),
+        func.cast(target.uidvalidity, table.c.uidvalidity.type),
+        func.cast(uid, table.c.uid.type),
+    ).where(table.c.id == message.id)
+    s.execute(
+        insert(table)
+        .from_select([*(c.name for c in columns), "folder_id", "uidvalidity", "uid"], source)
+        # The target's sync may have fetched it first: one copy either way.
+        .on_conflict_do_nothing(index_elements=["folder_id", "uidvalidity", "uid"])
+    )
+
+
+def _finish(change: MessageChange, state: str, error: str | None) -> None:
+    change.state = state
+    change.last_error = error
+    change.attempts += 1
+    change.applied_at = datetime.now(timezone.utc)
