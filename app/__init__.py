@@ -19,6 +19,7 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     from app.api import (
         accounts,
         auth,
+        compose,
         docs,
         errors,
         health,
@@ -67,4 +68,5 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(sync.bp)
     app.register_blueprint(search.bp)
     app.register_blueprint(messages.bp)
+    app.register_blueprint(compose.bp)
     return app

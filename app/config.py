@@ -137,6 +137,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str, str], Any], str | None]] = {
     "TRUSTED_PROXIES": ("trusted_proxies", _int(0, 10), "0"),
     "SYNC_BATCH_MESSAGES": ("sync_batch_messages", _int(1, 5000), "200"),
     "SYNC_JOB_MAX_MESSAGES": ("sync_job_max_messages", _int(1), "5000"),
+    "SEND_MAX_ATTEMPTS": ("send_max_attempts", _int(1, 100), "8"),
+    "SEND_RETRY_SECONDS": ("send_retry_seconds", _int(1, 3600), "30"),
 }
 
 
@@ -162,6 +164,8 @@ class Settings:
     trusted_proxies: int = 0
     sync_batch_messages: int = 200
     sync_job_max_messages: int = 5000
+    send_max_attempts: int = 8
+    send_retry_seconds: int = 30
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:

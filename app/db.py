@@ -74,3 +74,24 @@ def get_session() -> Session:
 def get_engine() -> Engine:
     """The current app's engine."""
     return current_app.extensions["db.engine"]
+
+
+@contextmanager
+def advisory_lock(engine: Engine, key: int) -> Iterator[bool]:
+    """Hold a session-level advisory lock for the block; yields False when another holds it.
+
+    Held on a connection of its own: PostgreSQL releases it when that connection closes, so a
+    process killed with SIGKILL leaves no stale lock, and "is someone working on it?" is
+    "is the lock held?".
+    """
+    with engine.connect() as connection:
+        held = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        connection.commit()
+        try:
+            yield bool(held)
+        finally:
+            if held:
+                # Session-level locks outlive transactions: release before the connection
+                # goes back to the pool.
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                connection.commit()

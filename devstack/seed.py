@@ -177,9 +177,17 @@ def curl_lines(base: str, token: str, account_id: int) -> str:
             f"  curl -s {auth} {base}/api/accounts",
             f"  curl -s {auth} {base}/api/accounts/{account_id}/folders",
             f"  curl -s {auth} {base}/api/sync/status/{account_id}",
-        f"  curl -s {auth} '{base}/api/accounts/{account_id}/messages?folder=INBOX'",
-        f"  curl -s {auth} '{base}/api/sync/search?query=lunch'",
-        f"  curl -s {auth} '{base}/api/sync/search?query=from:bob%20has:attachment%20OR%20report'",
+            f"  curl -s {auth} '{base}/api/accounts/{account_id}/messages?folder=INBOX'",
+            f"  curl -s {auth} '{base}/api/sync/search?query=lunch'",
+            f"  curl -s {auth} "
+            f"'{base}/api/sync/search?query=from:bob%20has:attachment%20OR%20report'",
             f"  curl -s -X POST {auth} {base}/api/sync/imap/{account_id}",
+            "  # a draft to yourself; send it (the answer holds its outbox id); watch it:",
+            f"  curl -s {auth} -H 'Content-Type: application/json' {base}/api/compose -d "
+            f'\'{{"account_id": {account_id}, "to": ["{MAILBOX}"], '
+            '"subject": "Hello from the API", "text": "It works."}\'',
+            f"  curl -s -X POST {auth} -H 'Idempotency-Key: demo-1' "
+            f"{base}/api/compose/DRAFT_ID/send",
+            f"  curl -s {auth} {base}/api/outbox/OUTBOX_ID",
         ]
     )

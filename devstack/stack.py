@@ -161,6 +161,28 @@ class Stack:
             self._teardown(info, purge=(not info.persistent) if purge is None else purge)
             self.info = None
 
+    def stop_service(self, service: str) -> None:
+        """Stop one mail server of this running stack (for tests of outages)."""
+        if service not in ("postfix", "dovecot"):
+            raise ValueError(f"only postfix or dovecot can be stopped alone, not {service}")
+        with self._lock():
+            errors = self._stop_services(self.info, [service], purge=False)
+            self._save(self.info)
+        if errors:
+            raise StackError("; ".join(errors))
+
+    def start_service(self, service: str) -> None:
+        """Start a mail server stop_service() stopped, with the same ports and users."""
+        with self._lock():
+            state = Path(self.info.state_dir)
+            if service == "postfix":
+                self._start_postfix(self.info, state, [])
+            elif service == "dovecot":
+                self._start_dovecot(self.info, state, [])
+            else:
+                raise ValueError(f"only postfix or dovecot can be started alone, not {service}")
+            self._save(self.info)
+
     def status(self) -> dict[str, bool]:
         """Which of the stack's servers are running (reused servers: whether they answer)."""
         info = self.info or self.load(self.name, self.root)

@@ -213,3 +213,36 @@ def kill_tree(pid: int) -> list[int]:
         except ProcessLookupError:
             pass
     return victims
+
+
+class Processes:
+    """`emailservice` processes started by a test, stopped (and reaped) at its end."""
+
+    def __init__(self, settings: dict[str, str], cwd) -> None:
+        self.settings = settings
+        self.cwd = cwd
+        self.running: list[subprocess.Popen] = []
+
+    def start(self, *args: str, **overrides: str) -> subprocess.Popen:
+        log = open(self.cwd / f"{args[0]}-{len(self.running)}.log", "wb")
+        process = subprocess.Popen(
+            [EMAILSERVICE, *args],
+            env=cli_env({**self.settings, **overrides}),
+            cwd=self.cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.running.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.running:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

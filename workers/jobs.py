@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from datetime import timedelta
 
@@ -12,7 +11,16 @@ from sqlalchemy import select
 from app.errors import Conflict, NotFound
 from app.mail import MailConnectionError
 from app.models import Account
-from app.queues import DEFAULT, HEARTBEAT_KEY, get_queue
+from app.queues import (
+    DEFAULT,
+    HEARTBEAT_KEY,
+    SEND_OUTCOME_KEY,
+    SEND_OUTCOMES,
+    backoff,
+    enqueue_send,
+    enqueue_sent_copy,
+    get_queue,
+)
 from app.services.sync import Syncer, SyncLimits
 from app.services.sync_control import enqueue_sync, pending_key, request_sync
 from workers import runtime
@@ -31,7 +39,7 @@ def heartbeat() -> float:
 
 def retry_delay(attempt: int) -> float:
     """30 s, 60 s, 120 s ... capped at an hour, each spread by +-50% so retries don't align."""
-    return min(30 * 2**attempt, 3600) * random.uniform(0.5, 1.5)
+    return backoff(attempt)
 
 
 def sync_account(account_id: int, attempt: int = 0) -> str:
@@ -129,3 +137,44 @@ def apply_message_changes(account_id: int, attempt: int = 0) -> int:
         )
         return 0
     return applied
+
+
+def _deliverer():
+    from app.services.outbox import Deliverer, RetryPolicy
+
+    settings = runtime.settings()
+    policy = RetryPolicy(settings.send_max_attempts, settings.send_retry_seconds)
+    return Deliverer(
+        runtime.sessions(), runtime.secretbox(), settings.mail_tls_ca_file or None, policy
+    )
+
+
+def send_message(outbox_id: int) -> str:
+    """One delivery attempt of an outbox entry; schedules its retry or its Sent copy."""
+    outcome = _deliverer().deliver(outbox_id)
+    counted = "deferred" if outcome.retry_in is not None else outcome.state
+    if counted in SEND_OUTCOMES and outcome.attempted:
+        runtime.redis().hincrby(SEND_OUTCOME_KEY, counted)
+    if outcome.retry_in is not None:
+        enqueue_send(runtime.redis(), outbox_id, delay=outcome.retry_in)
+    if outcome.copy:
+        enqueue_sent_copy(runtime.redis(), outbox_id)
+    return outcome.state
+
+
+def file_sent_copy(outbox_id: int) -> str:
+    """APPEND a sent message to its account's Sent folder (once); retried on failure."""
+    outcome = _deliverer().file_sent_copy(outbox_id)
+    if outcome.retry_in is not None:
+        enqueue_sent_copy(runtime.redis(), outbox_id, delay=outcome.retry_in)
+    return outcome.state
+
+
+def sweep_outbox() -> int:
+    """Settle sends whose worker died and queue work whose job was lost (also at worker start)."""
+    send, copy = _deliverer().sweep()
+    for outbox_id in send:
+        enqueue_send(runtime.redis(), outbox_id)
+    for outbox_id in copy:
+        enqueue_sent_copy(runtime.redis(), outbox_id)
+    return len(send) + len(copy)

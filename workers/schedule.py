@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from rq_scheduler import Scheduler
 
 from app.config import Settings
-from app.queues import DEFAULT
+from app.queues import DEFAULT, SEND
 from workers import runtime
 
 
@@ -35,6 +35,8 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
             settings.sync_interval_seconds,
             DEFAULT,
         ),
+        # Settles sends whose worker died and re-queues work whose job was lost.
+        PeriodicJob("periodic-outbox-sweep", "workers.jobs.sweep_outbox", 60, SEND),
     ]
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from rq import Worker
 
 from app.logs import request_id_var
 from app.queues import QUEUES, get_queue
 from workers import runtime
+from workers.jobs import sweep_outbox
+
+log = logging.getLogger(__name__)
 
 
 class ServiceWorker(Worker):
@@ -23,6 +28,12 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
     connection = runtime.redis()
     queues = [get_queue(name, connection) for name in (queue_names or QUEUES)]
     worker = ServiceWorker(queues, connection=connection)
+    # Sends a crashed worker left half-done are settled before new work starts (and every
+    # minute by the scheduler, which also covers a database that is down right now).
+    try:
+        sweep_outbox()
+    except Exception:
+        log.exception("outbox sweep at start failed")
     # with_scheduler: RQ's own scheduler moves jobs whose retry interval has passed back
     # into their queue; without it a Retry(interval=...) job would never run again.
     return worker.work(burst=burst, with_scheduler=True, logging_level=runtime.settings().log_level)

@@ -9,11 +9,11 @@ import uuid
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis import Redis
 
 from app.logs import request_id_var
-from app.queues import HEARTBEAT_KEY, queue_depths
+from app.queues import HEARTBEAT_KEY, SEND_OUTCOME_KEY, SEND_OUTCOMES, queue_depths
 
 log = logging.getLogger("app.access")
 
@@ -41,6 +41,7 @@ class RedisCollector:
         try:
             depths = queue_depths(self.connection)
             heartbeat = self.connection.get(HEARTBEAT_KEY)
+            outcomes = self.connection.hgetall(SEND_OUTCOME_KEY)
         except Exception:  # a scrape during a Redis outage reports what it can
             return
         queued = GaugeMetricFamily(
@@ -49,6 +50,14 @@ class RedisCollector:
         for name, depth in depths.items():
             queued.add_metric([name], depth)
         yield queued
+        sends = CounterMetricFamily(
+            "emailservice_send_attempts",
+            "Delivery attempts of outbox entries by outcome (deferred: retried later).",
+            labels=["outcome"],
+        )
+        for outcome in SEND_OUTCOMES:
+            sends.add_metric([outcome], float(outcomes.get(outcome.encode(), 0)))
+        yield sends
         if heartbeat is not None:
             yield GaugeMetricFamily(
                 "emailservice_heartbeat_timestamp_seconds",

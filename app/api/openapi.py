@@ -52,6 +52,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     auth: bool = True
     params: type[BaseModel] | None = None  # the query string's parameters
+    headers: tuple[dict[str, Any], ...] = ()  # header parameters (OpenAPI Parameter objects)
 
 
 def operation(
@@ -63,11 +64,14 @@ def operation(
     errors: tuple[int, ...] = (),
     auth: bool = True,
     params: type[BaseModel] | None = None,
+    headers: tuple[dict[str, Any], ...] = (),
 ) -> Callable:
     """Describe a view for the OpenAPI document."""
 
     def decorate(view: Callable) -> Callable:
-        view.openapi = Operation(summary, tags, request, responses or {}, errors, auth, params)  # type: ignore[attr-defined]
+        view.openapi = Operation(
+            summary, tags, request, responses or {}, errors, auth, params, headers
+        )  # type: ignore[attr-defined]
         return view
 
     return decorate
@@ -115,6 +119,7 @@ def _operation(rule, spec: Operation, components: dict[str, Any]) -> dict[str, A
     ]
     if spec.params is not None:
         parameters += _query_parameters(spec.params)
+    parameters += [{"in": "header", **header} for header in spec.headers]
     if parameters:
         result["parameters"] = parameters
     if spec.request is not None:

@@ -410,6 +410,21 @@ class ImapSession:
             else:
                 raise MailConnectionError("the server cannot expunge one message (no UIDPLUS)")
 
+    def append(self, folder: str, raw: bytes, flags: list[bytes], when: datetime) -> None:
+        """APPEND a message to `folder` (the Sent copy of a message we sent)."""
+        with _boundary(f"APPEND {folder}"):
+            self.client.append(folder, raw, flags=flags, msg_time=when)
+
+    def create(self, folder: str) -> None:
+        with _boundary(f"CREATE {folder}"):
+            self.client.create_folder(folder)
+
+    def has_message_id(self, folder: str, message_id: str) -> bool:
+        """Whether `folder` holds a message with this Message-ID header (read-only)."""
+        with _boundary(f"SEARCH {folder}"):
+            self.client.select_folder(folder, readonly=True)
+            return bool(self.client.search(["HEADER", "Message-ID", message_id]))
+
     # IDLE (RFC 2177): the watcher holds it on INBOX and re-issues it before servers drop it.
     def idle_start(self, folder: str = "INBOX") -> None:
         with _boundary("IDLE"):

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -22,6 +20,7 @@ from rq.job import Job
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.db import advisory_lock
 from app.errors import Conflict
 from app.models import Account
 from app.queues import SYNC, get_queue
@@ -40,21 +39,9 @@ def lock_key(account_id: int) -> int:
     return (LOCK_NAMESPACE << 32) | account_id
 
 
-@contextmanager
-def account_lock(engine: Engine, account_id: int) -> Iterator[bool]:
+def account_lock(engine: Engine, account_id: int):
     """Hold the account's sync lock for the block; yields False when another sync holds it."""
-    with engine.connect() as connection:
-        key = lock_key(account_id)
-        held = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-        connection.commit()
-        try:
-            yield bool(held)
-        finally:
-            if held:
-                # Session-level locks outlive transactions: release before the connection
-                # goes back to the pool.
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                connection.commit()
+    return advisory_lock(engine, lock_key(account_id))
 
 
 def lock_held(session: Session, account_id: int) -> bool:

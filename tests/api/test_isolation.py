@@ -18,7 +18,10 @@ PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 @pytest.fixture
 def other_tenant_ids(tenant_b, mailbox, make_syncer, db_sessionmaker, env) -> dict[str, int]:
     """One resource of each kind owned by tenant B, by the URL parameter naming it: an account
-    with a synced message that has an attachment."""
+    with a synced message that has an attachment, a draft and an outbox entry."""
+    from app.services.compose import DraftContent, create_draft, request_send
+    from app.tenancy import bind_tenant
+
     mailbox.append(
         "INBOX",
         message(
@@ -28,7 +31,20 @@ def other_tenant_ids(tenant_b, mailbox, make_syncer, db_sessionmaker, env) -> di
     account_id = add_account(db_sessionmaker, env, tenant_b.tenant_id, mailbox)
     make_syncer().sync_account(account_id)
     [message_id] = [m.id for m in stored(db_sessionmaker, account_id)["INBOX"].values()]
-    return {"account_id": account_id, "message_id": message_id, "index": 0}
+    with db_sessionmaker() as session:
+        bind_tenant(session, tenant_b.tenant_id)
+        content = DraftContent(account_id, [mailbox.email], [], [], "B's", "x", None, None, [])
+        draft = create_draft(session, content, 1 << 20)
+        entry, _ = request_send(session, draft.id, None)
+        draft_id = create_draft(session, content, 1 << 20).id  # still a draft
+        session.commit()
+    return {
+        "account_id": account_id,
+        "message_id": message_id,
+        "index": 0,
+        "draft_id": draft_id,
+        "outbox_id": entry.id,
+    }
 
 
 def id_routes(app):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 
 import pytest
@@ -13,7 +10,7 @@ from sqlalchemy import text
 
 from app.queues import SYNC, get_queue
 from tests.mailbox import add_account, message, stored
-from tests.support import EMAILSERVICE, cli_env, kill_tree, run_cli, wait_for
+from tests.support import Processes, kill_tree, run_cli, wait_for
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
 
@@ -33,39 +30,6 @@ def lonely(fresh_migrated_env, db_sessionmaker, mailbox, tmp_path):
     yield running, sessions, account_id, user
     running.stop_all()
     engine.dispose()
-
-
-class Processes:
-    """`emailservice` processes started by a test, stopped (and reaped) at its end."""
-
-    def __init__(self, settings: dict[str, str], cwd) -> None:
-        self.settings = settings
-        self.cwd = cwd
-        self.running: list[subprocess.Popen] = []
-
-    def start(self, *args: str, **overrides: str) -> subprocess.Popen:
-        log = open(self.cwd / f"{args[0]}-{len(self.running)}.log", "wb")
-        process = subprocess.Popen(
-            [EMAILSERVICE, *args],
-            env=cli_env({**self.settings, **overrides}),
-            cwd=self.cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.running.append(process)
-        return process
-
-    def stop_all(self) -> None:
-        for process in self.running:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.running:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 @pytest.fixture

@@ -8,15 +8,16 @@ import pytest
 from rq.job import Job, JobStatus
 from rq_scheduler import Scheduler
 
-from app.queues import DEFAULT, HEARTBEAT_KEY, QUEUES, get_queue
+from app.queues import DEFAULT, HEARTBEAT_KEY, QUEUES, SEND, get_queue
 from tests.support import run_cli
 
 
 @pytest.fixture(autouse=True)
 def clean_redis(empty_queues, redis_client):
     def clean():
-        for job_id in ("periodic-heartbeat", "periodic-sync"):
-            Scheduler(connection=redis_client).cancel(job_id)
+        scheduler = Scheduler(connection=redis_client)
+        for job in scheduler.get_jobs():
+            scheduler.cancel(job)
         redis_client.delete(HEARTBEAT_KEY)
 
     clean()
@@ -53,9 +54,13 @@ def test_scheduler_enqueues_its_periodic_jobs_once_however_often_it_starts(
     for _ in range(2):
         result = run_cli(["scheduler", "--burst"], env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-    periodic = ["periodic-heartbeat", "periodic-sync"]
+    periodic = ["periodic-heartbeat", "periodic-outbox-sweep", "periodic-sync"]
     assert sorted(job.id for job in Scheduler(connection=redis_client).get_jobs()) == periodic
-    assert sorted(get_queue(DEFAULT, redis_client).job_ids) == periodic
+    assert sorted(get_queue(DEFAULT, redis_client).job_ids) == [
+        "periodic-heartbeat",
+        "periodic-sync",
+    ]
+    assert get_queue(SEND, redis_client).job_ids == ["periodic-outbox-sweep"]
 
     started = time.time()
     assert run_cli(["worker", "--burst"], env, cwd=tmp_path).returncode == 0

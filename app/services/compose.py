@@ -1,0 +1,232 @@
+"""Drafts, and turning one into an outbox entry: built once, queued once.
+
+A draft changes only with the version it was read at (optimistic locking: a stale version is a
+409, never a lost update). Sending builds the MIME bytes once and stores them with the entry,
+so every attempt and the Sent copy carry the same Message-ID and bytes; the draft becomes
+read-only. An Idempotency-Key names one entry per tenant for 24 hours.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from app.mail.compose import Address, Outgoing, OutgoingAttachment, build, parse_address
+from app.models import Account, Draft, DraftAttachment, Message, OutboxEntry
+from app.services.accounts import get_account
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class DraftContent:
+    """What a user writes (validated by app.schemas.compose)."""
+
+    account_id: int
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    subject: str | None
+    text: str | None
+    html: str | None
+    in_reply_to: int | None
+    attachments: list[tuple[str, str, bytes]]  # filename, content type, bytes
+
+
+def get_draft(session: Session, draft_id: int, *, for_update: bool = False) -> Draft:
+    query = select(Draft).where(Draft.id == draft_id)
+    draft = session.scalars(query.with_for_update() if for_update else query).first()
+    if draft is None:
+        raise NotFound(f"Draft {draft_id} does not exist.")
+    return draft
+
+
+def attachment_bytes(session: Session, draft: Draft) -> list[bytes]:
+    rows = session.scalars(
+        select(DraftAttachment)
+        .where(DraftAttachment.draft_id == draft.id)
+        .order_by(DraftAttachment.position)
+    )
+    return [row.data for row in rows]
+
+
+def outbox_of(session: Session, draft: Draft) -> OutboxEntry | None:
+    return session.scalars(select(OutboxEntry).where(OutboxEntry.draft_id == draft.id)).first()
+
+
+def create_draft(session: Session, content: DraftContent, max_bytes: int) -> Draft:
+    draft = Draft(version=1, state="draft")
+    _fill(session, draft, content, max_bytes)
+    session.add(draft)
+    session.flush()
+    _store_attachments(session, draft, content)
+    return draft
+
+
+def update_draft(
+    session: Session, draft_id: int, version: int, content: DraftContent, max_bytes: int
+) -> Draft:
+    """Replace a draft's content; Conflict when `version` is not its current one."""
+    draft = get_draft(session, draft_id, for_update=True)
+    if draft.state != "draft":
+        raise Conflict(f"Draft {draft.id} was sent and can no longer change.")
+    if draft.version != version:
+        raise Conflict(
+            f"Draft {draft.id} is at version {draft.version}, not {version}: it changed "
+            "since it was read. Read it again and reapply the change."
+        )
+    _fill(session, draft, content, max_bytes)
+    draft.version = version + 1
+    draft.updated_at = datetime.now(timezone.utc)
+    session.execute(delete(DraftAttachment).where(DraftAttachment.draft_id == draft.id))
+    _store_attachments(session, draft, content)
+    return draft
+
+
+def delete_draft(session: Session, draft_id: int) -> None:
+    draft = get_draft(session, draft_id, for_update=True)
+    if draft.state != "draft":
+        raise Conflict(f"Draft {draft.id} was sent and can no longer change.")
+    session.delete(draft)
+
+
+def _fill(session: Session, draft: Draft, content: DraftContent, max_bytes: int) -> None:
+    account = get_account(session, content.account_id)
+    size = sum(len(part.encode()) for part in (content.text or "", content.html or ""))
+    size += sum(len(data) for _, _, data in content.attachments)
+    if size > max_bytes:
+        raise PayloadTooLarge(
+            f"The message would be {size} bytes; the limit is {max_bytes} (MAX_MESSAGE_BYTES)."
+        )
+    to, subject = content.to, content.subject
+    draft.in_reply_to = draft.in_reply_to_header = draft.references_header = None
+    if content.in_reply_to is not None:
+        # A query, not session.get(): the tenant filter applies to queries (app.tenancy).
+        original = session.scalars(select(Message).where(Message.id == content.in_reply_to)).first()
+        if original is None:
+            raise NotFound(f"Message {content.in_reply_to} (in_reply_to) does not exist.")
+        draft.in_reply_to = original.id
+        draft.in_reply_to_header = original.message_id_header
+        draft.references_header = " ".join(original.references or []) or None
+        if not to and not content.cc:
+            to = _reply_recipients(original)
+        if subject is None:
+            subject = _reply_subject(original.subject)
+    draft.account_id = account.id
+    draft.to_addrs, draft.cc_addrs, draft.bcc_addrs = to, content.cc, content.bcc
+    draft.subject = subject or ""
+    draft.text_body, draft.html_body = content.text, content.html
+    draft.attachments = [
+        {"filename": name, "content_type": kind, "size": len(data)}
+        for name, kind, data in content.attachments
+    ]
+    draft.size = size
+
+
+def _reply_recipients(original: Message) -> list[str]:
+    """Who a reply goes to: the Reply-To addresses, else the sender (those we can write to)."""
+    candidates = [a for a in original.reply_to or [] if a.get("email")]
+    if not candidates and original.from_email:
+        candidates = [{"name": original.from_name, "email": original.from_email}]
+    result = []
+    for a in candidates:
+        named = f"{a['name']} <{a['email']}>" if a.get("name") else None
+        for text in filter(None, (named, a["email"])):
+            try:
+                result.append(parse_address(text).formatted())
+                break
+            except ValueError:
+                continue  # a name we cannot write back: the bare address, else nothing
+    return result
+
+
+def _reply_subject(subject: str | None) -> str:
+    subject = " ".join((subject or "").split())
+    return subject if subject.lower().startswith("re:") else f"Re: {subject}".strip()
+
+
+def _store_attachments(session: Session, draft: Draft, content: DraftContent) -> None:
+    for position, (_, _, data) in enumerate(content.attachments):
+        session.add(DraftAttachment(draft_id=draft.id, position=position, data=data))
+
+
+def request_send(
+    session: Session, draft_id: int, idempotency_key: str | None
+) -> tuple[OutboxEntry, bool]:
+    """The draft's outbox entry, queued; (entry, True) when this call created it.
+
+    The same key (per tenant, within 24 hours) returns the entry it created, whatever its
+    state; the same key with another draft, or sending a sent draft without its key, is a
+    Conflict naming the entry.
+    """
+    draft = get_draft(session, draft_id, for_update=True)
+    if idempotency_key is not None:
+        earlier = session.scalars(
+            select(OutboxEntry).where(OutboxEntry.idempotency_key == idempotency_key)
+        ).first()
+        if earlier is not None and earlier.created_at < _now() - IDEMPOTENCY_TTL:
+            earlier.idempotency_key = None  # expired: the key may name a new entry
+            session.flush()
+        elif earlier is not None:
+            if earlier.draft_id != draft.id:
+                raise Conflict(
+                    f"Idempotency-Key was already used to send draft {earlier.draft_id} "
+                    f"(outbox entry {earlier.id})."
+                )
+            return earlier, False
+    if draft.state != "draft":
+        entry = outbox_of(session, draft)
+        raise Conflict(
+            f"Draft {draft.id} was already sent: outbox entry {entry.id if entry else '?'}."
+        )
+    account = session.get(Account, draft.account_id)
+    outgoing = Outgoing(
+        sender=Address(account.display_name or None, account.email),
+        to=[parse_address(a) for a in draft.to_addrs],
+        cc=[parse_address(a) for a in draft.cc_addrs],
+        bcc=[parse_address(a) for a in draft.bcc_addrs],
+        subject=draft.subject,
+        text=draft.text_body,
+        html=draft.html_body,
+        attachments=[
+            OutgoingAttachment(meta["filename"], meta["content_type"], data)
+            for meta, data in zip(draft.attachments, attachment_bytes(session, draft), strict=True)
+        ],
+        in_reply_to=draft.in_reply_to_header,
+        references=draft.references_header,
+    )
+    if not outgoing.recipients():
+        raise ValidationFailed(
+            "The draft has no recipients.", [{"field": "to", "message": "at least one needed"}]
+        )
+    built = build(outgoing)
+    entry = OutboxEntry(
+        account_id=account.id,
+        draft_id=draft.id,
+        idempotency_key=idempotency_key,
+        state="queued",
+        message_id=built.message_id,
+        envelope_from=account.email,
+        recipients=outgoing.recipients(),
+        mime=built.mime,
+        next_attempt_at=_now(),
+    )
+    session.add(entry)
+    draft.state = "sent"
+    draft.updated_at = _now()
+    session.flush()
+    return entry, True
+
+
+def decode_attachments(items) -> list[tuple[str, str, bytes]]:
+    """(filename, content type, bytes) of validated AttachmentIn items."""
+    return [(a.filename, a.content_type, base64.b64decode(a.content_base64)) for a in items]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

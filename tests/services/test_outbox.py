@@ -1,0 +1,302 @@
+"""Delivering outbox entries: real Postfix submission with SASL into real Dovecot, and an SMTP
+peer of the test's own for what Postfix will not do on request (drop the connection after the
+final "." or in the middle of the payload).
+"""
+
+from __future__ import annotations
+
+import email
+import time
+from email import policy
+
+import pytest
+from sqlalchemy import update
+
+from app.mail import ServerSettings
+from app.models import OutboxEntry
+from app.secrets import SecretBox
+from app.services.accounts import AccountFields, create_account
+from app.services.compose import DraftContent, create_draft, request_send
+from app.services.outbox import Deliverer, RetryPolicy
+from app.tenancy import bind_tenant
+from tests.mailbox import UserPool
+from tests.smtp_peer import SmtpPeer, relay_to
+from tests.support import wait_for
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 300  # 77 KB: the payload spans many writes
+
+
+@pytest.fixture
+def mailbox(stack_control, user_pools):
+    """The sender (one kind of Dovecot is enough here: the send path reads no CONDSTORE)."""
+    return user_pools.setdefault(stack_control.name, UserPool(stack_control)).take()
+
+
+@pytest.fixture
+def recipient(stack_control, user_pools):
+    return user_pools.setdefault(stack_control.name, UserPool(stack_control)).take()
+
+
+@pytest.fixture
+def deliverer(db_sessionmaker, env, stack):
+    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
+    return Deliverer(db_sessionmaker, box, stack.ca_file, RetryPolicy(max_attempts=3))
+
+
+def make_account(db_sessionmaker, env, tenant_id, mailbox, smtp: ServerSettings | None = None):
+    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
+    imap = ServerSettings(mailbox.host, mailbox.imap_port, "none", mailbox.email, mailbox.password)
+    smtp = smtp or ServerSettings(
+        mailbox.host, mailbox.submission_port, "starttls", mailbox.email, mailbox.password
+    )
+    with db_sessionmaker() as session:
+        bind_tenant(session, tenant_id)
+        account = create_account(
+            session,
+            box,
+            AccountFields(mailbox.email, "Zoë Sender", imap, smtp),
+            verify=False,
+            ca_file=None,
+        )
+        session.commit()
+        return account.id
+
+
+def queue(db_sessionmaker, tenant_id: int, account_id: int, to: list[str], **content) -> int:
+    """A draft, sent: the id of its queued outbox entry."""
+    fields = {
+        "cc": [],
+        "bcc": [],
+        "subject": "Hello",
+        "text": "Hi.",
+        "html": None,
+        "in_reply_to": None,
+        "attachments": [],
+        **content,
+    }
+    with db_sessionmaker() as session:
+        bind_tenant(session, tenant_id)
+        draft = create_draft(session, DraftContent(account_id, to, **fields), 25 << 20)
+        entry, _ = request_send(session, draft.id, None)
+        session.commit()
+        return entry.id
+
+
+def entry(db_sessionmaker, outbox_id: int) -> OutboxEntry:
+    with db_sessionmaker() as session:
+        return session.get(OutboxEntry, outbox_id)
+
+
+def inbox(mailbox, folder: str = "INBOX") -> list[email.message.EmailMessage]:
+    with mailbox.client() as client:
+        if not client.folder_exists(folder):
+            return []
+        client.select_folder(folder, readonly=True)
+        fetched = client.fetch(client.search("ALL"), ["BODY.PEEK[]"])
+        return [
+            email.message_from_bytes(data[b"BODY[]"], policy=policy.default)
+            for data in fetched.values()
+        ]
+
+
+def arrived(mailbox, message_id: str, count: int = 1, folder: str = "INBOX"):
+    """Wait until `count` copies of the message are in the folder; return them."""
+
+    def copies():
+        found = [m for m in inbox(mailbox, folder) if m["Message-ID"] == message_id]
+        return found if len(found) >= count else None
+
+    return wait_for(copies, timeout=30, interval=0.3)
+
+
+def test_a_message_arrives_intact_and_sent_holds_one_copy(
+    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer
+):
+    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    outbox_id = queue(
+        db_sessionmaker,
+        tenant_a.tenant_id,
+        account_id,
+        [f"Jörg Müller <{recipient.email}>"],
+        bcc=["hidden@example.test"],
+        subject="Grüße aus Köln ☃",
+        text="Hallo Jörg,\n.\nein Punkt allein auf einer Zeile.\n",
+        html="<p>Hallo <b>Jörg</b></p>",
+        attachments=[("Bericht März.pdf", "application/pdf", PDF)],
+    )
+    outcome = deliverer.deliver(outbox_id)
+    assert (outcome.state, outcome.copy) == ("sent", True)
+    sent = entry(db_sessionmaker, outbox_id)
+    assert (sent.state, sent.attempts, sent.sent_copy) == ("sent", 1, "pending")
+    assert sent.smtp_reply.startswith("250")
+
+    (got,) = arrived(recipient, sent.message_id)
+    assert str(got["Subject"]) == "Grüße aus Köln ☃"
+    assert got["To"].addresses[0].display_name == "Jörg Müller"
+    assert got["From"].addresses[0].display_name == "Zoë Sender"
+    assert got["From"].addresses[0].addr_spec == mailbox.email
+    assert got["Bcc"] is None and "hidden@example.test" not in got.as_string()
+    assert got.get_body(("plain",)).get_content().replace("\r\n", "\n") == (
+        "Hallo Jörg,\n.\nein Punkt allein auf einer Zeile.\n"
+    )
+    assert "<b>Jörg</b>" in got.get_body(("html",)).get_content()
+    (attachment,) = got.iter_attachments()
+    assert attachment.get_filename() == "Bericht März.pdf"
+    assert attachment.get_content() == PDF
+
+    assert deliverer.file_sent_copy(outbox_id).state == "done"
+    # Filing again (a retry after a lost APPEND reply) finds the copy and adds none.
+    with db_sessionmaker() as session:
+        session.execute(
+            update(OutboxEntry).where(OutboxEntry.id == outbox_id).values(sent_copy="pending")
+        )
+        session.commit()
+    assert deliverer.file_sent_copy(outbox_id).state == "done"
+    copies = [m for m in inbox(mailbox, "Sent") if m["Message-ID"] == sent.message_id]
+    assert len(copies) == 1
+    with mailbox.client() as client:
+        client.select_folder("Sent", readonly=True)
+        flags = client.get_flags(client.search(["HEADER", "Message-ID", sent.message_id]))
+        assert [b"\\Seen" in f for f in flags.values()] == [True]
+
+    # Delivering again does nothing: the entry is sent.
+    assert deliverer.deliver(outbox_id).state == "sent"
+    time.sleep(1)
+    assert len(arrived(recipient, sent.message_id)) == 1
+
+
+def test_postfix_down_is_retried_and_sent_once_when_it_is_back(
+    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer, stack_control
+):
+    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    stack_control.stop_service("postfix")
+    try:
+        outcome = deliverer.deliver(outbox_id)
+        assert outcome.state == "queued" and outcome.retry_in is not None
+        waiting = entry(db_sessionmaker, outbox_id)
+        assert (waiting.attempts, waiting.dot_sent_at) == (1, None)
+        assert "connection" in waiting.last_error.lower()
+    finally:
+        stack_control.start_service("postfix")
+    assert deliverer.deliver(outbox_id).state == "sent"
+    sent = entry(db_sessionmaker, outbox_id)
+    assert (sent.attempts, sent.last_error) == (2, None)
+    arrived(recipient, sent.message_id)
+    time.sleep(1)
+    assert len(arrived(recipient, sent.message_id)) == 1
+
+
+def test_giving_up_after_the_last_attempt(db_sessionmaker, env, tenant_a, mailbox, deliverer):
+    from tests.support import free_port
+
+    dead = ServerSettings("127.0.0.1", free_port(), "none", mailbox.email, mailbox.password)
+    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, smtp=dead)
+    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["x@example.test"])
+    states = [deliverer.deliver(outbox_id) for _ in range(3)]
+    assert [o.state for o in states] == ["queued", "queued", "failed"]
+    assert states[-1].retry_in is None
+    failed = entry(db_sessionmaker, outbox_id)
+    assert failed.attempts == 3 and failed.last_error.startswith("gave up after 3 attempts")
+
+
+def test_a_wrong_password_fails_at_once_with_the_servers_reason(
+    db_sessionmaker, env, tenant_a, mailbox, deliverer
+):
+    wrong = ServerSettings(
+        mailbox.host, mailbox.submission_port, "starttls", mailbox.email, "not-the-password"
+    )
+    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, smtp=wrong)
+    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["x@example.test"])
+    outcome = deliverer.deliver(outbox_id)
+    assert (outcome.state, outcome.retry_in) == ("failed", None)
+    failed = entry(db_sessionmaker, outbox_id)
+    assert failed.attempts == 1
+    assert "535" in failed.last_error  # Postfix's "authentication failed"
+    assert deliverer.deliver(outbox_id).state == "failed"  # no second attempt
+    assert entry(db_sessionmaker, outbox_id).attempts == 1
+
+
+def test_a_5xx_for_every_recipient_is_failed(db_sessionmaker, env, tenant_a, mailbox, deliverer):
+    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    # The stack's Postfix knows its domain's users and refuses unknown ones at RCPT (550).
+    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["nosuchuser@example.test"])
+    outcome = deliverer.deliver(outbox_id)
+    assert outcome.state == "failed"
+    assert "550" in entry(db_sessionmaker, outbox_id).last_error
+
+
+def peer_account(db_sessionmaker, env, tenant_id, mailbox, peer: SmtpPeer) -> int:
+    smtp = ServerSettings("127.0.0.1", peer.port, "none", mailbox.email, "any")
+    return make_account(db_sessionmaker, env, tenant_id, mailbox, smtp=smtp)
+
+
+def test_no_reply_after_the_final_dot_is_uncertain_and_never_retried(
+    db_sessionmaker, env, tenant_a, mailbox, deliverer
+):
+    with SmtpPeer() as peer:
+        peer.scripts = ["close_after_dot"]
+        account_id = peer_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, peer)
+        outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["x@example.test"])
+        outcome = deliverer.deliver(outbox_id)
+        assert (outcome.state, outcome.retry_in) == ("uncertain", None)
+        assert deliverer.deliver(outbox_id).state == "uncertain"
+        assert peer.sessions == 1
+    uncertain = entry(db_sessionmaker, outbox_id)
+    assert uncertain.attempts == 1 and "may have accepted" in uncertain.last_error
+
+
+def test_a_connection_lost_mid_payload_is_retried_and_delivered_once(
+    db_sessionmaker, env, tenant_a, mailbox, deliverer
+):
+    with SmtpPeer() as peer:
+        peer.scripts = ["close_mid_payload"]
+        account_id = peer_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, peer)
+        outbox_id = queue(
+            db_sessionmaker,
+            tenant_a.tenant_id,
+            account_id,
+            ["x@example.test"],
+            attachments=[("big.pdf", "application/pdf", PDF * 4)],
+        )
+        first = deliverer.deliver(outbox_id)
+        assert first.state == "queued" and first.retry_in is not None
+        assert peer.received == []
+        assert deliverer.deliver(outbox_id).state == "sent"
+        assert len(peer.received) == 1
+    sent = entry(db_sessionmaker, outbox_id)
+    assert sent.attempts == 2
+    assert email.message_from_bytes(peer.received[0])["Message-ID"] == sent.message_id
+
+
+def test_an_entry_left_sending_is_settled_by_whether_its_dot_went_out(
+    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer
+):
+    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    before_dot = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    after_dot = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    with db_sessionmaker() as session:
+        for outbox_id, dot in ((before_dot, None), (after_dot, "now()")):
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id == outbox_id)
+                .values(state="sending", attempts=1, dot_sent_at=dot and OutboxEntry.created_at)
+            )
+        session.commit()
+    send, copy = deliverer.sweep()
+    assert before_dot in send and after_dot not in send
+    assert entry(db_sessionmaker, before_dot).state == "queued"
+    assert entry(db_sessionmaker, after_dot).state == "uncertain"
+    assert deliverer.deliver(before_dot).state == "sent"
+    assert deliverer.deliver(after_dot).state == "uncertain"
+
+
+def test_a_relayed_peer_session_reaches_the_mailbox(
+    db_sessionmaker, env, tenant_a, mailbox, recipient, stack, deliverer
+):
+    """The peer used by the worker tests passes what it accepts on to the real Postfix."""
+    with SmtpPeer(relay=relay_to(stack.host, stack.smtp_port)) as peer:
+        account_id = peer_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, peer)
+        outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+        assert deliverer.deliver(outbox_id).state == "sent"
+    arrived(recipient, entry(db_sessionmaker, outbox_id).message_id)
