@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from app.mail import ServerSettings
-from app.models import OutboxEntry
+from app.models import Account, OutboxEntry
 from app.secrets import SecretBox
 from app.services.accounts import AccountFields, create_account
 from app.services.compose import DraftContent, create_draft, request_send
@@ -300,3 +300,30 @@ def test_a_relayed_peer_session_reaches_the_mailbox(
         outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
         assert deliverer.deliver(outbox_id).state == "sent"
     arrived(recipient, entry(db_sessionmaker, outbox_id).message_id)
+
+
+def test_a_failing_sent_copy_is_retried_without_sending_again(
+    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer
+):
+    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    assert deliverer.deliver(outbox_id).state == "sent"
+    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
+    with db_sessionmaker() as session:  # the IMAP password changed meanwhile
+        account = session.get(Account, account_id)
+        account.imap_password_encrypted = box.encrypt("no longer right")
+        session.commit()
+    outcome = deliverer.file_sent_copy(outbox_id)
+    assert outcome.state == "pending" and outcome.retry_in is not None
+    waiting = entry(db_sessionmaker, outbox_id)
+    assert (waiting.state, waiting.sent_copy, waiting.sent_copy_attempts) == ("sent", "pending", 1)
+    assert "login" in waiting.sent_copy_error.lower()
+    assert deliverer.deliver(outbox_id).state == "sent"  # nothing is sent again
+    with db_sessionmaker() as session:
+        session.get(Account, account_id).imap_password_encrypted = box.encrypt(mailbox.password)
+        session.commit()
+    assert deliverer.file_sent_copy(outbox_id).state == "done"
+    sent = entry(db_sessionmaker, outbox_id)
+    assert len([m for m in inbox(mailbox, "Sent") if m["Message-ID"] == sent.message_id]) == 1
+    time.sleep(1)
+    assert len(arrived(recipient, sent.message_id)) == 1

@@ -6,6 +6,7 @@ only this test's entries.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import time
@@ -65,9 +66,23 @@ def test_a_draft_sent_twice_with_one_key_arrives_once_with_one_sent_copy(setting
     account_id = make_account(sessions, env, user.tenant_id, sender)
     client = api_client(env)
     counted = sent_attempts(client)
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 100
     draft = client.post(
         "/api/compose",
-        json={"account_id": account_id, "to": [recipient.email], "subject": "Once", "text": "1"},
+        json={
+            "account_id": account_id,
+            "to": [f"Åsa Öberg <{recipient.email}>"],
+            "subject": "Möte på fredag – agenda ✓",
+            "text": "Hej Åsa,\nse bilagan.\n",
+            "html": "<p>Hej <b>Åsa</b></p>",
+            "attachments": [
+                {
+                    "filename": "Agenda fredag.pdf",
+                    "content_type": "application/pdf",
+                    "content_base64": base64.b64encode(pdf).decode(),
+                }
+            ],
+        },
         headers=user.headers,
     ).get_json()
     headers = {**user.headers, "Idempotency-Key": "k-1"}
@@ -85,7 +100,13 @@ def test_a_draft_sent_twice_with_one_key_arrives_once_with_one_sent_copy(setting
 
     body = wait_for(done, timeout=60, interval=0.3)
     assert body["attempts"] == 1 and body["smtp_reply"].startswith("250")
-    arrived(recipient, body["message_id"])
+    (got,) = arrived(recipient, body["message_id"])
+    assert str(got["Subject"]) == "Möte på fredag – agenda ✓"
+    assert got["To"].addresses[0].display_name == "Åsa Öberg"
+    assert got.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Hej Åsa,\nse bilagan.\n"
+    assert "<b>Åsa</b>" in got.get_body(("html",)).get_content()
+    (attachment,) = got.iter_attachments()
+    assert (attachment.get_filename(), attachment.get_content()) == ("Agenda fredag.pdf", pdf)
     time.sleep(1)  # anything sent twice would be here by now
     assert len(arrived(recipient, body["message_id"])) == 1
     copies = [m for m in inbox(sender, "Sent") if m["Message-ID"] == body["message_id"]]
