@@ -26,6 +26,10 @@ HEARTBEAT_KEY = "emailservice:heartbeat"
 # in Redis (work-horses are forked per job: their memory is gone after it) for /metrics.
 SEND_OUTCOME_KEY = "emailservice:send:outcomes"
 SEND_OUTCOMES = ("sent", "failed", "uncertain", "deferred")
+# Sync runs by outcome (complete, continued: hit its bounds, retry: a connection failed) and
+# the messages they fetched, counted by the sync jobs.
+SYNC_COUNTS_KEY = "emailservice:sync:counts"
+SYNC_OUTCOMES = ("complete", "continued", "retry")
 
 
 def make_redis(redis_url: str) -> Redis:

@@ -16,6 +16,7 @@ from app.queues import (
     HEARTBEAT_KEY,
     SEND_OUTCOME_KEY,
     SEND_OUTCOMES,
+    SYNC_COUNTS_KEY,
     backoff,
     enqueue_send,
     enqueue_sent_copy,
@@ -70,12 +71,15 @@ def sync_account(account_id: int, attempt: int = 0) -> str:
             },
         )
         _enqueue(account_id, attempt=attempt + 1, delay=delay)
+        redis.hincrby(SYNC_COUNTS_KEY, "retry")
         return f"retry {attempt + 1} in {delay:.0f} s"
     if outcome.busy:
         # Another run holds the account: it makes one more pass when it sees this.
         redis.set(pending_key(account_id), 1, ex=3600)
         return "busy"
     again = not outcome.complete or bool(redis.delete(pending_key(account_id)))
+    redis.hincrby(SYNC_COUNTS_KEY, "complete" if outcome.complete else "continued")
+    redis.hincrby(SYNC_COUNTS_KEY, "messages", outcome.messages_fetched)
     log.info(
         "sync run finished",
         extra={

@@ -13,7 +13,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis import Redis
 
 from app.logs import request_id_var
-from app.queues import HEARTBEAT_KEY, SEND_OUTCOME_KEY, SEND_OUTCOMES, queue_depths
+from app.queues import (
+    HEARTBEAT_KEY,
+    SEND_OUTCOME_KEY,
+    SEND_OUTCOMES,
+    SYNC_COUNTS_KEY,
+    SYNC_OUTCOMES,
+    queue_depths,
+)
 
 log = logging.getLogger("app.access")
 
@@ -42,6 +49,7 @@ class RedisCollector:
             depths = queue_depths(self.connection)
             heartbeat = self.connection.get(HEARTBEAT_KEY)
             outcomes = self.connection.hgetall(SEND_OUTCOME_KEY)
+            syncs = self.connection.hgetall(SYNC_COUNTS_KEY)
         except Exception:  # a scrape during a Redis outage reports what it can
             return
         queued = GaugeMetricFamily(
@@ -58,6 +66,19 @@ class RedisCollector:
         for outcome in SEND_OUTCOMES:
             sends.add_metric([outcome], float(outcomes.get(outcome.encode(), 0)))
         yield sends
+        runs = CounterMetricFamily(
+            "emailservice_sync_runs",
+            "Sync jobs by outcome (continued: stopped at its bounds and queued its continuation).",
+            labels=["outcome"],
+        )
+        for outcome in SYNC_OUTCOMES:
+            runs.add_metric([outcome], float(syncs.get(outcome.encode(), 0)))
+        yield runs
+        yield CounterMetricFamily(
+            "emailservice_sync_messages_fetched",
+            "Messages fetched from IMAP servers by sync jobs.",
+            value=float(syncs.get(b"messages", 0)),
+        )
         if heartbeat is not None:
             yield GaugeMetricFamily(
                 "emailservice_heartbeat_timestamp_seconds",

@@ -39,6 +39,13 @@ def processes(env, migrated, tmp_path):
     running.stop_all()
 
 
+def metric(client, name: str) -> float:
+    """A sample of /metrics (counters are kept in Redis, shared by the tests of a run)."""
+    text = client.get("/metrics").get_data(as_text=True)
+    (line,) = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[-1])
+
+
 def test_sync_requested_through_the_api_runs_on_a_worker(
     client, tenant_a, account_id, mailbox, env, tmp_path, db_sessionmaker
 ):
@@ -52,7 +59,9 @@ def test_sync_requested_through_the_api_runs_on_a_worker(
     assert status["state"] == "queued"
     assert status["last_synced_at"] is None
 
+    fetched = metric(client, "emailservice_sync_messages_fetched_total")
     assert run_cli(["worker", "--burst", SYNC], env, tmp_path).returncode == 0
+    assert metric(client, "emailservice_sync_messages_fetched_total") == fetched + 5
     status = client.get(f"/api/sync/status/{account_id}", headers=tenant_a.headers).get_json()
     assert status["state"] == "idle", status
     assert status["last_synced_at"] is not None
