@@ -6,8 +6,8 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import select
 
 from app.api.openapi import operation
-from app.api.pagination import page_request, paginate
-from app.api.validation import parse_body, validate
+from app.api.pagination import ID, NAME, PageParams, cursor_field, page_request, paginate
+from app.api.validation import parse_body, parse_query, validate
 from app.db import get_session
 from app.mail import ServerSettings
 from app.models import Account, Folder
@@ -26,6 +26,14 @@ from app.services.accounts import AccountFields
 
 bp = Blueprint("accounts", __name__, url_prefix="/api/accounts")
 TAGS = ("accounts",)
+
+
+class AccountListParams(PageParams):
+    cursor: str | None = cursor_field(ID)
+
+
+class FolderListParams(PageParams):
+    cursor: str | None = cursor_field(NAME)
 
 
 def _box() -> SecretBox:
@@ -97,11 +105,12 @@ def create_account():
 @operation(
     "List the tenant's accounts",
     tags=TAGS,
+    params=AccountListParams,
     responses={200: ("A page of accounts.", AccountPage)},
     errors=(422,),
 )
 def list_accounts():
-    page = page_request()
+    page = page_request(parse_query(AccountListParams))
     rows = accounts.list_accounts(get_session(), page.after, page.limit + 1)
     items, cursor = paginate(rows, page.limit, key=lambda a: a.id)
     return jsonify({"items": [account_out(a) for a in items], "next_cursor": cursor})
@@ -174,18 +183,19 @@ def _server_dict(server: ServerSettings) -> dict:
 @operation(
     "The account's folders with their roles and counts",
     tags=TAGS,
+    params=FolderListParams,
     responses={200: ("A page of folders, by name.", FolderPage)},
     errors=(404, 422),
 )
 def list_folders(account_id: int):
     session = get_session()
     account = accounts.get_account(session, account_id)
-    page = page_request(key_type=str)
+    page = page_request(parse_query(FolderListParams), NAME)
     query = select(Folder).where(Folder.account_id == account.id).order_by(Folder.name)
     if page.after is not None:
         query = query.where(Folder.name > page.after)
     rows = list(session.scalars(query.limit(page.limit + 1)))
-    items, cursor = paginate(rows, page.limit, key=lambda f: f.name)
+    items, cursor = paginate(rows, page.limit, key=lambda f: f.name, codec=NAME)
     return jsonify(
         {
             "items": [

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Literal
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 
 from app.api.openapi import operation
-from app.api.pagination import page_request, paginate
-from app.api.validation import parse_body
+from app.api.pagination import ID, PageParams, cursor_field, page_request, paginate
+from app.api.validation import parse_body, parse_query
 from app.db import get_session
 from app.errors import ValidationFailed
 from app.models import Draft, OutboxEntry
@@ -28,7 +30,15 @@ from app.services.compose import DraftContent
 
 bp = Blueprint("compose", __name__)
 TAGS = ("compose",)
-OUTBOX_STATES = ("queued", "sending", "sent", "failed", "uncertain")
+
+
+class OutboxListParams(PageParams):
+    cursor: str | None = cursor_field(ID)
+    state: Literal["queued", "sending", "sent", "failed", "uncertain"] | None = Field(
+        None, description="Only entries in this state."
+    )
+
+
 # Printable ASCII without spaces at the ends, as the IETF draft's examples are.
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
@@ -214,18 +224,14 @@ def send_draft(draft_id: int):
 @operation(
     "List outbox entries, newest first (`?state=` queued, sending, sent, failed, uncertain)",
     tags=TAGS,
+    params=OutboxListParams,
     responses={200: ("A page of outbox entries.", OutboxPage)},
     errors=(422,),
 )
 def list_outbox():
-    state = request.args.get("state")
-    if state is not None and state not in OUTBOX_STATES:
-        raise ValidationFailed(
-            "The request is invalid.",
-            [{"field": "state", "message": f"one of {', '.join(OUTBOX_STATES)}"}],
-        )
-    page = page_request()
-    rows = outbox.list_entries(get_session(), state, page.after, page.limit + 1)
+    params = parse_query(OutboxListParams)
+    page = page_request(params)
+    rows = outbox.list_entries(get_session(), params.state, page.after, page.limit + 1)
     items, cursor = paginate(rows, page.limit, key=lambda e: e.id)
     return jsonify({"items": [outbox_out(e) for e in items], "next_cursor": cursor})
 

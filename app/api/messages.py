@@ -3,14 +3,14 @@ and change it (flags, move, delete): 202, written back to the IMAP server by a w
 
 from __future__ import annotations
 
-from datetime import datetime
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.openapi import operation
-from app.api.pagination import bad_cursor, encode_cursor, page_request
-from app.api.validation import parse_body
+from app.api.pagination import DATE_ID, PageParams, cursor_field, page_request, paginate
+from app.api.validation import parse_body, parse_query
 from app.db import get_session
 from app.errors import NotFound, ValidationFailed
 from app.mail.mime import parse_message
@@ -31,31 +31,38 @@ TAGS = ("messages",)
 APPLY_CHANGES = "workers.jobs.apply_message_changes"
 
 
+class MessageListParams(PageParams):
+    cursor: str | None = cursor_field(DATE_ID)
+    folder: str = Field("INBOX", description="A folder's full name (`/` separated) or a role.")
+
+
+class MessageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    remote_images: bool = Field(
+        False, description="true: keep remote images in the sanitised HTML (they reveal reads)."
+    )
+
+
 @bp.get("/api/accounts/<int:account_id>/messages")
 @operation(
     "A folder's messages, newest first (`?folder=` a name or a role; INBOX by default)",
     tags=TAGS,
+    params=MessageListParams,
     responses={200: ("A page of message summaries.", MessagePage)},
     errors=(404, 422),
 )
 def list_messages(account_id: int):
     session = get_session()
     account = get_account(session, account_id)
-    name = request.args.get("folder", "INBOX")
+    params = parse_query(MessageListParams)
+    name = params.folder
     folder = messages.find_folder(session, account.id, name)
     if folder is None:
         raise NotFound(f"Account {account_id} has no folder {name!r}.")
-    page = page_request(key_type=list)
-    after = None
-    if page.after is not None:
-        try:
-            after = (datetime.fromisoformat(page.after[0]), int(page.after[1]))
-        except (TypeError, ValueError, IndexError):
-            raise bad_cursor() from None
-    rows = messages.list_messages(session, folder, after, page.limit + 1)
-    items, cursor = rows[: page.limit], None
-    if len(rows) > page.limit and items[-1].date is not None:
-        cursor = encode_cursor([items[-1].date.isoformat(), items[-1].id])
+    page = page_request(params, DATE_ID)
+    rows = messages.list_messages(session, folder, page.after, page.limit + 1)
+    items, cursor = paginate(rows, page.limit, key=lambda m: (m.date, m.id), codec=DATE_ID)
     return jsonify(
         {"items": [message_summary(m, folder.name) for m in items], "next_cursor": cursor}
     )
@@ -66,6 +73,7 @@ def list_messages(account_id: int):
     "One message: summary, headers, text, sanitised HTML (`?remote_images=true` keeps remote "
     "images), attachments, parse error",
     tags=TAGS,
+    params=MessageParams,
     responses={200: ("The message.", MessageOut)},
     errors=(404,),
 )
@@ -74,7 +82,7 @@ def get_message(message_id: int):
     message, folder = messages.get_message(session, message_id)
     body = message_summary(message, folder.name)
     html = message.html_body
-    if html is not None and request.args.get("remote_images") == "true":
+    if html is not None and parse_query(MessageParams).remote_images:
         # The stored HTML had remote loads removed; asking for them means sanitising the
         # original again, from the raw bytes.
         html = parse_message(messages.raw_bytes(session, message), allow_remote=True).html

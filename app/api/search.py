@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from app.api.openapi import operation
 from app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from app.api.validation import validate
+from app.api.validation import parse_query
 from app.db import get_session
 from app.schemas.messages import summary_model
 from app.schemas.search import SearchHit, SearchPage, SearchParams
@@ -25,7 +25,7 @@ TAGS = ("search",)
     errors=(422,),
 )
 def search():
-    params = validate(SearchParams, request.args.to_dict())
+    params = parse_query(SearchParams)
     result = search_service.search(
         get_session(),
         params.query,

@@ -59,6 +59,21 @@ def _unstorable_strings(value: object, path: tuple) -> Iterator[str]:
             yield from _unstorable_strings(item, (*path, index))
 
 
+def parse_query(model: type[M]) -> M:
+    """The query string validated against `model` (documented in OpenAPI as its parameters).
+
+    As strict about names as bodies are (an unknown or repeated parameter is a 422), and as lax
+    about types as a query string must be ("20" is the integer 20).
+    """
+    repeated = [name for name in request.args if len(request.args.getlist(name)) > 1]
+    if repeated:
+        raise ValidationFailed(
+            "The request is invalid.",
+            [{"field": name, "message": "given more than once"} for name in repeated],
+        )
+    return validate(model, request.args.to_dict())
+
+
 def validate(model: type[M], data: object) -> M:
     """`data` validated against `model`, or ValidationFailed with one detail per problem."""
     try:

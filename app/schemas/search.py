@@ -30,7 +30,7 @@ class SearchParams(BaseModel):
     # Query strings are text: "20" is the limit 20 (lax, unlike JSON bodies). The query's and
     # the cursor's own checks name the problem better than a pattern mismatch would, so the
     # patterns are published here and enforced by the service.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     query: str = Field(description=QUERY_HELP, json_schema_extra=QUERY_SCHEMA)
     sort: Literal["date", "relevance"] = Field(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from sqlalchemy import func, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, load_only, sessionmaker
 
@@ -74,7 +74,7 @@ def find_folder(session: Session, account_id: int, name: str) -> Folder | None:
 
 
 def list_messages(
-    session: Session, folder: Folder, after: tuple[datetime, int] | None, limit: int
+    session: Session, folder: Folder, after: tuple[datetime | None, int] | None, limit: int
 ) -> list[Message]:
     """A folder's current copies, newest first, keyset-paginated on (date, id).
 
@@ -90,8 +90,18 @@ def list_messages(
         .limit(limit)
     )
     if after is not None:
-        query = query.where(tuple_(Message.date, Message.id) < tuple_(*after))
+        query = query.where(date_keyset(*after))
     return list(session.scalars(query))
+
+
+def date_keyset(date: datetime | None, message_id: int) -> ColumnElement[bool]:
+    """Rows after (date, id) in the order date DESC, id DESC (the date indexes' order).
+
+    DESC puts NULL dates first (as the indexes do): after a dated row only dated rows follow.
+    """
+    if date is None:
+        return or_(and_(Message.date.is_(None), Message.id < message_id), Message.date.isnot(None))
+    return tuple_(Message.date, Message.id) < tuple_(date, message_id)
 
 
 def raw_bytes(session: Session, message: Message) -> bytes:

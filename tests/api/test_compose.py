@@ -323,7 +323,9 @@ def test_the_outbox_lists_by_state_and_resolves_only_what_it_may(
         session.commit()
     listed = client.get("/api/outbox?state=uncertain", headers=tenant_a.headers).get_json()
     assert [e["id"] for e in listed["items"]] == [entry["id"]]
-    assert client.get("/api/outbox?state=lost", headers=tenant_a.headers).status_code == 422
+    for query in ("state=lost", "state=sent&state=failed", "bogus=1", "cursor=x1"):
+        response = client.get(f"/api/outbox?{query}", headers=tenant_a.headers)
+        assert response.status_code == 422, query
     bad = client.post(url, json={"outcome": "maybe"}, headers=tenant_a.headers)
     assert bad.status_code == 422
 

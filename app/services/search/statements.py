@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session, load_only
 
 from app.models import Folder, Message
 from app.models.sync import ROLES, SEARCH_CONFIG
-from app.services.messages import SUMMARY_COLUMNS
+from app.services.messages import SUMMARY_COLUMNS, date_keyset
 from app.services.search.syntax import Filter, Query, Term, Text
 
 RELEVANCE_CANDIDATES = 1000
@@ -135,7 +135,7 @@ def by_date(cond: Conditions, after: tuple[datetime | None, int] | None, limit: 
     """Newest first (date, then id), `limit` rows after the keyset position `after`."""
     where = list(cond.where)
     if after is not None:
-        where.append(_date_keyset(*after))
+        where.append(date_keyset(*after))
     return (
         select(Message, _body_head())
         .options(load_only(*SUMMARY_COLUMNS))
@@ -184,13 +184,6 @@ def by_relevance(
 
 def _body_head() -> ColumnElement[str]:
     return func.left(Message.text_body, BODY_HEAD_CHARS).label("body_head")
-
-
-def _date_keyset(date: datetime | None, message_id: int) -> ColumnElement[bool]:
-    # DESC puts NULL dates first (as the index does): after a dated row only dated rows follow.
-    if date is None:
-        return or_(and_(Message.date.is_(None), Message.id < message_id), Message.date.isnot(None))
-    return tuple_(Message.date, Message.id) < tuple_(date, message_id)
 
 
 def _tsquery(text: Text) -> ColumnElement:
