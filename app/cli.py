@@ -42,17 +42,15 @@ def serve(host: str | None, port: int | None, reload: bool) -> None:
     if reload:
         _serve_with_reload()
         return
-    import waitress
-
     from app import create_app
+    from app.serve import serve as serve_gracefully
 
     configure_logging(settings.log_level)
-    waitress.serve(
+    serve_gracefully(
         create_app(settings),
         host=host or settings.api_host,
         port=port or settings.api_port,
         threads=settings.waitress_threads,
-        ident="emailservice",
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -65,3 +66,44 @@ def test_serve_starts_while_dependencies_are_down_and_recovers(env, migrated, pr
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert lines
     assert all(isinstance(json.loads(line), dict) for line in lines)
+
+
+def test_sigterm_answers_the_requests_already_received_then_exits(env, migrated, tmp_path):
+    """A restart during a deploy must not cut a request off: the half-received login below is
+    answered after SIGTERM, while new connections are already refused."""
+    import signal
+    import socket
+    import subprocess
+
+    from tests.support import EMAILSERVICE, cli_env, free_port
+
+    port = free_port()
+    with open(tmp_path / "api.log", "wb") as log:
+        server = subprocess.Popen(
+            [EMAILSERVICE, "serve", "--port", str(port)],
+            env=cli_env(env),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        wait_for(lambda: http_get(port, "/health") is not None)
+        body = b'{"tenant": "nobody", "username": "nobody", "password": "wrong"}'
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client.sendall(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:10]
+        )
+        time.sleep(0.5)  # the server has the start of the request
+        server.send_signal(signal.SIGTERM)
+        wait_for(lambda: http_get(port, "/health") is None, timeout=5)  # no longer accepting
+        assert server.poll() is None  # still finishing the request in flight
+        client.sendall(body[10:])
+        answer = client.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        client.close()
+        assert server.wait(timeout=10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
