@@ -65,3 +65,20 @@ test-deploy: $(STAMP) ## Deploy onto a booted Debian 12 test host (twice) and ch
 
 clean: stop ## Remove the virtualenv and the dev stack's data
 	rm -rf $(VENV) .stack build dist *.egg-info
+
+# Operator targets on the dev stack's logs and database (deployed hosts: DEPLOYMENT.md).
+.PHONY: logs db-reset db-backup db-restore
+
+logs: ## Follow the dev stack's server logs (PostgreSQL, Redis, Dovecot, Postfix)
+	@test -d .stack/dev/log || { echo "no dev stack here: start it with make dev" >&2; exit 1; }
+	tail -n 20 -F .stack/dev/log/*
+
+db-reset: $(STAMP) ## Empty the dev stack's database and migrate it again (asks first)
+	$(BIN)/python scripts/dev-db reset
+
+db-backup: $(STAMP) ## pg_dump -Fc the dev stack's database into backups/
+	$(BIN)/python scripts/dev-db backup
+
+db-restore: $(STAMP) ## Put a dump back as the dev stack's database: make db-restore FILE=...
+	@test -n "$(FILE)" || { echo "usage: make db-restore FILE=backups/<name>.dump" >&2; exit 2; }
+	$(BIN)/python scripts/dev-db restore "$(FILE)"

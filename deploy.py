@@ -1,10 +1,11 @@
 """The emailservice deploy: `pyinfra inventories/<env>.py deploy.py` (or `make deploy ENV=...`).
 
-Turns a fresh Debian 12 host into the whole stack: PostgreSQL, Redis, Dovecot, Postfix, TLS,
-the service (API instances, workers, scheduler, IDLE watcher) under systemd, nginx in front,
-a firewall and a health-check timer, then checks /health through nginx. A second run changes
-nothing. Settings come from inventories/group_data/ (templates read only host.data); secrets
-from the deploying person's environment or inventories/secrets/ (tasks/secrets.py).
+Turns fresh Debian 12 hosts into the whole stack: PostgreSQL, Redis and backups (db role),
+Dovecot and Postfix (mail), the service's API instances behind nginx (api), its workers,
+scheduler and IDLE watcher (workers), TLS, a firewall and a health-check timer, then checks
+/health through nginx. A host in no role group has every role (tasks/roles.py). A second run
+changes nothing. Settings come from inventories/group_data/ (templates read only host.data);
+secrets from the deploying person's environment or inventories/secrets/ (tasks/secrets.py).
 """
 
 from pyinfra import host
@@ -12,6 +13,7 @@ from pyinfra.api.exceptions import PyinfraError
 
 from tasks import (
     app,
+    backup,
     base,
     dovecot,
     firewall,
@@ -21,6 +23,7 @@ from tasks import (
     postgres,
     redis,
     release,
+    roles,
     tls,
 )
 from tasks import secrets as secret_store
@@ -28,19 +31,24 @@ from tasks import secrets as secret_store
 if host.data.get("env", "default") == "default":
     raise PyinfraError("no environment: deploy with an inventory of inventories/ (vagrant, ...)")
 
-secrets = secret_store.load(
-    host.data.env,
-    ["JWT_SECRET", "ENCRYPTION_KEY", "REDIS_PASSWORD", *host.data.mail_users.values()],
-)
-ops = [
-    *base.install_packages(),
-    *tls.certificate(),
-    *postgres.configure(),
-    *redis.configure(secrets["REDIS_PASSWORD"]),
-    *dovecot.configure(secrets),
-    *postfix.configure(),
-    *app.install(release.build(), secrets),
-    *nginx.configure(app.api_ports()),
-    *firewall.configure(),
-]
-health.verify(ops)
+split = roles.split()
+names = ["JWT_SECRET", "ENCRYPTION_KEY", "REDIS_PASSWORD", *host.data.mail_users.values()]
+secrets = secret_store.load(host.data.env, names + (["DATABASE_PASSWORD"] if split else []))
+
+ops = [*base.install_packages()]
+if roles.has("api", "mail"):
+    ops += tls.certificate()
+if roles.has("db"):
+    ops += postgres.configure(secrets["DATABASE_PASSWORD"] if split else None)
+    ops += backup.configure()
+    ops += redis.configure(secrets["REDIS_PASSWORD"], private=split)
+if roles.has("mail"):
+    ops += dovecot.configure(secrets)
+    ops += postfix.configure()
+if roles.has(*roles.APP):
+    ops += app.install(release.build(), secrets)
+if roles.has("api"):
+    ops += nginx.configure(app.api_ports())
+ops += firewall.configure(roles.remote_app_addresses() if split and roles.has("db") else [])
+if roles.has("api"):
+    health.verify(ops)

@@ -1,7 +1,19 @@
-"""Production. One host with every role to start; split roles (api, workers, db, mail) come with
-more hosts (see DEPLOYMENT.md when it lands). Put your host's name here (or in
-EMAILSERVICE_PRODUCTION_HOST)."""
+"""Production. One host with every role (EMAILSERVICE_PRODUCTION_HOST, or mail.example.com), or,
+with EMAILSERVICE_PRODUCTION_SPLIT=1, the split layout below: an app host (api + workers) and a
+data/mail host (db + mail) on a private network (DEPLOYMENT.md, "Scaling out"). Replace the
+names and private addresses with yours; more app hosts are more entries in `api`/`workers`."""
 
 import os
 
-production = [(os.environ.get("EMAILSERVICE_PRODUCTION_HOST", "mail.example.com"), {"_sudo": True})]
+if os.environ.get("EMAILSERVICE_PRODUCTION_SPLIT") == "1":
+    _app = ("app1.example.com", {"_sudo": True, "private_address": "10.0.0.11"})
+    _data = ("data1.example.com", {"_sudo": True, "private_address": "10.0.0.21"})
+    production = [_app, _data]
+    api = [_app[0]]
+    workers = [_app[0]]
+    db = [_data[0]]
+    mail = [_data[0]]
+else:
+    production = [
+        (os.environ.get("EMAILSERVICE_PRODUCTION_HOST", "mail.example.com"), {"_sudo": True})
+    ]

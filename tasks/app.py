@@ -14,6 +14,7 @@ from pyinfra.facts.files import File
 from pyinfra.facts.systemd import SystemdEnabled
 from pyinfra.operations import files, server, systemd
 
+from tasks import roles
 from tasks.common import changed, template
 from tasks.release import Release
 from tasks.secrets import secret_file
@@ -33,12 +34,22 @@ def api_ports() -> list[int]:
     return [host.data.api_base_port + i for i in range(host.data.api_instances)]
 
 
-def env_file(data, secrets: dict[str, str]) -> str:
-    """The service's settings (.env format) from host data; see .env.example for each one."""
+def env_file(data, secrets: dict[str, str], db_address: str | None = None) -> str:
+    """The service's settings (.env format) from host data; see .env.example for each one.
+    `db_address`: PostgreSQL and Redis on another host (split roles); None: on this one."""
+    if db_address is None:
+        # The Unix socket, peer authentication: no database password at all.
+        database = (
+            f"postgresql://{data.app_user}@/{data.postgres_database}?host=/var/run/postgresql"
+        )
+    else:
+        database = (
+            f"postgresql://{data.app_user}:{secrets['DATABASE_PASSWORD']}@{db_address}:5432/"
+            f"{data.postgres_database}"
+        )
     values = {
-        "DATABASE_URL": f"postgresql://{data.app_user}@/{data.postgres_database}"
-        "?host=/var/run/postgresql",
-        "REDIS_URL": f"redis://:{secrets['REDIS_PASSWORD']}@127.0.0.1:6379/0",
+        "DATABASE_URL": database,
+        "REDIS_URL": f"redis://:{secrets['REDIS_PASSWORD']}@{db_address or '127.0.0.1'}:6379/0",
         "JWT_SECRET": secrets["JWT_SECRET"],
         "ENCRYPTION_KEY": secrets["ENCRYPTION_KEY"],
         "API_HOST": "127.0.0.1",
@@ -113,10 +124,11 @@ def install(release: Release, secrets: dict[str, str]) -> list:
             )
         )
 
+    remote_db = None if roles.has("db") else roles.db_address()
     settings = secret_file(
         name="Service settings and secrets",
         path=f"{data.config_dir}/emailservice.env",
-        content=env_file(data, secrets),
+        content=env_file(data, secrets, remote_db),
         user="root",
         group=data.app_user,
         mode="640",
@@ -135,8 +147,9 @@ def install(release: Release, secrets: dict[str, str]) -> list:
     current = files.link(name="Switch to the release", path=f"{data.app_root}/current", target=root)
     ops.append(current)
 
-    # Migrations run once per release, before anything of the new release starts.
-    if changed(current) or changed(settings):
+    # Migrations run once per release, before anything of the new release starts, from one
+    # host only (two hosts migrating at once would race).
+    if (changed(current) or changed(settings)) and roles.first(*roles.APP):
         ops.append(
             server.shell(name="Apply migrations", commands=["systemctl start emailservice-migrate"])
         )
@@ -145,33 +158,76 @@ def install(release: Release, secrets: dict[str, str]) -> list:
         systemd.service(
             name="Health-check timer",
             service="emailservice-healthcheck.timer",
-            running=True,
-            enabled=True,
-            restarted=changed(healthcheck),
+            running=roles.has("api"),
+            enabled=roles.has("api"),
+            restarted=roles.has("api") and changed(healthcheck),
         )
     )
     return ops
 
 
 def _services(restart: bool) -> list:
+    """The units of this host's roles; the scheduler and the IDLE watcher on one host only."""
     data = host.data
-    wanted = [f"emailservice-api@{port}.service" for port in api_ports()]
-    wanted += [f"emailservice-worker@{n}.service" for n in range(1, data.worker_count + 1)]
-    wanted += ["emailservice-scheduler.service", "emailservice-idle.service"]
-    ops = [
+    ports = api_ports() if roles.has("api") else []
+    apis = [f"emailservice-api@{port}.service" for port in ports]
+    others = []
+    if roles.has("workers"):
+        others += [f"emailservice-worker@{n}.service" for n in range(1, data.worker_count + 1)]
+    singletons = ["emailservice-scheduler.service", "emailservice-idle.service"]
+    if roles.first("workers"):
+        others += singletons
+    wanted = apis + others
+    ops = _rolling_restart(ports) if restart else []
+    ops += [
+        systemd.service(name=f"{unit} running", service=unit, running=True, enabled=True)
+        for unit in apis
+    ]
+    # Workers one at a time too: `systemctl restart` waits for a stopping worker's current job
+    # (KillMode=mixed, TimeoutStopSec above the longest job), while the others keep working.
+    ops += [
         systemd.service(
             name=f"{unit} running", service=unit, running=True, enabled=True, restarted=restart
         )
-        for unit in wanted
+        for unit in others
     ]
-    # Instances beyond the inventory's counts are stopped and disabled.
+    # Instances beyond the inventory's counts (or of a role the host no longer has) are
+    # stopped and disabled.
     enabled = host.get_fact(SystemdEnabled) or {}
     for unit, is_enabled in enabled.items():
-        if is_enabled and unit.startswith(("emailservice-api@", "emailservice-worker@")):
+        if is_enabled and unit.startswith(
+            ("emailservice-api@", "emailservice-worker@", *singletons)
+        ):
             if unit not in wanted:
                 ops.append(
                     systemd.service(
                         name=f"Retire {unit}", service=unit, running=False, enabled=False
                     )
                 )
+    return ops
+
+
+def _rolling_restart(ports: list[int]) -> list:
+    """Restart the API instances one at a time behind nginx: the next one only once this one
+    answers /health and nginx has had time to forget the failures it saw while it was down
+    (fail_timeout), so at any moment one instance serves and no request fails."""
+    wait = host.data.api_fail_timeout_seconds
+    ops = []
+    for i, port in enumerate(ports):
+        unit = f"emailservice-api@{port}.service"
+        settle = f"sleep {wait}" if i < len(ports) - 1 else "true"
+        ops.append(
+            server.shell(
+                name=f"Restart {unit} (rolling: waits for its /health)",
+                commands=[
+                    f"systemctl restart {unit}",
+                    "for i in $(seq 120); do "
+                    f"curl -fsS -m 2 -o /dev/null http://127.0.0.1:{port}/health && exit 0; "
+                    "sleep 0.5; done; "
+                    f"echo '{unit} did not answer /health within 60 s' >&2; "
+                    f"journalctl -u {unit} -n 30 --no-pager >&2; exit 1",
+                    settle,
+                ],
+            )
+        )
     return ops

@@ -6,13 +6,18 @@ from pyinfra import host
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files
 
+from tasks import roles
+
 POLICY_RC = "/usr/sbin/policy-rc.d"
 
 
 def install_packages() -> list:
     """Install what is missing; while installing, policy-rc.d keeps services from starting."""
     installed = host.get_fact(DebPackages)
-    missing = [p for p in host.data.packages if p not in installed]
+    wanted = list(host.data.packages)
+    for role in sorted(roles.of()):
+        wanted += host.data.role_packages.get(role, [])
+    missing = [p for p in dict.fromkeys(wanted) if p not in installed]
     if not missing:
         return []  # nothing to do, and nothing reported: a second run changes nothing
     policy = files.put(

@@ -73,3 +73,22 @@ def secret_file(
         yield chown(path, user, group)
     if not current or f"{current.get('mode')}" != mode.lstrip("0"):
         yield chmod(path, mode)
+
+
+def scram_sha256(role: str, password: str) -> str:
+    """PostgreSQL's stored form of a SCRAM-SHA-256 password (RFC 5802/7677), salted per role
+    and password, so it is stable across deploys and `ALTER ROLE ... PASSWORD` gets the verifier,
+    never the password itself."""
+    import hmac
+
+    iterations = 4096
+    salt = hashlib.sha256(f"emailservice scram\0{role}\0{password}".encode()).digest()[:16]
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )

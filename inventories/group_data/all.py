@@ -29,8 +29,13 @@ api_instances = 2
 api_base_port = 8001
 waitress_threads = 8
 worker_count = 2
+# nginx stops sending requests to an instance that failed 3 times for this long; a rolling
+# restart waits as long after each instance is back before restarting the next.
+api_fail_timeout_seconds = 5
 log_level = "INFO"
 sync_interval_seconds = 300
+# Who may read /metrics (through nginx): add your Prometheus server's address.
+metrics_allow = ["127.0.0.1", "::1"]
 # Longer than the longest job (a sync job's budget is minutes; the job timeout is 900 s), so a
 # stopping worker finishes its job.
 worker_stop_timeout_seconds = 960
@@ -38,24 +43,25 @@ worker_stop_timeout_seconds = 960
 # PostgreSQL: the app connects over the Unix socket with peer authentication (no password).
 postgres_database = "emailservice"
 
+# Backups (hosts with the db role): `pg_dump -Fc` on a systemd timer into backup_dir
+# (postgres:postgres 0700), dumps older than backup_keep_days removed after a good new one.
+backup_dir = "/var/backups/emailservice"
+backup_keep_days = 14
+backup_on_calendar = "*-*-* 03:30:00"
+
 # Redis
 redis_maxmemory = "256mb"
 
-# Firewall: the only ports open to the world.
-public_tcp_ports = [22, 25, 80, 443, 465, 587, 143, 993]
+# Firewall: the only ports open to the world: SSH on every host, and those of the host's roles
+# (tasks/roles.py). PostgreSQL and Redis are open only to the app hosts, with split roles.
+ssh_port = 22
+role_tcp_ports = {"api": [80, 443], "mail": [25, 465, 587, 143, 993]}
 
-# Debian packages of a host with every role.
-packages = [
-    "postgresql",
-    "redis-server",
-    "postfix",
-    "dovecot-imapd",
-    "dovecot-lmtpd",
-    "nginx",
-    "python3",
-    "python3-venv",
-    "openssl",
-    "nftables",
-    "ca-certificates",
-    "curl",
-]
+# Debian packages: every host gets `packages`, plus those of its roles.
+packages = ["python3", "openssl", "nftables", "ca-certificates", "curl"]
+role_packages = {
+    "api": ["nginx", "python3-venv"],
+    "workers": ["python3-venv"],
+    "db": ["postgresql", "redis-server"],
+    "mail": ["postfix", "dovecot-imapd", "dovecot-lmtpd"],
+}

@@ -14,3 +14,12 @@ def group_data(env: str) -> dict:
         exec((ROOT / "inventories" / "group_data" / f"{name}.py").read_text(), namespace)
         data.update({k: v for k, v in namespace.items() if not k.startswith("__")})
     return data
+
+
+def all_packages(env: str) -> list[str]:
+    """The Debian packages of a host with every role (what the test hosts' image offers)."""
+    data = group_data(env)
+    every = list(data["packages"])
+    for role in ("api", "workers", "db", "mail"):
+        every += data["role_packages"][role]
+    return sorted(set(every))

@@ -9,16 +9,10 @@ vagrant environment's data, exactly as `make deploy` does.
 
 from __future__ import annotations
 
-import base64
 import imaplib
 import json
-import os
-import secrets
 import smtplib
 import socket
-import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,10 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.inventory import group_data
-from tests.deploy.testhost import boot_test_host, ensure_tools
+from tests.deploy.deployment import api, changed_operations, tls
 
-ROOT = Path(__file__).resolve().parents[2]
 MAILBOX = "test@example.test"
 UNITS = [
     "postgresql.service",
@@ -47,6 +39,7 @@ UNITS = [
     "emailservice-scheduler.service",
     "emailservice-idle.service",
     "emailservice-healthcheck.timer",
+    "emailservice-backup.timer",
 ]
 PUBLIC_PORTS = {22, 25, 80, 443, 465, 587, 143, 993}
 PRIVATE_PORTS = {5432, 6379, 8001, 8002}
@@ -54,78 +47,24 @@ PRIVATE_PORTS = {5432, 6379, 8001, 8002}
 pytestmark = pytest.mark.level4
 
 
-def pyinfra(inventory: Path, environ: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            str(Path(sys.executable).with_name("pyinfra")),
-            "-y",
-            "--group-data",
-            "inventories/group_data",
-            str(inventory),
-            "deploy.py",
-            *args,
-        ],
-        cwd=ROOT,
-        env={**os.environ, **environ},
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-
-
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    """A booted host deployed twice; yields (host, secrets, first run, second run, ca file)."""
-    ensure_tools()
-    secret_values = {
-        "JWT_SECRET": secrets.token_urlsafe(40),
-        "ENCRYPTION_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "REDIS_PASSWORD": secrets.token_urlsafe(24),
-        "MAILBOX_TEST_PASSWORD": secrets.token_urlsafe(18),
-    }
-    environ = {f"EMAILSERVICE_{k}": v for k, v in secret_values.items()}
-    tmp = tmp_path_factory.mktemp("deploy")
-    with boot_test_host(uuid.uuid4().hex[:6], group_data("vagrant")["packages"]) as host:
-        inventory = tmp / "vagrant.py"
-        inventory.write_text(
-            "vagrant = [(%r, {'ssh_user': 'root', 'ssh_key': %r, "
-            "'ssh_strict_host_key_checking': 'no', 'ssh_known_hosts_file': '/dev/null'})]\n"
-            % (host.address, str(host.ssh_key))
-        )
-        started = time.monotonic()
-        first = pyinfra(inventory, environ, "--diff")
-        print(f"first deploy: {time.monotonic() - started:.0f} s", file=sys.stderr)
-        if first.returncode != 0:
-            pytest.fail(f"first deploy failed:\n{first.stdout[-6000:]}\n{first.stderr[-3000:]}")
-        started = time.monotonic()
-        second = pyinfra(inventory, environ, "--json")
-        print(f"second deploy: {time.monotonic() - started:.0f} s", file=sys.stderr)
-        ca = tmp / "host-cert.pem"
-        ca.write_text(host.run("cat /etc/emailservice/tls/cert.pem").stdout)
-        yield host, secret_values, first, second, ca
-
-
 def test_the_first_deploy_prints_no_secret(deployed):
-    _, secret_values, first, _, _ = deployed
-    output = first.stdout + first.stderr
+    output = deployed.first.stdout + deployed.first.stderr
     assert "(contents hidden)" in output
-    for name, value in secret_values.items():
+    for name, value in deployed.secrets.items():
         assert value not in output, f"{name} was printed"
 
 
 def test_a_second_deploy_changes_nothing(deployed):
-    _, secret_values, _, second, _ = deployed
+    second = deployed.second
     assert second.returncode == 0, second.stderr[-3000:]
-    results = json.loads(second.stdout)["results"]
-    changed = [op["name"] for op in results["operations"] if op["success"]]
-    assert changed == []
-    assert results["operations"]  # the deploy did plan its operations
-    for value in secret_values.values():
+    assert changed_operations(second) == []
+    assert json.loads(second.stdout)["results"]["operations"]  # the deploy did plan its operations
+    for value in deployed.secrets.values():
         assert value not in second.stdout + second.stderr
 
 
 def test_every_unit_is_active_and_enabled(deployed):
-    host = deployed[0]
+    host = deployed.host
     for unit in UNITS:
         assert host.run(f"systemctl is-active {unit}").stdout.strip() == "active", unit
         assert host.run(f"systemctl is-enabled {unit}").stdout.strip() == "enabled", unit
@@ -140,7 +79,7 @@ def _open(address: str, port: int) -> bool:
 
 
 def test_only_the_intended_ports_are_reachable(deployed):
-    host = deployed[0]
+    host = deployed.host
     for port in PUBLIC_PORTS:
         assert _open(host.address, port), f"{port} should be open"
     for port in PRIVATE_PORTS:
@@ -156,12 +95,8 @@ def test_only_the_intended_ports_are_reachable(deployed):
         assert addresses and addresses <= {"127.0.0.1", "[::1]"}, (port, addresses)
 
 
-def tls(ca: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca))
-
-
 def test_tls_on_465_587_and_993(deployed):
-    host, _, _, _, ca = deployed
+    host, ca = deployed.host, deployed.ca
     with smtplib.SMTP_SSL(host.address, 465, context=tls(ca), timeout=20) as smtp:
         assert smtp.noop()[0] == 250
     with smtplib.SMTP(host.address, 587, timeout=20) as smtp:
@@ -175,7 +110,7 @@ def test_tls_on_465_587_and_993(deployed):
 
 
 def test_auth_is_refused_before_starttls(deployed):
-    host, secret_values, _, _, _ = deployed
+    host, secret_values = deployed.host, deployed.secrets
     with smtplib.SMTP(host.address, 587, timeout=20) as smtp:
         smtp.ehlo()
         assert not smtp.has_extn("auth")
@@ -187,7 +122,7 @@ def test_auth_is_refused_before_starttls(deployed):
 
 
 def test_open_relay_is_refused(deployed):
-    host = deployed[0]
+    host = deployed.host
     with smtplib.SMTP(host.address, 25, timeout=20) as smtp:
         smtp.ehlo("outside.example.net")
         smtp.mail("someone@outside.example.net")
@@ -196,7 +131,7 @@ def test_open_relay_is_refused(deployed):
 
 
 def test_a_forged_sender_is_refused(deployed):
-    host, secret_values, _, _, ca = deployed
+    host, secret_values, ca = deployed.host, deployed.secrets, deployed.ca
     # From outside, unauthenticated, claiming to be one of the host's users.
     with smtplib.SMTP(host.address, 25, timeout=20) as smtp:
         smtp.ehlo("outside.example.net")
@@ -215,7 +150,7 @@ def test_a_forged_sender_is_refused(deployed):
 
 
 def test_mail_sent_on_587_arrives_over_imap(deployed):
-    host, secret_values, _, _, ca = deployed
+    host, secret_values, ca = deployed.host, deployed.secrets, deployed.ca
     password = secret_values["MAILBOX_TEST_PASSWORD"]
     subject = f"deployed {uuid.uuid4().hex}"
     message = EmailMessage()
@@ -243,17 +178,11 @@ def test_mail_sent_on_587_arrives_over_imap(deployed):
 
 
 def health(address: str, ca: Path) -> int:
-    try:
-        with urllib.request.urlopen(f"https://{address}/health", context=tls(ca), timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0
+    return api(address, ca, "/health")[0]
 
 
 def test_health_through_nginx(deployed):
-    host, _, _, _, ca = deployed
+    host, ca = deployed.host, deployed.ca
     assert health(host.address, ca) == 200
     with urllib.request.urlopen(f"https://{host.address}/health", context=tls(ca)) as response:
         body = json.load(response)
@@ -261,7 +190,7 @@ def test_health_through_nginx(deployed):
 
 
 def test_redis_refuses_a_client_without_its_password(deployed):
-    host = deployed[0]
+    host = deployed.host
     answer = (
         host.run("redis-cli -h 127.0.0.1 ping").stdout
         + host.run("redis-cli -h 127.0.0.1 ping").stderr
@@ -270,7 +199,7 @@ def test_redis_refuses_a_client_without_its_password(deployed):
 
 
 def test_the_env_file_is_0640_root_emailservice(deployed):
-    host = deployed[0]
+    host = deployed.host
     assert host.run("stat -c '%a %U %G' /etc/emailservice/emailservice.env").stdout.split() == [
         "640",
         "root",
@@ -279,14 +208,14 @@ def test_the_env_file_is_0640_root_emailservice(deployed):
 
 
 def test_the_api_runs_as_the_service_user(deployed):
-    host = deployed[0]
+    host = deployed.host
     pid = host.run("systemctl show -p MainPID --value emailservice-api@8001").stdout.strip()
     assert pid not in ("", "0")
     assert host.run(f"ps -o user= -p {pid}").stdout.strip() == "emailservice"
 
 
 def test_a_killed_api_process_comes_back_by_itself(deployed):
-    host, _, _, _, ca = deployed
+    host, ca = deployed.host, deployed.ca
     unit = "emailservice-api@8001"
     before = host.run(f"systemctl show -p MainPID --value {unit}").stdout.strip()
     host.run(f"kill -9 {before}")
@@ -304,7 +233,7 @@ def test_a_killed_api_process_comes_back_by_itself(deployed):
 
 
 def test_operators_run_the_cli_with_the_deployed_settings(deployed):
-    host = deployed[0]
+    host = deployed.host
     check = host.run("emailservice check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert [line.split(":")[0] for line in check.stdout.splitlines()] == [
@@ -319,9 +248,19 @@ def test_operators_run_the_cli_with_the_deployed_settings(deployed):
     )
     assert created.returncode == 0, created.stderr
     token = host.run("emailservice token --tenant deployed ops").stdout.strip()
-    ca = deployed[4]
+    ca = deployed.ca
     request = urllib.request.Request(
         f"https://{host.address}/api/accounts", headers={"Authorization": f"Bearer {token}"}
     )
     with urllib.request.urlopen(request, context=tls(ca), timeout=10) as response:
         assert json.load(response) == {"items": [], "next_cursor": None}
+
+
+def test_metrics_are_per_instance_and_not_public(deployed):
+    host = deployed.host
+    assert deployed.api("/metrics")[0] == 403
+    assert deployed.api("/metrics/8001")[0] == 403
+    for port in (8001, 8002):
+        scraped = host.run(f"curl -fsS -k https://127.0.0.1/metrics/{port}")
+        assert scraped.returncode == 0, scraped.stderr
+        assert "emailservice_http_requests_total" in scraped.stdout

@@ -48,7 +48,7 @@ def api_ports(env: str) -> list[int]:
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_redis_keeps_queued_jobs_and_stays_local(env):
-    conf = render("redis/redis.conf.j2", env)
+    conf = render("redis/redis.conf.j2", env, bind=["127.0.0.1", "-::1"])
     lines = {
         line.split(None, 1)[0]: line.split(None, 1)[1]
         for line in conf.splitlines()
@@ -66,13 +66,46 @@ def test_redis_keeps_queued_jobs_and_stays_local(env):
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_postgres_is_local_with_no_trust(env):
-    conf = settings(render("postgresql/emailservice.conf.j2", env))
-    assert conf["listen_addresses"] == "'localhost'"
-    hba = render("postgresql/pg_hba.conf.j2", env)
-    rules = [line.split() for line in hba.splitlines() if line and not line.startswith("#")]
+    conf = render("postgresql/emailservice.conf.j2", env, listen_addresses=["localhost"])
+    assert settings(conf)["listen_addresses"] == "'localhost'"
+    rules = hba_rules(render("postgresql/pg_hba.conf.j2", env, app_addresses=[]))
     assert all("trust" not in rule for rule in rules)
     assert ["local", "emailservice", "emailservice", "peer"] in rules
     assert all(rule[0] == "local" or rule[3] in ("127.0.0.1/32", "::1/128") for rule in rules)
+
+
+def hba_rules(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_split_roles_open_postgres_and_redis_to_the_app_hosts_only():
+    """A db host (production example): the private address, scram-sha-256 for the app's role
+    from each app host, and nftables letting those addresses (only) reach 5432 and 6379."""
+    apps = ["10.0.0.11", "10.0.0.12"]
+    conf = render(
+        "postgresql/emailservice.conf.j2", "production", listen_addresses=["localhost", "10.0.0.21"]
+    )
+    assert settings(conf)["listen_addresses"] == "'localhost,10.0.0.21'"
+    remote = [
+        rule
+        for rule in hba_rules(render("postgresql/pg_hba.conf.j2", "production", app_addresses=apps))
+        if rule[0] == "host" and rule[3] not in ("127.0.0.1/32", "::1/128")
+    ]
+    assert remote == [
+        ["host", "emailservice", "emailservice", f"{a}/32", "scram-sha-256"] for a in apps
+    ]
+    redis = render("redis/redis.conf.j2", "production", bind=["127.0.0.1", "-::1", "10.0.0.21"])
+    assert "\nbind 127.0.0.1 -::1 10.0.0.21\n" in redis
+    rules = render(
+        "nftables/nftables.conf.j2",
+        "production",
+        tcp_ports=[22],
+        db_clients=apps,
+        db_ports=[5432, 6379],
+    )
+    assert "ip saddr { 10.0.0.11, 10.0.0.12 } tcp dport { 5432, 6379 } accept" in rules
+    [public] = re.findall(r"^\s*tcp dport \{ ([\d, ]+) \} accept", rules, re.M)
+    assert public == "22"
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -133,11 +166,26 @@ def test_nginx_terminates_tls_in_front_of_local_api_ports(env):
     assert "listen 443 ssl" in conf
     assert "return 301 https://" in conf
     assert "proxy_next_upstream error timeout http_502 http_503" in conf
+    # /metrics (per instance, and the pool) only for metrics_allow.
+    for port in ports:
+        block = conf.split(f"location = /metrics/{port} {{")[1].split("}")[0]
+        assert f"proxy_pass http://127.0.0.1:{port}/metrics;" in block
+        assert block.strip().splitlines()[-2].strip() == "deny all;"
+    pool = conf.split("location = /metrics {")[1].split("}")[0]
+    assert "deny all;" in pool and "allow 127.0.0.1;" in pool
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_firewall_opens_only_the_public_ports(env):
-    rules = render("nftables/nftables.conf.j2", env)
+    data = group_data(env)
+    every_role = {
+        data["ssh_port"],
+        *(p for ports in data["role_tcp_ports"].values() for p in ports),
+    }
+    rules = render(
+        "nftables/nftables.conf.j2", env, tcp_ports=sorted(every_role), db_clients=[], db_ports=[]
+    )
+    assert "ip saddr" not in rules
     [ports] = re.findall(r"tcp dport \{ ([\d, ]+) \} accept", rules)
     assert {int(p) for p in ports.split(",")} == {22, 25, 80, 443, 465, 587, 143, 993}
     assert "policy drop" in rules
@@ -169,7 +217,19 @@ def test_units_are_hardened_and_run_as_the_service_user(env, unit):
         assert "--host 127.0.0.1 --port %i" in conf["ExecStart"]
     if unit == "worker@":
         assert conf["KillMode"] == "mixed"
-        assert int(conf["TimeoutStopSec"]) > 900  # the sync job timeout
+        assert int(conf["TimeoutStopSec"]) > longest_job_timeout()
+
+
+def longest_job_timeout() -> int:
+    """The longest job timeout the service sets (sync and send: 900 s), read from its code, so a
+    longer job makes this test ask for a longer TimeoutStopSec."""
+    timeouts = [
+        int(value)
+        for path in [*ROOT.glob("app/**/*.py"), *ROOT.glob("workers/**/*.py")]
+        for value in re.findall(r"(?:JOB_TIMEOUT\w*|job_timeout)\s*=\s*(\d+)", path.read_text())
+    ]
+    assert timeouts, "no job timeout found in app/ or workers/"
+    return max(timeouts)
 
 
 def test_the_environment_file_holds_every_required_setting():
@@ -219,7 +279,7 @@ def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, tmp_p
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     for expected in [
-        "Install postgresql",
+        "nginx, python3-venv, postgresql, redis-server, postfix, dovecot-imapd, dovecot-lmtpd",
         "Render /etc/postfix/main.cf",
         "Redis password",
         "Service settings and secrets",

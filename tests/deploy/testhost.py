@@ -1093,6 +1093,40 @@ def boot_test_host(
             host.stop()
 
 
+@contextlib.contextmanager
+def private_link(a: TestHost, b: TestHost) -> Iterator[tuple[str, str]]:
+    """A private network between two booted hosts, like a provider's private LAN; yields the
+    private addresses of a and b.
+
+    A veth pair joins their namespaces directly (eth1 on each, a /30 of its own, chosen like a
+    host's slot under the same lock). This machine is not on it, but has a route to b's private
+    address through b: it reaches b there as any outsider on that network would, which is how a
+    test shows that b's firewall lets in a and nobody else. The route (which also marks the /30
+    as taken for other runs) is removed on exit, after both hosts are told to power off at once:
+    the link goes with the first namespace removed, and a host that loses it while still up was
+    seen hanging in its power-off for more than 30 s.
+    """
+    with _flock(STATE_DIR / "net.lock", "choosing a private network"):
+        subnet = _free_slot(f"{a.name}+{b.name}")
+        first, second = str(subnet.network_address + 1), str(subnet.network_address + 2)
+        _run(
+            ["ip", "-n", a.netns, "link", "add", "eth1", "type", "veth"]
+            + ["peer", "name", "eth1", "netns", b.netns]
+        )
+        _run(["ip", "route", "add", f"{second}/32", "via", b.address])
+    try:
+        for netns, address in ((a.netns, first), (b.netns, second)):
+            _run(["ip", "-n", netns, "addr", "add", f"{address}/30", "dev", "eth1"])
+            _run(["ip", "-n", netns, "link", "set", "eth1", "up"])
+        _say(f"private link {a.machine} {first} <-> {b.machine} {second}")
+        yield first, second
+    finally:
+        for host in (a, b):
+            if host._process is not None and host._process.poll() is None:
+                host._process.send_signal(signal.SIGTERM)  # stop() then waits for each
+        _run(["ip", "route", "del", f"{second}/32"], check=False)
+
+
 def _main(argv: list[str]) -> int:
     """python -m tests.deploy.testhost build|shell PACKAGE... (by hand: build, or boot and wait)."""
     if len(argv) < 1 or argv[0] not in ("build", "shell"):

@@ -1,0 +1,113 @@
+"""Backups on the deployed host (DEPLOY.md level 4): the daily pg_dump timer, its files, old
+dumps removed, and a restore that brings back what was lost, seen through the API via nginx."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import pytest
+
+from tests.deploy.deployment import Deployment, wait_for_health
+from tests.deploy.inventory import group_data
+
+pytestmark = pytest.mark.level4
+
+DATA = group_data("vagrant")
+BACKUPS = DATA["backup_dir"]
+DATABASE = DATA["postgres_database"]
+
+
+def _backup(host) -> str:
+    """Run the backup unit now (as the timer does); the newest dump's path."""
+    started = host.run("systemctl start emailservice-backup.service", timeout=120)
+    assert started.returncode == 0, host.journal("emailservice-backup.service")
+    newest = host.run(f"ls -1t {BACKUPS}/{DATABASE}-*.dump | head -1", check=True).stdout.strip()
+    assert newest, "no dump was written"
+    return newest
+
+
+def _tenant_with_an_account(deployed: Deployment) -> tuple[str, str, str, dict]:
+    """A tenant, a user and an account (credentials encrypted), made through the CLI and API."""
+    tenant, password = f"backup-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
+    host = deployed.host
+    assert host.run(f"emailservice tenant create {tenant}").returncode == 0
+    created = host.run(f"emailservice user create --tenant {tenant} ops", input=password + "\n")
+    assert created.returncode == 0, created.stderr
+    token = deployed.login(tenant, "ops", password)
+    server = {"host": "127.0.0.1", "security": "starttls", "username": "test@example.test"}
+    status, account = deployed.api(
+        "/api/accounts",
+        token=token,
+        body={
+            "email": "test@example.test",
+            "display_name": "Backed up",
+            "imap": {**server, "port": 143, "password": secrets.token_urlsafe(12)},
+            "smtp": {**server, "port": 587, "password": secrets.token_urlsafe(12)},
+        },
+    )
+    assert status == 201, account
+    return tenant, password, token, account
+
+
+def test_the_backup_timer_is_daily_and_the_dumps_private(deployed):
+    host = deployed.host
+    assert host.run("systemctl is-enabled emailservice-backup.timer").stdout.strip() == "enabled"
+    calendar = host.run("systemctl show -p TimersCalendar --value emailservice-backup.timer")
+    assert DATA["backup_on_calendar"] in calendar.stdout
+    path = _backup(host)
+    assert host.run(f"stat -c '%a %U %G' {BACKUPS}").stdout.split() == [
+        "700",
+        "postgres",
+        "postgres",
+    ]
+    assert host.run(f"stat -c '%a %U' {path}").stdout.split() == ["600", "postgres"]
+    # A real custom-format dump of the service's tables.
+    listing = host.run(f"pg_restore --list {path}", check=True).stdout
+    assert "TABLE public alembic_version" in listing
+
+
+def test_dumps_older_than_the_kept_days_are_removed(deployed):
+    host, keep = deployed.host, DATA["backup_keep_days"]
+    old, recent = f"{BACKUPS}/{DATABASE}-20000101T000000Z.dump", f"{BACKUPS}/{DATABASE}-x.dump"
+    host.run(
+        f"runuser -u postgres -- touch -d '{keep + 1} days ago' {old} && "
+        f"runuser -u postgres -- touch -d '{keep - 1} days ago' {recent}",
+        check=True,
+    )
+    _backup(host)
+    assert host.run(f"test -e {old}").returncode == 1, "an old dump was kept"
+    assert host.run(f"test -e {recent}").returncode == 0, "a dump within the kept days was removed"
+    host.run(f"rm -f {recent}")
+
+
+def test_a_restore_brings_back_what_was_lost(deployed):
+    host = deployed.host
+    tenant, password, token, account = _tenant_with_an_account(deployed)
+    before = deployed.api("/api/accounts", token=token)
+    assert before[0] == 200 and [a["id"] for a in before[1]["items"]] == [account["id"]]
+    path = _backup(host)
+
+    # Lost: the whole database.
+    host.run(f"runuser -u postgres -- dropdb --force {DATABASE}", check=True)
+    assert deployed.api("/health")[0] == 503
+
+    restored = host.run(f"emailservice-restore {path}", timeout=300)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    wait_for_health(deployed.address, deployed.ca)
+    # The same data, through the API: the old token still names the user, the password hash
+    # still logs in, and the account with its encrypted credentials is back.
+    assert deployed.api("/api/accounts", token=token) == before
+    token = deployed.login(tenant, "ops", password)
+    assert deployed.api(f"/api/accounts/{account['id']}", token=token) == (200, account)
+
+
+def test_a_failed_restore_changes_nothing(deployed):
+    host = deployed.host
+    tenant, password, token, account = _tenant_with_an_account(deployed)
+    host.run("head -c 4096 /dev/urandom > /root/not-a-dump", check=True)
+    restored = host.run("emailservice-restore /root/not-a-dump", timeout=120)
+    assert restored.returncode != 0
+    assert deployed.api(f"/api/accounts/{account['id']}", token=token) == (200, account)
+    databases = host.run("runuser -u postgres -- psql -XAtc 'SELECT datname FROM pg_database'")
+    assert f"{DATABASE}_restoring" not in databases.stdout.split()
