@@ -9,6 +9,7 @@ read-only. An Idempotency-Key names one entry per tenant for 24 hours.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -21,6 +22,8 @@ from app.models import Account, Draft, DraftAttachment, Message, OutboxEntry
 from app.services.accounts import get_account
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+MAX_REFERENCES = 20  # ids kept in References (the first and the latest matter to threading)
+_MESSAGE_ID = re.compile(r"<?([^<>\s\x00-\x1f\x7f]{1,250})>?")
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,13 @@ def _fill(session: Session, draft: Draft, content: DraftContent, max_bytes: int)
         if original is None:
             raise NotFound(f"Message {content.in_reply_to} (in_reply_to) does not exist.")
         draft.in_reply_to = original.id
-        draft.in_reply_to_header = original.message_id_header
-        draft.references_header = " ".join(original.references or []) or None
+        # Only well-formed ids go back into headers (a received message may carry anything).
+        parent = _message_ids([original.message_id_header or ""])
+        draft.in_reply_to_header = parent[-1] if parent else None
+        references = _message_ids(original.references)
+        if len(references) > MAX_REFERENCES:  # trim the middle (RFC 5322 3.6.4)
+            references = references[:1] + references[1 - MAX_REFERENCES :]
+        draft.references_header = " ".join(references) or None
         if not to and not content.cc:
             to = _reply_recipients(original)
         if subject is None:
@@ -143,6 +151,12 @@ def _reply_recipients(original: Message) -> list[str]:
             except ValueError:
                 continue  # a name we cannot write back: the bare address, else nothing
     return result
+
+
+def _message_ids(values: list[str] | None) -> list[str]:
+    """Each stored id (kept without angle brackets) as `<id>`; anything else dropped."""
+    ids = [_MESSAGE_ID.fullmatch(value.strip()) for value in values or []]
+    return [f"<{found[1]}>" for found in ids if found]
 
 
 def _reply_subject(subject: str | None) -> str:

@@ -303,8 +303,8 @@ def test_a_reply_threads_and_defaults_its_recipient_and_subject(
     entry = client.post(f"/api/compose/{reply['id']}/send", headers=tenant_a.headers).get_json()
     db.expire_all()
     parsed = email.message_from_bytes(db.get(OutboxEntry, entry["id"]).mime, policy=policy.default)
-    assert parsed["In-Reply-To"] == original.message_id_header
-    assert parsed["References"].split()[-1] == original.message_id_header
+    assert parsed["In-Reply-To"] == f"<{original.message_id_header}>"
+    assert parsed["References"].split()[-1] == f"<{original.message_id_header}>"
     assert "Dora" in parsed["To"]
 
 
