@@ -94,7 +94,7 @@ class Deliverer:
                 if entry is None:
                     return Outcome("gone")
                 if entry.state == "sending":
-                    _settle_dead(entry)  # its worker died: we hold the lock
+                    _settle_dead(entry, self.policy)  # its worker died: we hold the lock
                 if entry.state != "queued":
                     return Outcome(entry.state, copy=entry.sent_copy == "pending")
                 entry.state, entry.dot_sent_at = "sending", None
@@ -128,7 +128,7 @@ class Deliverer:
                 # A bug or a signal mid-send: settle as a dead worker would be, then re-raise.
                 with self.sessions.begin() as s:
                     entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
-                    _settle_dead(entry)
+                    _settle_dead(entry, self.policy)
                     if entry.state == "queued":
                         entry.next_attempt_at = _now() + timedelta(
                             seconds=self.policy.delay(attempts)
@@ -255,14 +255,22 @@ class Deliverer:
             with self.sessions.begin() as s:
                 entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
                 if entry.state == "sending":
-                    _settle_dead(entry)
+                    _settle_dead(entry, self.policy)
                 return entry.state == "queued"
 
 
-def _settle_dead(entry: OutboxEntry) -> None:
-    """A `sending` entry whose worker is gone: uncertain if its "." may have gone out."""
+def _settle_dead(entry: OutboxEntry, policy: RetryPolicy) -> None:
+    """A `sending` entry whose worker is gone: uncertain if its "." may have gone out, else
+    queued again (failed once its attempts are used up: a message that kills its worker
+    every time must not be tried forever)."""
     if entry.dot_sent_at is not None:
         entry.state, entry.last_error = "uncertain", DIED_SENDING
+    elif entry.attempts >= policy.max_attempts:
+        entry.state = "failed"
+        entry.last_error = (
+            f"gave up after {entry.attempts} attempts: the worker stopped before the message "
+            "was complete"
+        )
     else:
         entry.state = "queued"
         entry.last_error = "the worker stopped before the message was complete; sending again"

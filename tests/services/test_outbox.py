@@ -275,18 +275,29 @@ def test_an_entry_left_sending_is_settled_by_whether_its_dot_went_out(
     account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
     before_dot = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
     after_dot = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    # Its worker died before the "." on every one of its 3 attempts (the deliverer's limit).
+    killer = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
     with db_sessionmaker() as session:
-        for outbox_id, dot in ((before_dot, None), (after_dot, "now()")):
+        for outbox_id, dot, attempts in (
+            (before_dot, None, 1),
+            (after_dot, 1, 1),
+            (killer, None, 3),
+        ):
             session.execute(
                 update(OutboxEntry)
                 .where(OutboxEntry.id == outbox_id)
-                .values(state="sending", attempts=1, dot_sent_at=dot and OutboxEntry.created_at)
+                .values(
+                    state="sending",
+                    attempts=attempts,
+                    dot_sent_at=dot and OutboxEntry.created_at,
+                )
             )
         session.commit()
     send, copy = deliverer.sweep()
-    assert before_dot in send and after_dot not in send
+    assert before_dot in send and after_dot not in send and killer not in send
     assert entry(db_sessionmaker, before_dot).state == "queued"
     assert entry(db_sessionmaker, after_dot).state == "uncertain"
+    assert entry(db_sessionmaker, killer).state == "failed"
     assert deliverer.deliver(before_dot).state == "sent"
     assert deliverer.deliver(after_dot).state == "uncertain"
 
