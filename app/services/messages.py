@@ -124,7 +124,9 @@ def request_flags(
         message.seen = seen
     if flagged is not None:
         message.flagged = flagged
-    return _record(session, message, kind="flags", seen=seen, flagged=flagged)
+    change = _record(session, message, kind="flags", seen=seen, flagged=flagged)
+    count_folder(session, message.folder_id)  # its unread count, shown at once too
+    return change
 
 
 def request_move(session: Session, message: Message, folder: Folder, target: str) -> MessageChange:

@@ -290,8 +290,19 @@ class Syncer:
             and (not imap.condstore or f.highestmodseq == status.highestmodseq)
             and not scan_due
         ):
-            self._update_folder(f.id, last_synced_at=now(), last_error=None)
-            self._folder_counted(f.id)
+            # Nothing changed on the server, so nothing was stored: its counts stand (a local
+            # flag change recounts its folder itself). One short transaction per folder.
+            with self.sessions.begin() as s:
+                s.execute(
+                    update(Folder)
+                    .where(Folder.id == f.id)
+                    .values(last_synced_at=now(), last_error=None)
+                )
+                s.execute(
+                    update(Account)
+                    .where(Account.id == f.account_id)
+                    .values(sync_folders_done=Account.sync_folders_done + 1)
+                )
             self.observer.folder_done(f.name)
             return True
 

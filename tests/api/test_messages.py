@@ -138,10 +138,17 @@ def test_flags_are_written_to_the_server_and_survive_the_next_sync(
     client, tenant_a, synced, account_id, mailbox, make_syncer, db_sessionmaker, env
 ):
     target = synced["oldest"]
+
+    def unread() -> int:
+        folders = client.get(f"/api/accounts/{account_id}/folders", headers=tenant_a.headers)
+        return next(f for f in folders.get_json()["items"] if f["name"] == "INBOX")["unread"]
+
+    before = unread()
     response = client.patch(
         f"/api/messages/{target}", json={"seen": True, "flagged": True}, headers=tenant_a.headers
     )
     assert response.status_code == 202
+    assert unread() == before - 1  # the folder's count follows at once
     change = response.get_json()
     assert (change["kind"], change["state"], change["message_id"]) == ("flags", "pending", target)
     # Shown at once...
@@ -160,6 +167,7 @@ def test_flags_are_written_to_the_server_and_survive_the_next_sync(
     make_syncer(flag_scan_interval=timedelta(0)).sync_account(account_id)
     shown = client.get(f"/api/messages/{target}", headers=tenant_a.headers).get_json()
     assert shown["flags"]["seen"] and shown["flags"]["flagged"]
+    assert unread() == before - 1
 
     client.patch(f"/api/messages/{target}", json={"flagged": False}, headers=tenant_a.headers)
     apply(db_sessionmaker, env, account_id=account_id)
