@@ -40,7 +40,7 @@ lock: ## Re-resolve requirements.lock (exact versions with hashes) from pyprojec
 		--no-emit-find-links --output-file requirements-build.lock requirements-build.in
 
 lint: $(STAMP) ## Static checks (ruff)
-	$(BIN)/ruff check app workers devstack tests tasks inventories deploy.py
+	$(BIN)/ruff check app workers devstack tests tasks inventories bench deploy.py
 
 health: ## GET /health of the running dev API
 	@curl -sS -w '\n' http://127.0.0.1:$${API_PORT:-5000}/health
@@ -82,3 +82,19 @@ db-backup: $(STAMP) ## pg_dump -Fc the dev stack's database into backups/
 db-restore: $(STAMP) ## Put a dump back as the dev stack's database: make db-restore FILE=...
 	@test -n "$(FILE)" || { echo "usage: make db-restore FILE=backups/<name>.dump" >&2; exit 2; }
 	$(BIN)/python scripts/dev-db restore "$(FILE)"
+
+# The benchmark suite (bench/, shared BENCHMARKS.md): the comparators and the bench extra first.
+.PHONY: bench bench-quick
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -e '.[test,dev,deploy,bench]'
+	@touch $@
+
+bench: $(BENCH_STAMP) ## Run benchmarks B1-B6 at full size (long): bench/results/full.md, BENCHMARKS.md
+	$(BIN)/python -m devstack install --bench-tools
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP) ## Run benchmarks B1-B6 at quick size (a few minutes): bench/results/quick.md
+	$(BIN)/python -m devstack install --bench-tools
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)

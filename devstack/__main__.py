@@ -60,6 +60,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             cmd.add_argument(
                 "--test-tools", action="store_true", help="also what the tests drive (chromium)"
             )
+            cmd.add_argument(
+                "--bench-tools",
+                action="store_true",
+                help="also the benchmarks' comparators (isync's mbsync, wrk)",
+            )
         if name == "down":
             cmd.add_argument(
                 "--purge", action="store_true", help="also delete a persistent stack's data"
@@ -74,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     try:
         if args.command == "install":
-            packages.ensure(test_tools=args.test_tools)
-            tools = ", Chromium" if args.test_tools else ""
+            packages.ensure(test_tools=args.test_tools, bench_tools=args.bench_tools)
+            tools = (", Chromium" if args.test_tools else "") + (
+                ", mbsync, wrk" if args.bench_tools else ""
+            )
             print(f"PostgreSQL, Redis, Dovecot, Postfix, openssl{tools}: installed")
         elif args.command == "prune":
             removed = prune([root])

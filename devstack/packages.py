@@ -42,9 +42,13 @@ def _present(*paths: str) -> bool:
 
 # Tools the test suite drives besides the servers: headless Chromium loads /docs.
 TEST_TOOLS = {"chromium": "chromium"}
+# The benchmarks' comparators (bench/): mbsync (isync) and wrk; smtp-source comes with postfix.
+BENCH_TOOLS = {"isync": "mbsync", "wrk": "wrk"}
 
 
-def missing(postgres: bool = True, redis: bool = True, test_tools: bool = False) -> list[str]:
+def missing(
+    postgres: bool = True, redis: bool = True, test_tools: bool = False, bench_tools: bool = False
+) -> list[str]:
     """The Debian packages whose binaries are not installed."""
     checks = {
         "postgresql": (lambda: postgres_bindir() is not None) if postgres else None,
@@ -60,6 +64,9 @@ def missing(postgres: bool = True, redis: bool = True, test_tools: bool = False)
     if test_tools:
         for package, binary in TEST_TOOLS.items():
             checks[package] = lambda binary=binary: _which(binary)
+    if bench_tools:
+        for package, binary in BENCH_TOOLS.items():
+            checks[package] = lambda binary=binary: _which(binary)
     return [package for package, check in checks.items() if check is not None and not check()]
 
 
@@ -68,9 +75,11 @@ def install_line(packages: list[str]) -> str:
     return "sudo apt-get install " + " ".join(APT_OPTS + packages)
 
 
-def ensure(postgres: bool = True, redis: bool = True, test_tools: bool = False) -> None:
+def ensure(
+    postgres: bool = True, redis: bool = True, test_tools: bool = False, bench_tools: bool = False
+) -> None:
     """Make sure the binaries are there: quick if so, apt-get install as root, else raise."""
-    needed = missing(postgres=postgres, redis=redis, test_tools=test_tools)
+    needed = missing(postgres=postgres, redis=redis, test_tools=test_tools, bench_tools=bench_tools)
     if not needed:
         return
     if os.geteuid() != 0:
@@ -78,7 +87,7 @@ def ensure(postgres: bool = True, redis: bool = True, test_tools: bool = False) 
             f"missing packages {', '.join(needed)}; install them with: {install_line(needed)}"
         )
     _apt_install(needed)
-    still = missing(postgres=postgres, redis=redis, test_tools=test_tools)
+    still = missing(postgres=postgres, redis=redis, test_tools=test_tools, bench_tools=bench_tools)
     if still:
         raise StackError(
             f"packages {', '.join(still)} installed but their binaries are still missing"
