@@ -143,7 +143,8 @@ def _boundary(what: str) -> Iterator[None]:
 
 def connect(server: ServerSettings, ca_file: str | None = None) -> imapclient.IMAPClient:
     """A logged-in client; `security` chooses implicit TLS, STARTTLS or (loopback tests) none."""
-    context = tls_context(ca_file)
+    # Built (and cached) only when used: loading the CA store costs milliseconds.
+    context = tls_context(ca_file) if server.security != "none" else None
     with _boundary(f"connection to {server.host}:{server.port}"):
         client = imapclient.IMAPClient(
             server.host,

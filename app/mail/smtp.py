@@ -15,7 +15,8 @@ TIMEOUT_SECONDS = 30
 
 def connect(server: ServerSettings, ca_file: str | None = None) -> smtplib.SMTP:
     """An authenticated SMTP session (implicit TLS, STARTTLS, or plain for loopback tests)."""
-    context = tls_context(ca_file)
+    # Built (and cached) only when used: loading the CA store costs milliseconds.
+    context = tls_context(ca_file) if server.security != "none" else None
     try:
         if server.security == "ssl":
             client: smtplib.SMTP = smtplib.SMTP_SSL(
