@@ -234,13 +234,17 @@ class ImapSession:
 
     def examine(self, folder: str) -> FolderStatus:
         """Select `folder` read-only (EXAMINE)."""
-        with _boundary(f"EXAMINE {folder}"):
+        return self._select(folder, readonly=True)
+
+    def _select(self, folder: str, readonly: bool) -> FolderStatus:
+        command = "EXAMINE" if readonly else "SELECT"
+        with _boundary(f"{command} {folder}"):
             try:
-                found = self.client.select_folder(folder, readonly=True)
+                found = self.client.select_folder(folder, readonly=readonly)
             except imaplib.IMAP4.abort:
                 raise
             except IMAPClientError as exc:
-                raise FolderGone(f"EXAMINE {folder}: {_text(exc)}") from None
+                raise FolderGone(f"{command} {folder}: {_text(exc)}") from None
         return FolderStatus(
             uidvalidity=int(found[b"UIDVALIDITY"]),
             uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
@@ -326,19 +330,7 @@ class ImapSession:
     # Writing back (the user's own changes): flags, moves, deletions.
     def select(self, folder: str) -> FolderStatus:
         """Select `folder` read-write (for STORE, MOVE, EXPUNGE)."""
-        with _boundary(f"SELECT {folder}"):
-            try:
-                found = self.client.select_folder(folder)
-            except imaplib.IMAP4.abort:
-                raise
-            except IMAPClientError as exc:
-                raise FolderGone(f"SELECT {folder}: {_text(exc)}") from None
-        return FolderStatus(
-            uidvalidity=int(found[b"UIDVALIDITY"]),
-            uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
-            messages=int(found[b"EXISTS"]),
-            highestmodseq=int(found[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in found else None,
-        )
+        return self._select(folder, readonly=False)
 
     def store(self, uid: int, add: list[bytes], remove: list[bytes]) -> bool:
         """Add and remove flags of one message; False when it no longer exists.
