@@ -27,6 +27,7 @@ from app.mail.imap import ImapSession
 from app.models import Account
 from app.services.accounts import server_settings
 from app.services.sync_control import request_sync
+from app.states import AccountState
 from workers import runtime
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class AccountWatcher(threading.Thread):
     def _watch(self) -> None:
         with runtime.session() as session:
             account = session.get(Account, self.account_id)
-            if account is None or account.state != "active":
+            if account is None or account.state != AccountState.ACTIVE:
                 self.stopping.set()
                 return
             server = server_settings(account, runtime.secretbox(), "imap")
@@ -116,7 +117,7 @@ def active_accounts(index: int, count: int) -> dict[int, datetime]:
     """Active accounts of this shard, with when their settings last changed."""
     with runtime.session() as session:
         rows = session.execute(
-            select(Account.id, Account.updated_at).where(Account.state == "active")
+            select(Account.id, Account.updated_at).where(Account.state == AccountState.ACTIVE)
         ).all()
     return {account_id: updated for account_id, updated in rows if account_id % count == index}
 

@@ -24,6 +24,7 @@ from app.queues import (
 )
 from app.services.sync import Syncer, SyncLimits
 from app.services.sync_control import enqueue_sync, pending_key, request_sync
+from app.states import AccountState
 from workers import runtime
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def sync_account(account_id: int, attempt: int = 0) -> str:
 def _enqueue(account_id: int, attempt: int = 0, delay: float = 0) -> None:
     with runtime.session() as session:
         account = session.get(Account, account_id)
-        if account is not None and account.state == "active":
+        if account is not None and account.state == AccountState.ACTIVE:
             enqueue_sync(session, runtime.redis(), account, attempt=attempt, delay=delay)
 
 
@@ -106,7 +107,7 @@ def sync_all_accounts() -> int:
     """Request a sync of every active account (the scheduler's periodic job)."""
     requested = 0
     with runtime.session() as session:
-        ids = list(session.scalars(select(Account.id).where(Account.state == "active")))
+        ids = list(session.scalars(select(Account.id).where(Account.state == AccountState.ACTIVE)))
     for account_id in ids:
         with runtime.session() as session:
             account = session.get(Account, account_id)

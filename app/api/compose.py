@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Literal
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import Field
@@ -27,6 +26,7 @@ from app.schemas.compose import (
 )
 from app.services import compose, outbox
 from app.services.compose import DraftContent
+from app.states import DraftState, OutboxState, SentCopy
 
 bp = Blueprint("compose", __name__)
 TAGS = ("compose",)
@@ -34,9 +34,7 @@ TAGS = ("compose",)
 
 class OutboxListParams(PageParams):
     cursor: str | None = cursor_field(ID)
-    state: Literal["queued", "sending", "sent", "failed", "uncertain"] | None = Field(
-        None, description="Only entries in this state."
-    )
+    state: OutboxState | None = Field(None, description="Only entries in this state.")
 
 
 # Printable ASCII without spaces at the ends, as the IETF draft's examples are.
@@ -45,7 +43,7 @@ _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
 def draft_out(draft: Draft) -> dict:
     session = get_session()
-    entry = compose.outbox_of(session, draft) if draft.state == "sent" else None
+    entry = compose.outbox_of(session, draft) if draft.state == DraftState.SENT else None
     datas = compose.attachment_bytes(session, draft)
     return DraftOut(
         id=draft.id,
@@ -262,9 +260,9 @@ def resolve_outbox(outbox_id: int):
     entry = outbox.resolve(session, outbox_id, body.outcome)
     session.commit()
     redis = current_app.extensions["redis"]
-    if entry.state == "queued":
+    if entry.state == OutboxState.QUEUED:
         enqueue_send(redis, entry.id)
-    elif entry.sent_copy == "pending":
+    elif entry.sent_copy == SentCopy.PENDING:
         enqueue_sent_copy(redis, entry.id)
     session.refresh(entry)
     return jsonify(outbox_out(entry))

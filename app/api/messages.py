@@ -25,6 +25,7 @@ from app.schemas.messages import (
 )
 from app.services import messages
 from app.services.accounts import get_account
+from app.states import ChangeState
 
 bp = Blueprint("messages", __name__)
 TAGS = ("messages",)
@@ -148,7 +149,7 @@ def _accepted(change) -> tuple[Response, int]:
         id=change.id,
         message_id=change.message_id,
         kind=change.kind,
-        state=change.state or "pending",
+        state=change.state or ChangeState.PENDING,
         created_at=change.created_at,
     )
     return jsonify(body.model_dump(mode="json")), 202

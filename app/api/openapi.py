@@ -145,6 +145,7 @@ def _operation(rule, spec: Operation, components: dict[str, Any]) -> dict[str, A
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     """One `in: query` parameter per field of `model` (a query string has no nulls)."""
     schema = model.model_json_schema()
+    definitions = schema.get("$defs", {})
     parameters = []
     for name, prop in schema["properties"].items():
         prop = dict(prop)
@@ -155,6 +156,10 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
         branches = [b for b in prop.pop("anyOf", []) if b.get("type") != "null"]
         if branches:
             prop.update(branches[0])
+        # A parameter's schema stands alone: an enum's definition is written in place.
+        ref = prop.pop("$ref", "").removeprefix("#/$defs/")
+        if ref in definitions:
+            prop = {**definitions[ref], **prop}
         parameter = {"name": name, "in": "query", "required": name in schema.get("required", [])}
         if description:
             parameter["description"] = description

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, func
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import DateTime, Enum, func
+from sqlalchemy.orm import Mapped, MappedColumn, mapped_column
+
+E = TypeVar("E", bound=StrEnum)
 
 
 class Timestamps:
@@ -17,3 +21,32 @@ class Timestamps:
 
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+def _values(enum: type[StrEnum]) -> list[str]:
+    return [member.value for member in enum]
+
+
+def enum_column(
+    enum: type[E], length: int, default: E | None = None, **options: Any
+) -> MappedColumn[Any]:
+    """A VARCHAR column holding one of `enum`'s values, loaded as its members.
+
+    The column's CHECK constraint is declared in the table's arguments (`app.states.check_in`),
+    named as the migrations named it.
+    """
+    return mapped_column(
+        Enum(
+            enum,
+            native_enum=False,
+            create_constraint=False,
+            length=length,
+            values_callable=_values,
+            # Writes are checked by the CHECK constraints; comparing with any text (a folder
+            # name that may be a role, say) must not raise.
+            validate_strings=False,
+        ),
+        default=default,
+        server_default=default.value if default is not None else None,
+        **options,
+    )

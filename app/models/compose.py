@@ -20,20 +20,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, deferred, mapped_column
 
 from app.db import Base
-from app.models.base import Timestamps
+from app.models.base import Timestamps, enum_column
+from app.states import DraftState, OutboxState, SentCopy, check_in
 from app.tenancy import TenantScoped
-
-DRAFT_STATES = ("draft", "sent")
-# queued -> sending -> sent | failed | uncertain (shared/API.md); a transient failure before
-# the final "." goes back to queued with a later next_attempt_at.
-OUTBOX_STATES = ("queued", "sending", "sent", "failed", "uncertain")
-# The copy APPENDed to the Sent folder after `sent`: none until then.
-COPY_STATES = ("none", "pending", "done", "failed")
 
 
 class Draft(TenantScoped, Timestamps, Base):
     __tablename__ = "drafts"
-    __table_args__ = (CheckConstraint(f"state IN {DRAFT_STATES}", name="state"),)
+    __table_args__ = (CheckConstraint(check_in("state", DraftState), name="state"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     account_id: Mapped[int] = mapped_column(
@@ -55,7 +49,7 @@ class Draft(TenantScoped, Timestamps, Base):
     attachments: Mapped[list] = mapped_column(JSONB, default=list)
     size: Mapped[int] = mapped_column(BigInteger, default=0)  # bodies + attachment bytes
     version: Mapped[int] = mapped_column(Integer, default=1)
-    state: Mapped[str] = mapped_column(String(8), default="draft", server_default="draft")
+    state: Mapped[DraftState] = enum_column(DraftState, 8, DraftState.DRAFT)
 
 
 class DraftAttachment(TenantScoped, Base):
@@ -73,8 +67,8 @@ class OutboxEntry(TenantScoped, Base):
 
     __tablename__ = "outbox"
     __table_args__ = (
-        CheckConstraint(f"state IN {OUTBOX_STATES}", name="state"),
-        CheckConstraint(f"sent_copy IN {COPY_STATES}", name="sent_copy"),
+        CheckConstraint(check_in("state", OutboxState), name="state"),
+        CheckConstraint(check_in("sent_copy", SentCopy), name="sent_copy"),
         # The same key from the same tenant names the same entry (expired keys are cleared).
         Index("ux_outbox_idempotency", "tenant_id", "idempotency_key", unique=True),
         Index("ix_outbox_tenant_state", "tenant_id", "state", "id"),
@@ -96,7 +90,7 @@ class OutboxEntry(TenantScoped, Base):
         ForeignKey("drafts.id", ondelete="SET NULL"), unique=True
     )
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    state: Mapped[str] = mapped_column(String(10), default="queued", server_default="queued")
+    state: Mapped[OutboxState] = enum_column(OutboxState, 10, OutboxState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(Text)  # the Message-ID header, <...>
@@ -111,7 +105,8 @@ class OutboxEntry(TenantScoped, Base):
     dot_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     smtp_reply: Mapped[str | None] = mapped_column(Text)  # the server's reply to the final "."
-    sent_copy: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
+    # The copy APPENDed to the Sent folder after `sent`: none until then.
+    sent_copy: Mapped[SentCopy] = enum_column(SentCopy, 8, SentCopy.NONE)
     sent_copy_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     sent_copy_error: Mapped[str | None] = mapped_column(Text)
     resolved_by: Mapped[str | None] = mapped_column(String(8))  # "user" when settled by hand

@@ -28,9 +28,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
+from app.models.base import enum_column
+from app.states import ChangeKind, ChangeState, FolderRole
 from app.tenancy import TenantScoped
-
-ROLES = ("inbox", "sent", "drafts", "trash", "junk", "archive")
 
 # What full-text search matches (migration 0005 says why each part is weighted and cut so).
 SEARCH_CONFIG = "mail_search"
@@ -58,7 +58,7 @@ class Folder(TenantScoped, Base):
     # As the server names it (decoded from modified UTF-7), for SELECT and STATUS.
     remote_name: Mapped[str] = mapped_column(Text)
     delimiter: Mapped[str | None] = mapped_column(String(4))
-    role: Mapped[str | None] = mapped_column(String(16))
+    role: Mapped[FolderRole | None] = enum_column(FolderRole, 16)
     # Sync state, advanced only in the transaction that stored what it stands for.
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     uidnext: Mapped[int | None] = mapped_column(BigInteger)
@@ -166,13 +166,13 @@ class MessageChange(TenantScoped, Base):
     message_id: Mapped[int | None] = mapped_column(
         ForeignKey("messages.id", ondelete="SET NULL"), index=True
     )
-    kind: Mapped[str] = mapped_column(String(8))  # flags | move | delete
+    kind: Mapped[ChangeKind] = enum_column(ChangeKind, 8)
     seen: Mapped[bool | None] = mapped_column(Boolean)
     flagged: Mapped[bool | None] = mapped_column(Boolean)
     target_folder_id: Mapped[int | None] = mapped_column(
         ForeignKey("folders.id", ondelete="CASCADE")
     )
-    state: Mapped[str] = mapped_column(String(8), default="pending", server_default="pending")
+    state: Mapped[ChangeState] = enum_column(ChangeState, 8, ChangeState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

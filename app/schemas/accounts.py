@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
-from app.schemas.common import EmailAddress, Input, Page, PatchInput, Timestamp, integral
+from app.schemas.common import EmailAddress, Input, Page, PatchInput, TextEnum, Timestamp, integral
+from app.states import AccountState
+from app.states import Security as SecurityValue
 
-Security = Literal["ssl", "starttls", "none"]
+Security = Annotated[SecurityValue, TextEnum]
 # A host name (ASCII; IDN names in their xn-- form) or an address: printable ASCII without
 # spaces or slashes. Ranges, not \s: Python's \s and JSON Schema's (ECMA) differ on U+0085.
 Host = Annotated[
@@ -86,7 +88,7 @@ class AccountOut(BaseModel):
     display_name: str | None
     imap: ServerOut
     smtp: ServerOut
-    state: Literal["active", "auth_failed", "disabled"]
+    state: AccountState
     last_error: str | None
     created_at: Timestamp
     updated_at: Timestamp

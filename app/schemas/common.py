@@ -11,11 +11,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     PlainSerializer,
+    Strict,
     StringConstraints,
     WithJsonSchema,
 )
 
 T = TypeVar("T")
+# An enum in a strict input model: its text is accepted (JSON has no enum members).
+TextEnum = Strict(False)
 
 
 def rfc3339(value: datetime) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -17,7 +17,8 @@ from pydantic import (
 )
 
 from app.mail.compose import ADDRESS_PATTERN, check_header_value, parse_address
-from app.schemas.common import Input, Timestamp, integral
+from app.schemas.common import Input, TextEnum, Timestamp, integral
+from app.states import DraftState, OutboxState, Resolution, SentCopy
 
 MAX_RECIPIENTS = 100  # per field
 MAX_ATTACHMENTS = 100
@@ -145,7 +146,7 @@ class DraftOut(BaseModel):
     in_reply_to: int | None
     attachments: list[AttachmentOut]
     version: int
-    state: Literal["draft", "sent"]
+    state: DraftState
     outbox_id: int | None = Field(description="Its outbox entry, once it was sent.")
     created_at: Timestamp
     updated_at: Timestamp
@@ -156,14 +157,12 @@ class OutboxOut(BaseModel):
     outbox_id: int = Field(description="The same as id.")
     account_id: int
     draft_id: int | None
-    state: Literal["queued", "sending", "sent", "failed", "uncertain"]
+    state: OutboxState
     attempts: int
     last_error: str | None
     message_id: str = Field(description="The Message-ID header of the message.")
     smtp_reply: str | None = Field(description="The server's reply to the message, once sent.")
-    sent_copy: Literal["none", "pending", "done", "failed"] = Field(
-        description="The copy in the account's Sent folder."
-    )
+    sent_copy: SentCopy = Field(description="The copy in the account's Sent folder.")
     sent_copy_error: str | None
     next_attempt_at: Timestamp | None
     created_at: Timestamp
@@ -177,7 +176,7 @@ class OutboxPage(BaseModel):
 
 
 class ResolveIn(Input):
-    outcome: Literal["sent", "failed", "retry"] = Field(
+    outcome: Annotated[Resolution, TextEnum] = Field(
         description="sent / failed: settle an uncertain entry as what the user found out; "
         "retry: send it again (an uncertain or failed entry), knowingly."
     )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.models import Message
 from app.schemas.common import Input, Page, PatchInput, Timestamp
+from app.states import ChangeKind, ChangeState
 
 
 class AddressOut(BaseModel):
@@ -120,6 +119,6 @@ class ChangeOut(BaseModel):
 
     id: int
     message_id: int | None
-    kind: Literal["flags", "move", "delete"]
-    state: Literal["pending", "done", "failed"]
+    kind: ChangeKind
+    state: ChangeState
     created_at: Timestamp

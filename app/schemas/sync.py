@@ -1,10 +1,9 @@
 """Sync requests, sync status and folders."""
 
-from typing import Literal
-
 from pydantic import BaseModel
 
 from app.schemas.common import Page, Timestamp
+from app.states import FolderRole, SyncState
 
 
 class SyncRequested(BaseModel):
@@ -27,7 +26,7 @@ class FolderSummary(BaseModel):
 
 class SyncStatusOut(BaseModel):
     account_id: int
-    state: Literal["idle", "queued", "running", "failed"]
+    state: SyncState
     last_synced_at: Timestamp | None
     last_error: str | None
     progress: SyncProgress
@@ -36,7 +35,7 @@ class SyncStatusOut(BaseModel):
 
 class FolderOut(BaseModel):
     name: str
-    role: Literal["inbox", "sent", "drafts", "trash", "junk", "archive"] | None
+    role: FolderRole | None
     messages: int
     unread: int
     last_synced_at: Timestamp | None

@@ -16,6 +16,7 @@ from app.errors import NotFound, ValidationFailed
 from app.mail import MailAuthError, MailConnectionError, ServerSettings, imap, smtp
 from app.models import Account
 from app.secrets import SecretBox
+from app.states import AccountState
 
 Verifier = Callable[[ServerSettings], None]
 
@@ -72,7 +73,9 @@ def create_account(
 ) -> Account:
     if verify:
         verify_servers(fields, ca_file)
-    account = Account(email=fields.email, display_name=fields.display_name, state="active")
+    account = Account(
+        email=fields.email, display_name=fields.display_name, state=AccountState.ACTIVE
+    )
     _apply(account, box, fields)
     session.add(account)
     session.flush()
@@ -104,8 +107,8 @@ def update_account(
     account.updated_at = func.now()
     _apply(account, box, complete)
     # New credentials are the user's answer to an auth failure: try the account again.
-    if changed_credentials and account.state == "auth_failed":
-        account.state, account.last_error = "active", None
+    if changed_credentials and account.state == AccountState.AUTH_FAILED:
+        account.state, account.last_error = AccountState.ACTIVE, None
     session.flush()
     return account
 

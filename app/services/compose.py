@@ -20,6 +20,7 @@ from app.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from app.mail.compose import Address, Outgoing, OutgoingAttachment, build, parse_address
 from app.models import Account, Draft, DraftAttachment, Message, OutboxEntry
 from app.services.accounts import get_account
+from app.states import DraftState, OutboxState
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_REFERENCES = 20  # ids kept in References (the first and the latest matter to threading)
@@ -63,7 +64,7 @@ def outbox_of(session: Session, draft: Draft) -> OutboxEntry | None:
 
 
 def create_draft(session: Session, content: DraftContent, max_bytes: int) -> Draft:
-    draft = Draft(version=1, state="draft")
+    draft = Draft(version=1, state=DraftState.DRAFT)
     _fill(session, draft, content, max_bytes)
     session.add(draft)
     session.flush()
@@ -76,7 +77,7 @@ def update_draft(
 ) -> Draft:
     """Replace a draft's content; Conflict when `version` is not its current one."""
     draft = get_draft(session, draft_id, for_update=True)
-    if draft.state != "draft":
+    if draft.state != DraftState.DRAFT:
         raise Conflict(f"Draft {draft.id} was sent and can no longer change.")
     if draft.version != version:
         raise Conflict(
@@ -93,7 +94,7 @@ def update_draft(
 
 def delete_draft(session: Session, draft_id: int) -> None:
     draft = get_draft(session, draft_id, for_update=True)
-    if draft.state != "draft":
+    if draft.state != DraftState.DRAFT:
         raise Conflict(f"Draft {draft.id} was sent and can no longer change.")
     session.delete(draft)
 
@@ -193,7 +194,7 @@ def request_send(
                     f"(outbox entry {earlier.id})."
                 )
             return earlier, False
-    if draft.state != "draft":
+    if draft.state != DraftState.DRAFT:
         entry = outbox_of(session, draft)
         raise Conflict(
             f"Draft {draft.id} was already sent: outbox entry {entry.id if entry else '?'}."
@@ -223,7 +224,7 @@ def request_send(
         account_id=account.id,
         draft_id=draft.id,
         idempotency_key=idempotency_key,
-        state="queued",
+        state=OutboxState.QUEUED,
         message_id=built.message_id,
         envelope_from=account.email,
         recipients=outgoing.recipients(),
@@ -231,7 +232,7 @@ def request_send(
         next_attempt_at=_now(),
     )
     session.add(entry)
-    draft.state = "sent"
+    draft.state = DraftState.SENT
     draft.updated_at = _now()
     session.flush()
     return entry, True

@@ -24,6 +24,7 @@ from app.models import Account, Folder, Message, MessageChange, MessageRaw
 from app.secrets import SecretBox
 from app.services.accounts import server_settings
 from app.services.sync import count_folder
+from app.states import ChangeKind, ChangeState, FolderRole
 
 log = logging.getLogger(__name__)
 # Columns a moved copy takes over from the original (the rest is its own, or generated).
@@ -124,7 +125,7 @@ def request_flags(
         message.seen = seen
     if flagged is not None:
         message.flagged = flagged
-    change = _record(session, message, kind="flags", seen=seen, flagged=flagged)
+    change = _record(session, message, kind=ChangeKind.FLAGS, seen=seen, flagged=flagged)
     count_folder(session, message.folder_id)  # its unread count, shown at once too
     return change
 
@@ -141,17 +142,17 @@ def request_move(session: Session, message: Message, folder: Folder, target: str
             f"Message {message.id} is already in {folder.name}.",
             [{"field": "folder", "message": "the message is already there"}],
         )
-    return _record(session, message, kind="move", target_folder_id=destination.id)
+    return _record(session, message, kind=ChangeKind.MOVE, target_folder_id=destination.id)
 
 
 def request_delete(session: Session, message: Message, folder: Folder) -> MessageChange:
     """To Trash; from Trash, for good."""
-    if folder.role == "trash":
-        return _record(session, message, kind="delete")
-    trash = find_folder(session, message.account_id, "trash")
+    if folder.role == FolderRole.TRASH:
+        return _record(session, message, kind=ChangeKind.DELETE)
+    trash = find_folder(session, message.account_id, FolderRole.TRASH)
     if trash is None:
         raise Conflict(f"Account {message.account_id} has no Trash folder to delete into.")
-    return _record(session, message, kind="move", target_folder_id=trash.id)
+    return _record(session, message, kind=ChangeKind.MOVE, target_folder_id=trash.id)
 
 
 def _record(session: Session, message: Message, **change) -> MessageChange:
@@ -177,7 +178,10 @@ def apply_changes(
         pending = list(
             s.scalars(
                 select(MessageChange.id)
-                .where(MessageChange.account_id == account_id, MessageChange.state == "pending")
+                .where(
+                    MessageChange.account_id == account_id,
+                    MessageChange.state == ChangeState.PENDING,
+                )
                 .order_by(MessageChange.id)
                 .limit(limit)
             )
@@ -198,10 +202,12 @@ def apply_changes(
                     .where(Message.id == change.message_id)
                 ).first()
                 if change.message_id is None:
-                    _finish(change, "failed", "the message is gone from the server")
+                    _finish(change, ChangeState.FAILED, "the message is gone from the server")
                     continue
                 if found is None or found[0].uidvalidity != found[1].uidvalidity:
-                    _finish(change, "failed", "the message changed on the server meanwhile")
+                    _finish(
+                        change, ChangeState.FAILED, "the message changed on the server meanwhile"
+                    )
                     continue
                 message, folder = found
                 try:
@@ -210,14 +216,14 @@ def apply_changes(
                         selected = folder.remote_name
                     _apply(s, imap, change, message, folder)
                 except FolderGone as exc:
-                    _finish(change, "failed", str(exc))
+                    _finish(change, ChangeState.FAILED, str(exc))
                     continue
                 except MailConnectionError as exc:
                     change.attempts += 1
                     change.last_error = str(exc)[:2000]
                     s.commit()
                     raise
-                _finish(change, "done", None)
+                _finish(change, ChangeState.DONE, None)
                 applied += 1
     return applied
 
@@ -225,13 +231,13 @@ def apply_changes(
 def _apply(
     s: Session, imap: ImapSession, change: MessageChange, message: Message, folder: Folder
 ) -> None:
-    if change.kind == "flags":
+    if change.kind == ChangeKind.FLAGS:
         add, remove = [], []
         for wanted, flag in ((change.seen, b"\\Seen"), (change.flagged, b"\\Flagged")):
             if wanted is not None:
                 (add if wanted else remove).append(flag)
         imap.store(message.uid, add, remove)
-    elif change.kind == "delete":
+    elif change.kind == ChangeKind.DELETE:
         imap.expunge(message.uid)
         s.delete(message)
         s.flush()
@@ -266,7 +272,7 @@ def _copy_to(s: Session, message: Message, target: Folder, uid: int) -> None:
     )
 
 
-def _finish(change: MessageChange, state: str, error: str | None) -> None:
+def _finish(change: MessageChange, state: ChangeState, error: str | None) -> None:
     change.state = state
     change.last_error = error
     change.attempts += 1

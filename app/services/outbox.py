@@ -33,6 +33,7 @@ from app.models import Account, Folder, OutboxEntry
 from app.queues import backoff
 from app.secrets import SecretBox
 from app.services.accounts import server_settings
+from app.states import FolderRole, OutboxState, Resolution, SentCopy
 
 log = logging.getLogger(__name__)
 LOCK_NAMESPACE = 0x534E  # "SN"
@@ -93,11 +94,11 @@ class Deliverer:
                 entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
                 if entry is None:
                     return Outcome("gone")
-                if entry.state == "sending":
+                if entry.state == OutboxState.SENDING:
                     _settle_dead(entry, self.policy)  # its worker died: we hold the lock
-                if entry.state != "queued":
-                    return Outcome(entry.state, copy=entry.sent_copy == "pending")
-                entry.state, entry.dot_sent_at = "sending", None
+                if entry.state != OutboxState.QUEUED:
+                    return Outcome(entry.state, copy=entry.sent_copy == SentCopy.PENDING)
+                entry.state, entry.dot_sent_at = OutboxState.SENDING, None
                 entry.attempts += 1
                 entry.updated_at = _now()
                 account = s.get(Account, entry.account_id)
@@ -115,13 +116,13 @@ class Deliverer:
                     ca_file=self.ca_file,
                 )
             except SendUncertain as exc:
-                return self._finish(outbox_id, "uncertain", str(exc))
+                return self._finish(outbox_id, OutboxState.UNCERTAIN, str(exc))
             except (SendRejected, MailAuthError) as exc:
-                return self._finish(outbox_id, "failed", str(exc))
+                return self._finish(outbox_id, OutboxState.FAILED, str(exc))
             except (SendDeferred, MailConnectionError) as exc:
                 if attempts >= self.policy.max_attempts:
                     return self._finish(
-                        outbox_id, "failed", f"gave up after {attempts} attempts: {exc}"
+                        outbox_id, OutboxState.FAILED, f"gave up after {attempts} attempts: {exc}"
                     )
                 return self._retry(outbox_id, str(exc), self.policy.delay(attempts))
             except BaseException:
@@ -129,41 +130,44 @@ class Deliverer:
                 with self.sessions.begin() as s:
                     entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
                     _settle_dead(entry, self.policy)
-                    if entry.state == "queued":
+                    if entry.state == OutboxState.QUEUED:
                         entry.next_attempt_at = _now() + timedelta(
                             seconds=self.policy.delay(attempts)
                         )
                 raise
-            return self._finish(outbox_id, "sent", None, reply=reply)
+            return self._finish(outbox_id, OutboxState.SENT, None, reply=reply)
 
     def _mark_dot(self, outbox_id: int) -> None:
         with self.sessions.begin() as s:
             s.get(OutboxEntry, outbox_id).dot_sent_at = _now()
 
-    def _finish(self, outbox_id: int, state: str, error: str | None, reply: str | None = None):
+    def _finish(
+        self, outbox_id: int, state: OutboxState, error: str | None, reply: str | None = None
+    ) -> Outcome:
         with self.sessions.begin() as s:
             entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
             entry.state, entry.last_error, entry.updated_at = state, error, _now()
             entry.next_attempt_at = None
-            if state == "sent":
-                entry.sent_at, entry.smtp_reply, entry.sent_copy = _now(), reply, "pending"
+            if state == OutboxState.SENT:
+                entry.sent_at, entry.smtp_reply = _now(), reply
+                entry.sent_copy = SentCopy.PENDING
         log.info(
             "outbox entry settled",
             extra={"outbox_id": outbox_id, "state": state, "error": error},
         )
-        return Outcome(state, copy=state == "sent", attempted=True)
+        return Outcome(state, copy=state == OutboxState.SENT, attempted=True)
 
     def _retry(self, outbox_id: int, error: str, delay: float) -> Outcome:
         with self.sessions.begin() as s:
             entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
-            entry.state, entry.last_error, entry.dot_sent_at = "queued", error, None
+            entry.state, entry.last_error, entry.dot_sent_at = OutboxState.QUEUED, error, None
             entry.next_attempt_at = _now() + timedelta(seconds=delay)
             entry.updated_at = _now()
         log.warning(
             "send deferred",
             extra={"outbox_id": outbox_id, "delay": round(delay, 1), "error": error},
         )
-        return Outcome("queued", retry_in=delay, attempted=True)
+        return Outcome(OutboxState.QUEUED, retry_in=delay, attempted=True)
 
     # -- the Sent copy -------------------------------------------------------------------
 
@@ -174,13 +178,13 @@ class Deliverer:
                 return Outcome("busy")
             with self.sessions() as s:
                 entry = s.get(OutboxEntry, outbox_id)
-                if entry is None or entry.sent_copy != "pending":
+                if entry is None or entry.sent_copy != SentCopy.PENDING:
                     return Outcome(entry.sent_copy if entry else "gone")
                 account = s.get(Account, entry.account_id)
                 imap = server_settings(account, self.box, "imap")
                 known = s.scalars(
                     select(Folder.name).where(
-                        Folder.account_id == account.id, Folder.role == "sent"
+                        Folder.account_id == account.id, Folder.role == FolderRole.SENT
                     )
                 ).first()
                 mime, message_id, when = entry.mime, entry.message_id, entry.sent_at
@@ -193,7 +197,7 @@ class Deliverer:
                 return self._copy_failed(outbox_id, str(exc))
             with self.sessions.begin() as s:
                 entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
-                entry.sent_copy, entry.sent_copy_error = "done", None
+                entry.sent_copy, entry.sent_copy_error = SentCopy.DONE, None
                 entry.next_attempt_at = None
                 entry.updated_at = _now()
             return Outcome("done")
@@ -205,7 +209,7 @@ class Deliverer:
             entry.sent_copy_error = error
             entry.updated_at = _now()
             if entry.sent_copy_attempts >= COPY_ATTEMPTS:
-                entry.sent_copy = "failed"
+                entry.sent_copy = SentCopy.FAILED
                 return Outcome("failed")
             delay = self.policy.delay(entry.sent_copy_attempts)
             entry.next_attempt_at = _now() + timedelta(seconds=delay)
@@ -225,11 +229,11 @@ class Deliverer:
             rows = s.execute(
                 select(OutboxEntry.id, OutboxEntry.state, OutboxEntry.sent_copy).where(
                     or_(
-                        OutboxEntry.state == "sending",
-                        (OutboxEntry.state == "queued")
+                        OutboxEntry.state == OutboxState.SENDING,
+                        (OutboxEntry.state == OutboxState.QUEUED)
                         & (OutboxEntry.next_attempt_at < now - OVERDUE),
-                        (OutboxEntry.state == "sent")
-                        & (OutboxEntry.sent_copy == "pending")
+                        (OutboxEntry.state == OutboxState.SENT)
+                        & (OutboxEntry.sent_copy == SentCopy.PENDING)
                         & (
                             func.coalesce(OutboxEntry.next_attempt_at, OutboxEntry.updated_at)
                             < now - OVERDUE
@@ -239,10 +243,10 @@ class Deliverer:
             ).all()
         send, copy = [], []
         for outbox_id, state, _ in rows:
-            if state == "sent":
+            if state == OutboxState.SENT:
                 copy.append(outbox_id)
                 continue
-            if state == "sending" and not self._settle_if_dead(outbox_id):
+            if state == OutboxState.SENDING and not self._settle_if_dead(outbox_id):
                 continue  # a live worker is sending it
             send.append(outbox_id)
         return send, copy
@@ -254,9 +258,9 @@ class Deliverer:
                 return False
             with self.sessions.begin() as s:
                 entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
-                if entry.state == "sending":
+                if entry.state == OutboxState.SENDING:
                     _settle_dead(entry, self.policy)
-                return entry.state == "queued"
+                return entry.state == OutboxState.QUEUED
 
 
 def _settle_dead(entry: OutboxEntry, policy: RetryPolicy) -> None:
@@ -264,15 +268,15 @@ def _settle_dead(entry: OutboxEntry, policy: RetryPolicy) -> None:
     queued again (failed once its attempts are used up: a message that kills its worker
     every time must not be tried forever)."""
     if entry.dot_sent_at is not None:
-        entry.state, entry.last_error = "uncertain", DIED_SENDING
+        entry.state, entry.last_error = OutboxState.UNCERTAIN, DIED_SENDING
     elif entry.attempts >= policy.max_attempts:
-        entry.state = "failed"
+        entry.state = OutboxState.FAILED
         entry.last_error = (
             f"gave up after {entry.attempts} attempts: the worker stopped before the message "
             "was complete"
         )
     else:
-        entry.state = "queued"
+        entry.state = OutboxState.QUEUED
         entry.last_error = "the worker stopped before the message was complete; sending again"
     entry.updated_at = _now()
     log.warning("outbox entry left sending", extra={"outbox_id": entry.id, "state": entry.state})
@@ -284,7 +288,7 @@ def _sent_folder(session: ImapSession, known: str | None) -> str:
     for wanted in (known, None):
         for folder in folders:
             if (wanted is not None and folder.name == wanted) or (
-                wanted is None and folder.role == "sent"
+                wanted is None and folder.role == FolderRole.SENT
             ):
                 return folder.remote_name
     if not any(f.name == SENT_FOLDER for f in folders):
@@ -314,14 +318,18 @@ def list_entries(
     return list(session.scalars(query))
 
 
-def resolve(session: Session, outbox_id: int, outcome: str) -> OutboxEntry:
+def resolve(session: Session, outbox_id: int, outcome: Resolution) -> OutboxEntry:
     """The user settles an entry: an uncertain one as sent or failed, or sends one again."""
     entry = session.scalars(
         select(OutboxEntry).where(OutboxEntry.id == outbox_id).with_for_update()
     ).first()
     if entry is None:
         raise NotFound(f"Outbox entry {outbox_id} does not exist.")
-    allowed = ("uncertain", "failed") if outcome == "retry" else ("uncertain",)
+    allowed = (
+        (OutboxState.UNCERTAIN, OutboxState.FAILED)
+        if outcome == Resolution.RETRY
+        else (OutboxState.UNCERTAIN,)
+    )
     if entry.state not in allowed:
         raise Conflict(
             f"Outbox entry {entry.id} is {entry.state}: only "
@@ -329,12 +337,13 @@ def resolve(session: Session, outbox_id: int, outcome: str) -> OutboxEntry:
         )
     entry.resolved_by = "user"
     entry.updated_at = _now()
-    if outcome == "retry":
-        entry.state, entry.dot_sent_at, entry.next_attempt_at = "queued", None, _now()
+    if outcome == Resolution.RETRY:
+        entry.state, entry.dot_sent_at, entry.next_attempt_at = OutboxState.QUEUED, None, _now()
+    elif outcome == Resolution.SENT:
+        entry.state = OutboxState.SENT
+        entry.sent_at, entry.sent_copy = entry.sent_at or _now(), SentCopy.PENDING
     else:
-        entry.state = outcome
-        if outcome == "sent":
-            entry.sent_at, entry.sent_copy = entry.sent_at or _now(), "pending"
+        entry.state = OutboxState.FAILED
     return entry
 
 

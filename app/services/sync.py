@@ -58,10 +58,20 @@ from app.models import Account, Folder, Message, MessageChange, MessageRaw
 from app.secrets import SecretBox
 from app.services.accounts import server_settings
 from app.services.sync_control import ROUND_EXPIRY, account_lock
+from app.states import AccountState, ChangeKind, ChangeState, FolderRole
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
-ROLE_ORDER = {"inbox": 0, "sent": 1, "drafts": 2, "archive": 3, None: 4, "junk": 5, "trash": 6}
+# Folders are synced in this order: what users look at first, Junk and Trash last.
+ROLE_ORDER: dict[FolderRole | None, int] = {
+    FolderRole.INBOX: 0,
+    FolderRole.SENT: 1,
+    FolderRole.DRAFTS: 2,
+    FolderRole.ARCHIVE: 3,
+    None: 4,
+    FolderRole.JUNK: 5,
+    FolderRole.TRASH: 6,
+}
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,7 @@ class Syncer:
             account = s.get(Account, account_id)
             if account is None:
                 raise NotFound(f"Account {account_id} does not exist.")
-            if account.state != "active":
+            if account.state != AccountState.ACTIVE:
                 return SyncOutcome(complete=True)
             server = server_settings(account, self.box, "imap")
             tenant_id = account.tenant_id
@@ -191,7 +201,7 @@ class Syncer:
         with self.sessions.begin() as s:
             values = {"last_error": error[:2000]}
             if auth_failed:
-                values["state"] = "auth_failed"
+                values["state"] = AccountState.AUTH_FAILED
             s.execute(update(Account).where(Account.id == account_id).values(**values))
 
     def _finish_round(self, account_id: int) -> None:
@@ -490,8 +500,8 @@ class Syncer:
                     ~select(MessageChange.id)
                     .where(
                         MessageChange.message_id == Message.id,
-                        MessageChange.kind == "flags",
-                        MessageChange.state == "pending",
+                        MessageChange.kind == ChangeKind.FLAGS,
+                        MessageChange.state == ChangeState.PENDING,
                     )
                     .exists(),
                 )

@@ -24,6 +24,7 @@ from app.db import advisory_lock
 from app.errors import Conflict
 from app.models import Account
 from app.queues import SYNC, get_queue
+from app.states import AccountState, SyncState
 
 SYNC_JOB = "workers.jobs.sync_account"
 # Well above a sync job's own time budget (SyncLimits.max_seconds).
@@ -93,7 +94,7 @@ def enqueue_sync(
 
 def request_sync(session: Session, redis: Redis, account: Account) -> str:
     """The id of the job that will sync `account`: the queued one, the running one, or a new one."""
-    if account.state != "active":
+    if account.state != AccountState.ACTIVE:
         raise Conflict(
             f"Account {account.id} is {account.state}; update its credentials to sync it again."
         )
@@ -110,22 +111,24 @@ def request_sync(session: Session, redis: Redis, account: Account) -> str:
 
 @dataclass(frozen=True)
 class SyncStatus:
-    state: str  # idle | queued | running | failed
+    state: SyncState
     last_error: str | None
 
 
 def sync_status(session: Session, redis: Redis, account: Account) -> SyncStatus:
     """Derived from facts, never from a stored flag a crash could leave behind."""
     if lock_held(session, account.id):
-        return SyncStatus("running", account.last_error)
+        return SyncStatus(SyncState.RUNNING, account.last_error)
     if job_state(redis, account.sync_job_id) in LIVE_JOB_STATES:
-        return SyncStatus("queued", account.last_error)
+        return SyncStatus(SyncState.QUEUED, account.last_error)
     if account.last_error:
-        return SyncStatus("failed", account.last_error)
+        return SyncStatus(SyncState.FAILED, account.last_error)
     if account.sync_started_at is not None and _recent(account.sync_started_at):
         # A round was started and neither finished, nor runs, nor waits: its worker died.
-        return SyncStatus("failed", "The sync was interrupted (its worker stopped); sync again.")
-    return SyncStatus("idle", None)
+        return SyncStatus(
+            SyncState.FAILED, "The sync was interrupted (its worker stopped); sync again."
+        )
+    return SyncStatus(SyncState.IDLE, None)
 
 
 def _recent(moment: datetime) -> bool:

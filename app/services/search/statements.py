@@ -49,9 +49,10 @@ from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
 from sqlalchemy.orm import Session, load_only
 
 from app.models import Folder, Message
-from app.models.sync import ROLES, SEARCH_CONFIG
+from app.models.sync import SEARCH_CONFIG
 from app.services.messages import SUMMARY_COLUMNS, date_keyset
 from app.services.search.syntax import Filter, Query, Term, Text
+from app.states import FolderRole
 
 RELEVANCE_CANDIDATES = 1000
 BODY_HEAD_CHARS = 20_000  # what a snippet is cut from
@@ -61,6 +62,7 @@ RANK_NORMALIZATION = 1
 
 # A constant, not a parameter: the configuration is ours, never the session's default.
 _CONFIG = literal_column(f"'{SEARCH_CONFIG}'::regconfig")
+_ROLES = frozenset(FolderRole)
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def folder_ids(folders: dict[int, FolderInfo], value: str) -> list[int]:
         for f in folders.values()
         if f.name == value
         or (value.upper() == "INBOX" and f.name == "INBOX")
-        or (role in ROLES and f.role == role)
+        or (role in _ROLES and f.role == role)
     )
 
 
