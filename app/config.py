@@ -1,8 +1,10 @@
 """The one settings object, read from the environment and an optional `.env` file.
 
-The names, defaults and rules are the contract in shared/API.md ("CLI"). Every value is
-checked once, at start-up, and a bad one raises `ConfigError` naming the setting, so the CLI
-can print a single line instead of a traceback. Secrets are kept out of `repr()`.
+Each setting is declared once, as a field of `Settings` carrying its environment name, parser,
+default and one-line meaning; `.env.example` and the README's table of settings are generated
+from those declarations (`example_env()`, `markdown_table()`). Every value is checked once, at
+start-up, and a bad one raises `ConfigError` naming the setting, so the CLI can print a single
+line instead of a traceback. Secrets are kept out of `repr()`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import base64
 import binascii
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -117,69 +119,163 @@ def _log_level(name: str, raw: str) -> str:
     return level
 
 
-# name -> (attribute, parser, default or None when required). Order is the order of checks.
-SETTINGS: dict[str, tuple[str, Callable[[str, str], Any], str | None]] = {
-    "DATABASE_URL": ("database_url", _database_url, None),
-    "REDIS_URL": ("redis_url", _redis_url, None),
-    "JWT_SECRET": ("jwt_secret", _jwt_secret, None),
-    "ENCRYPTION_KEY": ("encryption_keys", _encryption_keys, None),
-    "API_HOST": ("api_host", _host, "127.0.0.1"),
-    "API_PORT": ("api_port", _int(1, 65535), "5000"),
-    "WAITRESS_THREADS": ("waitress_threads", _int(1, 256), "8"),
-    "JWT_TTL_SECONDS": ("jwt_ttl_seconds", _int(60), "3600"),
-    "RATE_LIMIT_REQUESTS_PER_MINUTE": ("rate_limit_per_minute", _int(1), "60"),
-    "RATE_LIMIT_REQUESTS_PER_HOUR": ("rate_limit_per_hour", _int(1), "1000"),
-    "LOGIN_RATE_LIMIT_PER_MINUTE": ("login_rate_limit_per_minute", _int(1), "10"),
-    "SYNC_INTERVAL_SECONDS": ("sync_interval_seconds", _int(10), "300"),
-    "MAX_MESSAGE_BYTES": ("max_message_bytes", _int(1024), str(25 * MB)),
-    "LOG_LEVEL": ("log_level", _log_level, "INFO"),
-    "MAIL_TLS_CA_FILE": ("mail_tls_ca_file", _ca_file, ""),
-    "TRUSTED_PROXIES": ("trusted_proxies", _int(0, 10), "0"),
-    "SYNC_BATCH_MESSAGES": ("sync_batch_messages", _int(1, 5000), "200"),
-    "SYNC_JOB_MAX_MESSAGES": ("sync_job_max_messages", _int(1), "5000"),
-    "SEND_MAX_ATTEMPTS": ("send_max_attempts", _int(1, 100), "8"),
-    "SEND_RETRY_SECONDS": ("send_retry_seconds", _int(1, 3600), "30"),
-}
+@dataclass(frozen=True)
+class Setting:
+    """How one setting is read: its environment name, parser, default and meaning."""
+
+    env: str
+    parse: Callable[[str, str], Any]
+    default: str | None  # as written in the environment; None: required
+    help: str  # one line, for .env.example and the README's table
+    secret: bool = False  # never shown: not in repr(), not in examples
+
+    def read(self, raw: str | None) -> Any:
+        """The value from the environment's text (None or blank: the default)."""
+        raw = raw.strip() if raw is not None else ""
+        if not raw:
+            if self.default is None:
+                raise ConfigError(self.env, "is required but not set")
+            raw = self.default
+        return self.parse(self.env, raw) if raw else raw
+
+
+def setting(
+    env: str,
+    parse: Callable[[str, str], Any],
+    default: str | None,
+    help: str,
+    *,
+    secret: bool = False,
+) -> Any:
+    """A field of Settings, declared once: everything else (parsing, defaults, .env.example,
+    the README's table) reads this declaration."""
+    declared = Setting(env, parse, default, help, secret)
+    metadata = {"setting": declared}
+    if default is None:
+        return field(repr=not secret, metadata=metadata)
+    return field(default=declared.read(default), repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Validated service settings; build with `Settings.load()` or `Settings.from_mapping()`."""
 
-    database_url: str = field(repr=False)
-    redis_url: str = field(repr=False)
-    jwt_secret: str = field(repr=False)
-    encryption_keys: tuple[str, ...] = field(repr=False)
-    api_host: str = "127.0.0.1"
-    api_port: int = 5000
-    waitress_threads: int = 8
-    jwt_ttl_seconds: int = 3600
-    rate_limit_per_minute: int = 60
-    rate_limit_per_hour: int = 1000
-    login_rate_limit_per_minute: int = 10
-    sync_interval_seconds: int = 300
-    max_message_bytes: int = 25 * MB
-    log_level: str = "INFO"
-    mail_tls_ca_file: str = ""
-    trusted_proxies: int = 0
-    sync_batch_messages: int = 200
-    sync_job_max_messages: int = 5000
-    send_max_attempts: int = 8
-    send_retry_seconds: int = 30
+    database_url: str = setting(
+        "DATABASE_URL",
+        _database_url,
+        None,
+        "PostgreSQL: postgresql://user:password@host:port/db (or postgresql+psycopg://...)",
+        secret=True,
+    )
+    redis_url: str = setting(
+        "REDIS_URL",
+        _redis_url,
+        None,
+        "Redis for job queues, rate limits and counters: redis://[:password@]host:port/db",
+        secret=True,
+    )
+    jwt_secret: str = setting(
+        "JWT_SECRET",
+        _jwt_secret,
+        None,
+        "Signs access tokens (HS256); at least 32 characters",
+        secret=True,
+    )
+    encryption_keys: tuple[str, ...] = setting(
+        "ENCRYPTION_KEY",
+        _encryption_keys,
+        None,
+        "Encrypts stored mail passwords: comma-separated keys, newest first "
+        "(`emailservice keys generate`)",
+        secret=True,
+    )
+    api_host: str = setting(
+        "API_HOST", _host, "127.0.0.1", "Address `emailservice serve` listens on"
+    )
+    api_port: int = setting("API_PORT", _int(1, 65535), "5000", "Port `emailservice serve` uses")
+    waitress_threads: int = setting(
+        "WAITRESS_THREADS", _int(1, 256), "8", "Waitress worker threads per API process"
+    )
+    jwt_ttl_seconds: int = setting(
+        "JWT_TTL_SECONDS", _int(60), "3600", "Lifetime of an access token, in seconds"
+    )
+    rate_limit_per_minute: int = setting(
+        "RATE_LIMIT_REQUESTS_PER_MINUTE",
+        _int(1),
+        "60",
+        "API requests per tenant per minute, shared by every API process",
+    )
+    rate_limit_per_hour: int = setting(
+        "RATE_LIMIT_REQUESTS_PER_HOUR", _int(1), "1000", "API requests per tenant per hour"
+    )
+    login_rate_limit_per_minute: int = setting(
+        "LOGIN_RATE_LIMIT_PER_MINUTE", _int(1), "10", "Login attempts per client address per minute"
+    )
+    sync_interval_seconds: int = setting(
+        "SYNC_INTERVAL_SECONDS",
+        _int(10),
+        "300",
+        "How often the scheduler syncs every active account, in seconds",
+    )
+    max_message_bytes: int = setting(
+        "MAX_MESSAGE_BYTES",
+        _int(1024),
+        str(25 * MB),
+        "Largest message (with attachments) a draft may reach, in bytes",
+    )
+    log_level: str = setting(
+        "LOG_LEVEL",
+        _log_level,
+        "INFO",
+        "DEBUG, INFO, WARNING, ERROR or CRITICAL; logs are JSON lines on stderr",
+    )
+    mail_tls_ca_file: str = setting(
+        "MAIL_TLS_CA_FILE",
+        _ca_file,
+        "",
+        "Extra CA certificates (PEM) trusted for mail servers besides the system's "
+        "(a private CA); empty: none",
+    )
+    trusted_proxies: int = setting(
+        "TRUSTED_PROXIES",
+        _int(0, 10),
+        "0",
+        "Reverse proxies in front of the API whose X-Forwarded-For/-Proto are trusted (nginx: 1)",
+    )
+    sync_batch_messages: int = setting(
+        "SYNC_BATCH_MESSAGES",
+        _int(1, 5000),
+        "200",
+        "Messages fetched per IMAP command and committed per transaction during a sync",
+    )
+    sync_job_max_messages: int = setting(
+        "SYNC_JOB_MAX_MESSAGES",
+        _int(1),
+        "5000",
+        "Messages one sync job fetches before a continuation job takes over (keeps jobs short)",
+    )
+    send_max_attempts: int = setting(
+        "SEND_MAX_ATTEMPTS",
+        _int(1, 100),
+        "8",
+        "Delivery attempts of one message before it is failed (failures before its end)",
+    )
+    send_retry_seconds: int = setting(
+        "SEND_RETRY_SECONDS",
+        _int(1, 3600),
+        "30",
+        "First retry delay of a delivery, doubling each time (+-50% jitter, at most an hour)",
+    )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str]) -> Settings:
         """Validate settings from one mapping of environment-style names to strings."""
-        parsed: dict[str, Any] = {}
-        for name, (attribute, parse, default) in SETTINGS.items():
-            raw = values.get(name)
-            raw = raw.strip() if raw is not None else ""
-            if not raw:
-                if default is None:
-                    raise ConfigError(name, "is required but not set")
-                raw = default
-            parsed[attribute] = parse(name, raw) if raw else raw
-        return cls(**parsed)
+        return cls(
+            **{
+                attribute: declared.read(values.get(name))
+                for name, (attribute, declared) in _BY_ENV.items()
+            }
+        )
 
     @classmethod
     def load(
@@ -202,3 +298,38 @@ class Settings:
         """The database URL with any password masked, for messages and logs."""
         url: URL = make_url(self.database_url)
         return url.render_as_string(hide_password=True)
+
+
+# Environment name -> (attribute, declaration), in declaration order (the order of checks).
+_BY_ENV: dict[str, tuple[str, Setting]] = {
+    f.metadata["setting"].env: (f.name, f.metadata["setting"]) for f in fields(Settings)
+}
+# Every setting by its environment name.
+SETTINGS: dict[str, Setting] = {name: declared for name, (_, declared) in _BY_ENV.items()}
+
+
+def example_env() -> str:
+    """The text of `.env.example`: every setting with its meaning, and its default."""
+    lines = [
+        "# emailservice settings, generated from app/config.py (`make docs`): do not edit by hand.",
+        "# Copy to .env (read from the current directory; the environment wins). `make dev` sets",
+        "# DATABASE_URL and REDIS_URL for its local stack by itself.",
+    ]
+    for title, required in (("required", True), ("optional (defaults shown)", False)):
+        lines += ["", f"# --- {title} ---"]
+        for name, declared in SETTINGS.items():
+            if (declared.default is None) == required:
+                lines += [f"# {declared.help}.", f"{name}={declared.default or ''}"]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """The README's table of settings."""
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for name, declared in SETTINGS.items():
+        if declared.default is None:
+            default = "required"
+        else:
+            default = f"`{declared.default}`" if declared.default else "(empty)"
+        rows.append(f"| `{name}` | {default} | {declared.help} |")
+    return "\n".join(rows) + "\n"

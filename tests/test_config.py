@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
 
 from app.config import MB, ConfigError, Settings
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = base64.urlsafe_b64encode(b"k" * 32).decode()
 VALID = {
     "DATABASE_URL": "postgresql://es@db.example:5432/emailservice",
@@ -110,22 +112,27 @@ def test_secrets_stay_out_of_repr():
     assert "hunter2-password" not in settings.database_url_safe
 
 
-def test_env_example_documents_every_setting_with_its_default():
-    from pathlib import Path
-
+def test_env_example_is_generated_from_the_declarations():
+    """.env.example is exactly what the settings' declarations say (`make docs` rewrites it)."""
     from dotenv import dotenv_values
 
-    from app.config import SETTINGS
+    from app.config import SETTINGS, example_env
 
-    example = Path(__file__).resolve().parent.parent / ".env.example"
+    example = ROOT / ".env.example"
+    assert example.read_text() == example_env(), "run `make docs`"
     documented = dotenv_values(example)
-    assert set(documented) == set(SETTINGS)
-    for name, (_, _, default) in SETTINGS.items():
-        if default is not None:
-            assert documented[name] == default, name
-    lines = example.read_text().splitlines()
-    for name in SETTINGS:  # each setting is explained by the comment above its group
-        above = lines.index(next(line for line in lines if line.startswith(f"{name}=")))
-        while above > 0 and "=" in lines[above - 1] and not lines[above - 1].startswith("#"):
-            above -= 1
-        assert lines[above - 1].startswith("#"), name
+    assert list(documented) == [
+        *(n for n, s in SETTINGS.items() if s.default is None),
+        *(n for n, s in SETTINGS.items() if s.default is not None),
+    ]
+    for name, declared in SETTINGS.items():
+        assert documented[name] == (declared.default or ""), name
+
+
+def test_readme_settings_table_is_generated_from_the_declarations():
+    from app.config import markdown_table
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- settings: generated")
+    table = readme[readme.index("\n", start) + 1 : readme.index("<!-- end of settings -->")]
+    assert table == markdown_table(), "run `make docs`"
