@@ -181,7 +181,9 @@ def _response(
 
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    for name, definition in schema.pop("$defs", {}).items():
-        components[name] = definition
-    components[model.__name__] = schema
+    for name, definition in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+        # Components are named by class name: two models of one name would share one entry,
+        # and the document would describe one of them with the other's schema.
+        if components.setdefault(name, definition) != definition:
+            raise ValueError(f"two different schemas named {name} in the OpenAPI document")
     return {"$ref": f"#/components/schemas/{model.__name__}"}
