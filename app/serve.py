@@ -13,16 +13,22 @@ import logging
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, create_server
+from waitress.task import ThreadedTaskDispatcher
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 30  # below the API unit's TimeoutStopSec
 
 
 def serve(
-    app,
+    app: WSGIApplication,
     *,
     host: str,
     port: int,
@@ -31,32 +37,43 @@ def serve(
     grace: float = GRACE_SECONDS,
 ) -> None:
     """Serve `app` until `stop` is set (by default: SIGTERM or SIGINT), then drain."""
-    server = create_server(app, host=host, port=port, threads=threads, ident="emailservice")
+    # A host with several addresses ("localhost" on Debian: 127.0.0.1 and ::1) gets a listening
+    # server per address, and create_server() then returns none of them; every listener and
+    # every connection is in this map. (fd -> dispatcher; types-waitress says socket.)
+    sockets: dict[int, Any] = {}
+    server = create_server(
+        app, map=sockets, host=host, port=port, threads=threads, ident="emailservice"
+    )
+    listeners = [d for d in sockets.values() if isinstance(d, BaseWSGIServer)]
     if stop is None:
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-    log.info("serving", extra={"host": host, "port": server.effective_port, "threads": threads})
+    log.info(
+        "serving",
+        extra={"host": host, "port": port, "addresses": len(listeners), "threads": threads},
+    )
     while not stop.is_set():
         # One pass at a time (at most a second), so a set `stop` is seen promptly.
-        server.asyncore.loop(timeout=1, map=server._map, count=1)
+        wasyncore.loop(timeout=1, map=sockets, count=1)
     # Stop accepting: the kernel refuses new connections, nginx picks another instance.
-    wasyncore.dispatcher.close(server)
+    for listener in listeners:
+        wasyncore.dispatcher.close(listener)  # not listener.close(): it closes the trigger too
     deadline = time.monotonic() + grace
-    while _busy(server) and time.monotonic() < deadline:
-        server.asyncore.loop(timeout=0.05, map=server._map, count=1)
-    if _busy(server):
+    while _busy(server.task_dispatcher, sockets) and time.monotonic() < deadline:
+        wasyncore.loop(timeout=0.05, map=sockets, count=1)
+    if _busy(server.task_dispatcher, sockets):
         log.warning("stopping with requests still in flight", extra={"grace_seconds": grace})
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
     log.info("stopped")
 
 
-def _busy(server) -> bool:
+def _busy(tasks: ThreadedTaskDispatcher, sockets: dict[int, Any]) -> bool:
     """Whether a request is being received, waits, runs, or has output not yet sent."""
-    dispatcher = server.task_dispatcher
-    if dispatcher.active_count or dispatcher.queue:
+    if tasks.active_count or tasks.queue:
         return True
     return any(
         channel.request is not None or channel.requests or channel.total_outbufs_len
-        for channel in list(server.active_channels.values())
+        for channel in list(sockets.values())
+        if isinstance(channel, HTTPChannel)
     )

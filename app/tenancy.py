@@ -9,11 +9,14 @@ bound to a tenant (workers, CLI) see everything, as system code must.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import ForeignKey, event
 from sqlalchemy.orm import (
     Mapped,
     ORMExecuteState,
     Session,
+    UOWTransaction,
     declared_attr,
     mapped_column,
     with_loader_criteria,
@@ -63,7 +66,9 @@ def _scope_to_tenant(state: ORMExecuteState) -> None:
 
 
 @event.listens_for(Session, "before_flush")
-def _stamp_tenant(session: Session, flush_context, instances) -> None:
+def _stamp_tenant(
+    session: Session, flush_context: UOWTransaction, instances: Sequence[object] | None
+) -> None:
     tenant_id = session.info.get(TENANT_KEY)
     if tenant_id is None:
         return

@@ -1,12 +1,12 @@
 """B4: search latency on a large table, through the API vs the same SQL run in psql.
 
 1M messages over 100 tenants, one of them holding 200k (quick: 100k and 20k), generated in
-SQL as tests/services/test_search_plans.py does (INSERT ... SELECT generate_series with
-Zipf-distributed words, 300 senders, 1000 days) into tenants, accounts and folders made by the
-project's own services: delivering 1M messages through LMTP would take hours. For each query
-the exact statement the search service sends is captured and run in psql under EXPLAIN
-ANALYZE (planning + execution time); the API is timed end to end over HTTP, one request at a
-time. Each pass runs every query once on each side; a pass's p95 is over its queries.
+SQL by bench/search_table.py (Zipf-distributed words, 300 senders, 1000 days) into tenants,
+accounts and folders made by the project's own services: delivering 1M messages through LMTP
+would take hours. For each query the exact statement the search service sends is captured and
+run in psql under EXPLAIN ANALYZE (planning + execution time); the API is timed end to end over
+HTTP, one request at a time. Each pass runs every query once on each side; a pass's p95 is over
+its queries.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import subprocess
 import time
 from urllib.parse import quote, urlsplit
 
-from sqlalchemy import event, text
-
+from app.tenancy import bind_tenant
 from bench.lab import Lab
 from bench.report import Result
+from bench.search_table import FOLDERS_PER_ACCOUNT, add_folders, generate, plan_nodes, searched
 from bench.stats import Row, percentile, summarize
 
-FOLDERS = (("INBOX", "inbox"), ("Sent", "sent"), ("Archive/2024", None), ("Trash", "trash"))
 SIZES = {
     True: {"tenants": 100, "total": 100_000, "big": 20_000, "passes": 15},
     False: {"tenants": 100, "total": 1_000_000, "big": 200_000, "passes": 30},
@@ -39,82 +38,26 @@ QUERIES = [
     ("lex1", "relevance"),
 ]
 
-GENERATE = """
-INSERT INTO messages (tenant_id, account_id, folder_id, uidvalidity, uid, seen, flagged,
-    answered, draft, keywords, internal_date, size, raw_id, date, subject, from_name,
-    from_email, to_addrs, cc_addrs, bcc_addrs, reply_to, "references", headers, text_body,
-    attachments, has_attachments, recipients)
-SELECT f.tenant_id, f.account_id, f.id, f.uidvalidity, g, g % 3 = 0, g % 17 = 0, false, false,
-    '{}', d, 2000 + g % 5000, r.id, d,
-    (SELECT string_agg('lex' || floor(power(3000, random()))::int, ' ')
-     FROM generate_series(1, 5) WHERE g > 0),
-    'Sender ' || (g * 7919 % 300), 'sender' || (g * 7919 % 300) || '@corp' || (g % 7) || '.test',
-    '[]', '[]', '[]', '[]', '{}', '[]',
-    (SELECT string_agg('lex' || floor(power(3000, random()))::int, ' ')
-     FROM generate_series(1, 25) WHERE g > 0)
-    || CASE WHEN (g * 31 + f.id) % 9973 = 0 THEN ' zyzzyva' ELSE '' END,
-    '[]', g % 11 = 0, 'Rcpt ' || (g % 50) || ' <rcpt' || (g % 50) || '@example.test>'
-FROM folders f
-JOIN message_raws r ON r.account_id = f.account_id
-CROSS JOIN LATERAL generate_series(1, CASE WHEN f.tenant_id = :big THEN :big_n ELSE :small_n END) g
-CROSS JOIN LATERAL (
-    SELECT timestamptz '2022-01-01' + ((g * 7 + f.id * 13) % 1000) * interval '1 day'
-        + (g * 37 % 86400) * interval '1 second' AS d
-) dates
-WHERE f.tenant_id = ANY(:tenants)
-"""
-
 
 def build(lab: Lab, size: dict):
     """The tenants (the big one first), their accounts and folders, then the messages."""
-    from app.models import Folder
-    from app.tenancy import bind_tenant
-
     tenants = [lab.tenant(f"b4t{i}") for i in range(size["tenants"])]
     for n, tenant in enumerate(tenants):
         account_id = lab.account(tenant.id, f"search{n}@example.test", "unused")
         with lab.sessions() as session:
             bind_tenant(session, tenant.id)
-            for i, (name, role) in enumerate(FOLDERS):
-                session.add(
-                    Folder(
-                        account_id=account_id, name=name, remote_name=name, role=role,
-                        uidvalidity=1000 + i,
-                    )
-                )  # fmt: skip
-            # The only folder of that name in a tenant: in: names a single folder.
-            session.add(
-                Folder(
-                    account_id=account_id, name="Projects", remote_name="Projects", uidvalidity=99
-                )
-            )
+            add_folders(session, account_id)
             session.commit()
-    per_folder = len(FOLDERS) + 1
-    big_n = size["big"] // per_folder
-    small_n = (size["total"] - size["big"]) // (len(tenants) - 1) // per_folder
-    ids = [t.id for t in tenants]
+    per_tenant = (size["total"] - size["big"]) // (len(tenants) - 1)
     began = time.monotonic()
-    with lab.engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO message_raws (account_id, sha256, data, tenant_id) "
-                "SELECT id, '\\x00', '\\x00', tenant_id FROM accounts WHERE tenant_id = ANY(:t)"
-            ),
-            {"t": ids},
-        )
-        conn.execute(
-            text(GENERATE), {"big": ids[0], "big_n": big_n, "small_n": small_n, "tenants": ids}
-        )
-    with lab.engine.connect() as conn:
-        conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
-        counts = dict(
-            conn.execute(
-                text(
-                    "SELECT tenant_id, count(*) FROM messages WHERE tenant_id = ANY(:t) GROUP BY 1"
-                ),
-                {"t": ids},
-            ).all()
-        )
+    counts = generate(
+        lab.engine,
+        [t.id for t in tenants],
+        big=tenants[0].id,
+        big_per_folder=size["big"] // FOLDERS_PER_ACCOUNT,
+        per_folder=per_tenant // FOLDERS_PER_ACCOUNT,
+        vacuum=True,
+    )
     return tenants, counts, time.monotonic() - began
 
 
@@ -122,22 +65,7 @@ def captured_sql(lab: Lab, tenant_id: int, query: str, sort: str) -> str:
     """The search statement the service sends for `query`, with its parameters inlined."""
     import psycopg
 
-    from app.services.search import search
-    from app.tenancy import bind_tenant
-
-    statements = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):
-        statements.append((statement, parameters))
-
-    event.listen(lab.engine, "before_cursor_execute", capture)
-    try:
-        with lab.sessions() as session:
-            bind_tenant(session, tenant_id)
-            search(session, query, sort=sort)
-    finally:
-        event.remove(lab.engine, "before_cursor_execute", capture)
-    statement, parameters = [s for s in statements if s[0].startswith("SELECT messages.")][0]
+    _, statement, parameters = searched(lab.engine, lab.sessions, tenant_id, query, sort)
     with psycopg.connect(lab.info.database_dsn) as conn:
         return psycopg.ClientCursor(conn).mogrify(statement, parameters)
 
@@ -163,12 +91,6 @@ def psql_times(lab: Lab, statements: list[str]) -> list[tuple[float, dict]]:
         top = plan[0]
         results.append((top["Planning Time"] + top["Execution Time"], top["Plan"]))
     return results
-
-
-def _nodes(plan: dict):
-    yield plan
-    for child in plan.get("Plans", []):
-        yield from _nodes(child)
 
 
 def run(lab: Lab, quick: bool) -> Result:
@@ -269,7 +191,7 @@ def run(lab: Lab, quick: bool) -> Result:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for i, (tenant, query, sort) in enumerate(cases):
-        nodes = list(_nodes(plans[i]))
+        nodes = list(plan_nodes(plans[i]))
         seq = [
             n
             for n in nodes

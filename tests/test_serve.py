@@ -107,3 +107,41 @@ def test_sigterm_answers_the_requests_already_received_then_exits(env, migrated,
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_serves_every_address_of_a_host_name(env, migrated, tmp_path):
+    """API_HOST=localhost on a Debian host, whose /etc/hosts gives localhost both 127.0.0.1
+    and ::1: Waitress listens on each address, both answer, and SIGTERM still stops it."""
+    import http.client
+    import signal
+    import subprocess
+
+    from tests.support import EMAILSERVICE, cli_env, free_port
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    port = free_port()
+    # A private mount namespace: only this process sees that /etc/hosts.
+    script = 'mount --bind "$1" /etc/hosts && exec "$2" serve --host localhost --port "$3"'
+    with open(tmp_path / "api.log", "wb") as log:
+        server = subprocess.Popen(
+            ["unshare", "--mount", "sh", "-c", script, "sh", str(hosts), EMAILSERVICE, str(port)],
+            env=cli_env(env),
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        wait_for(lambda: server.poll() is not None or http_get(port, "/health") is not None)
+        assert server.poll() is None, (tmp_path / "api.log").read_text()[-2000:]
+        assert http_get(port, "/health")[0] == 200
+        ipv6 = http.client.HTTPConnection("::1", port, timeout=10)
+        ipv6.request("GET", "/health")
+        assert ipv6.getresponse().status == 200
+        ipv6.close()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from flask import Blueprint, current_app, jsonify, render_template, send_from_directory
+from flask import Blueprint, Response, current_app, jsonify, render_template, send_from_directory
 
 from app.api.openapi import build_document, operation
 
@@ -20,7 +20,7 @@ SWAGGER_UI = files("flask_openapi3_swagger") / "templates" / "swagger"
     responses={200: ("OpenAPI 3.1 document.", "application/json")},
     auth=False,
 )
-def openapi():
+def openapi() -> Response:
     if "openapi.document" not in current_app.extensions:
         current_app.extensions["openapi.document"] = build_document(current_app)
     return jsonify(current_app.extensions["openapi.document"])
@@ -33,11 +33,11 @@ def openapi():
     responses={200: ("An HTML page (Swagger UI).", "text/html")},
     auth=False,
 )
-def docs():
+def docs() -> str:
     return render_template("docs.html")
 
 
 @bp.get("/docs/assets/<path:filename>")
-def docs_assets(filename: str):
+def docs_assets(filename: str) -> Response:
     # Static files of the Swagger UI wheel; not an API operation, so not in the document.
     return send_from_directory(str(SWAGGER_UI), filename, max_age=86400)

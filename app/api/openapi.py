@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask
 from pydantic import BaseModel
+from werkzeug.routing import Rule
 
 from app.schemas.errors import ErrorResponse
 from app.version import VERSION
@@ -28,6 +29,7 @@ _CONVERTERS = {
     "path": {"type": "string"},
 }
 _RULE_ARG = re.compile(r"<(?:(\w+):)?(\w+)>")
+View = TypeVar("View", bound=Callable[..., Any])
 
 ERROR_DESCRIPTIONS = {
     400: "Malformed request.",
@@ -65,13 +67,14 @@ def operation(
     auth: bool = True,
     params: type[BaseModel] | None = None,
     headers: tuple[dict[str, Any], ...] = (),
-) -> Callable:
+) -> Callable[[View], View]:
     """Describe a view for the OpenAPI document."""
 
-    def decorate(view: Callable) -> Callable:
-        view.openapi = Operation(
+    def decorate(view: View) -> View:
+        # A function attribute (read by build_document), through vars(): Callable has none.
+        vars(view)["openapi"] = Operation(
             summary, tags, request, responses or {}, errors, auth, params, headers
-        )  # type: ignore[attr-defined]
+        )
         return view
 
     return decorate
@@ -101,7 +104,7 @@ def build_document(app: Flask) -> dict[str, Any]:
     }
 
 
-def _operation(rule, spec: Operation, components: dict[str, Any]) -> dict[str, Any]:
+def _operation(rule: Rule, spec: Operation, components: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "operationId": rule.endpoint.replace(".", "_"),
         "summary": spec.summary,
@@ -167,7 +170,9 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return parameters
 
 
-def _response(description: str, body: type[BaseModel] | str | None, components) -> dict[str, Any]:
+def _response(
+    description: str, body: type[BaseModel] | str | None, components: dict[str, Any]
+) -> dict[str, Any]:
     if body is None:
         return {"description": description}
     if isinstance(body, str):
@@ -181,7 +186,9 @@ def _response(description: str, body: type[BaseModel] | str | None, components) 
 
 def _schema(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    for name, definition in schema.pop("$defs", {}).items():
-        components[name] = definition
-    components[model.__name__] = schema
+    for name, definition in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+        # Components are named by class name: two models of one name would share one entry,
+        # and the document would describe one of them with the other's schema.
+        if components.setdefault(name, definition) != definition:
+            raise ValueError(f"two different schemas named {name} in the OpenAPI document")
     return {"$ref": f"#/components/schemas/{model.__name__}"}

@@ -13,9 +13,10 @@ is accepted (it names a position, any position is a valid place to start), anyth
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +28,7 @@ MAX_LIMIT = 500
 BIGINT_MAX = 2**63 - 1
 LIMIT_HELP = "Items per page: 50 by default, values above 500 count as 500."
 CURSOR_HELP = "next_cursor of the previous page (opaque)."
+Row = TypeVar("Row")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,9 @@ def bad_cursor() -> ValidationFailed:
     )
 
 
-def paginate(rows: list, limit: int, key, codec: Codec = ID) -> tuple[list, str | None]:
+def paginate(
+    rows: list[Row], limit: int, key: Callable[[Row], object], codec: Codec = ID
+) -> tuple[list[Row], str | None]:
     """Split `limit + 1` fetched rows into the page and the next page's cursor (None at the end)."""
     if len(rows) <= limit:
         return rows, None

@@ -40,7 +40,7 @@ def parse_body(model: type[M], *, optional: bool = False) -> M:
     return validate(model, data)
 
 
-def _unstorable_strings(value: object, path: tuple) -> Iterator[str]:
+def _unstorable_strings(value: object, path: tuple[str | int, ...]) -> Iterator[str]:
     """Paths of strings PostgreSQL cannot store: NUL, or lone surrogates JSON can escape."""
     if isinstance(value, str):
         try:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import imapclient
 from imapclient.exceptions import IMAPClientError, LoginError
@@ -34,7 +35,7 @@ from app.mail import MailAuthError, MailConnectionError, MailError, ServerSettin
 TIMEOUT_SECONDS = 60
 # Servers send long lines (big FLAGS lists, long UID sets); imaplib's default 10 000 bytes
 # would abort the connection.
-imaplib._MAXLINE = 10_000_000
+imaplib._MAXLINE = 10_000_000  # type: ignore[attr-defined]  # private: typeshed omits it
 
 ROLE_ATTRIBUTES = {
     b"\\sent": "sent",
@@ -196,7 +197,7 @@ class ImapSession:
     def __enter__(self) -> ImapSession:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def folders(self) -> list[RemoteFolder]:
@@ -312,7 +313,9 @@ class ImapSession:
             if b"FLAGS" in data
         ]
 
-    def _fetch_range(self, uid_range: str, items: list[bytes], modifiers: list[str] | None):
+    def _fetch_range(
+        self, uid_range: str, items: list[bytes], modifiers: list[str] | None
+    ) -> dict[int, dict[bytes, Any]]:
         # imapclient's fetch() keeps only the responses whose ids it was given as a list, so
         # it cannot take "1:*"; listing every UID instead would overrun servers' line limits
         # (Dovecot: 64 KiB). This is fetch() without that filter, on imaplib's own calls.
@@ -325,7 +328,10 @@ class ImapSession:
         if typ != "OK":
             raise MailConnectionError(f"UID FETCH {uid_range}: {data!r}")
         typ, data = imap._untagged_response(typ, data, "FETCH")
-        return parse_fetch_response(data, self.client.normalise_times, True)
+        found: dict[int, dict[bytes, Any]] = parse_fetch_response(
+            data, self.client.normalise_times, True
+        )
+        return found
 
     # Writing back (the user's own changes): flags, moves, deletions.
     def select(self, folder: str) -> FolderStatus:
@@ -458,7 +464,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _modseq(data: dict) -> int | None:
+def _modseq(data: dict[bytes, Any]) -> int | None:
     value = data.get(b"MODSEQ")
     if value is None:
         return None

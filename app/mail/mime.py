@@ -213,7 +213,7 @@ def _walk(root: Message) -> _Tree:
                 if len(path) >= MAX_DEPTH:
                     tree.problems.append(f"multipart nested deeper than {MAX_DEPTH} levels")
                     continue
-                children = part.get_payload()
+                children = _parts(part)
                 stack.extend((children[i], (*path, i)) for i in reversed(range(len(children))))
                 continue
             disposition, disposition_params = mime_header(part, "content-disposition")
@@ -294,9 +294,9 @@ def _embedded_bytes(raw: bytes, root: Message, path: tuple[int, ...]) -> bytes |
     node = root
     for index in path:
         boundary = node.get_boundary()
-        children = node.get_payload()
-        if not boundary or not isinstance(children, list):
+        if not boundary or not node.is_multipart():
             return None
+        children = _parts(node)
         ranges = _split_multipart(raw, _body_start(raw, start, end), end, to_bytes(boundary))
         if len(ranges) != len(children):
             return None
@@ -307,13 +307,21 @@ def _embedded_bytes(raw: bytes, root: Message, path: tuple[int, ...]) -> bytes |
 
 def _leaf_content(raw: bytes, tree: _Tree, leaf: _Leaf) -> tuple[bytes, bool]:
     """The decoded content of an attachment, and whether it decoded cleanly."""
-    payload = leaf.part.get_payload()
-    if isinstance(payload, list):  # message/*: the embedded message's own bytes
+    if leaf.part.is_multipart():  # message/*: the embedded message's own bytes
         body = _embedded_bytes(raw, tree.root, leaf.path)
         if body is None:
-            body = _regenerate(payload)
+            body = _regenerate(_parts(leaf.part))
         return _decode_body(leaf.part, body)
     return _decode_body(leaf.part)
+
+
+def _parts(multipart: Message) -> list[Message]:
+    """The parts of a multipart entity ([] for any other). The parser puts only messages
+    there; the declared type also allows the strings set_payload() accepts."""
+    payload = multipart.get_payload()
+    if not isinstance(payload, list):
+        return []
+    return [part for part in payload if isinstance(part, Message)]
 
 
 def _regenerate(payload: list[Message]) -> bytes:

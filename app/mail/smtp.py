@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import smtplib
 import ssl
@@ -122,6 +123,7 @@ def submit(
             # The write itself failed: the "." never left, the server discards the message.
             raise SendDeferred(f"connection lost before the end of the message: {exc}") from None
         try:
+            assert client.sock is not None  # the send()s above succeeded: still connected
             client.sock.settimeout(FINAL_REPLY_TIMEOUT)
             code, reply_bytes = client.getreply()
         except (OSError, smtplib.SMTPException) as exc:
@@ -146,7 +148,7 @@ def _envelope(client: smtplib.SMTP, sender: str, recipients: list[str]) -> dict[
         _fail(code, reply, "MAIL FROM")
     refused: dict[str, str] = {}
     for recipient in recipients:
-        code, reply = _command(f"RCPT TO {recipient}", lambda to=recipient: client.rcpt(to))
+        code, reply = _command(f"RCPT TO {recipient}", functools.partial(client.rcpt, recipient))
         if code // 100 == 4:
             # Sending now would deliver to some recipients and never to this one: try the
             # whole message again later instead.

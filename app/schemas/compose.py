@@ -127,7 +127,7 @@ class DraftSave(DraftIn):
     )
 
 
-class AttachmentOut(BaseModel):
+class DraftAttachmentOut(BaseModel):
     filename: str
     content_type: str
     size: int
@@ -144,7 +144,7 @@ class DraftOut(BaseModel):
     text: str | None
     html: str | None
     in_reply_to: int | None
-    attachments: list[AttachmentOut]
+    attachments: list[DraftAttachmentOut]
     version: int
     state: DraftState
     outbox_id: int | None = Field(description="Its outbox entry, once it was sent.")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import pytest
+from flask import Flask
 from openapi_spec_validator import validate
+from pydantic import create_model
+
+from app.api.openapi import build_document, operation
 
 
 def test_unknown_route_is_a_json_404(client):
@@ -44,6 +50,37 @@ def test_openapi_describes_every_route_and_is_valid(client, app):
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in described, f"{method} {rule.rule} is undocumented"
+
+
+def test_openapi_publishes_each_model_with_its_own_schema(client, app):
+    """Components are named by class name: a draft's attachment and a message's attachment,
+    both once called AttachmentOut, shared one entry, so drafts were documented wrongly."""
+    components = client.get("/openapi.json").get_json()["components"]["schemas"]
+    checked = set()
+    for view in app.view_functions.values():
+        spec = getattr(view, "openapi", None)
+        if spec is None:
+            continue
+        for model in [spec.request, *(body for _, body in spec.responses.values())]:
+            if not isinstance(model, type):
+                continue  # no body, or a media type
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, definition in [*schema.pop("$defs", {}).items(), (model.__name__, schema)]:
+                # As the document went out: through JSON.
+                assert components[name] == json.loads(json.dumps(definition)), name
+                checked.add(name)
+    assert {"DraftOut", "MessageOut"} <= checked
+
+
+def test_openapi_refuses_two_models_of_one_name():
+    app = Flask(__name__)
+    for number, model in enumerate(
+        [create_model("Thing", a=(int, ...)), create_model("Thing", b=(str, ...))]
+    ):
+        describe = operation("A thing", responses={200: ("A thing.", model)}, auth=False)
+        app.add_url_rule(f"/{number}", f"thing{number}", describe(lambda: ""))
+    with pytest.raises(ValueError, match="two different schemas named Thing"):
+        build_document(app)
 
 
 def test_docs_page_loads_its_assets_locally(client):

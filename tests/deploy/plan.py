@@ -1,4 +1,4 @@
-"""Plan the whole deploy without a target (DEPLOY.md level 2).
+"""Plan the whole deploy without a target (level 2 of the deploy tests in docs/deploy.md).
 
 Runs the real pyinfra CLI (`--dry --diff`) on the local connector, with every fact answering
 what a fresh Debian host would (each fact's own default: no packages, no files, no units), so

@@ -1,5 +1,6 @@
-"""Backups on the deployed host (DEPLOY.md level 4): the daily pg_dump timer, its files, old
-dumps removed, and a restore that brings back what was lost, seen through the API via nginx."""
+"""Backups on the deployed host, checked from outside (level 4 in docs/deploy.md): the daily
+pg_dump timer, its files, old dumps removed, and a restore that brings back what was lost, seen
+through the API via nginx."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""DEPLOY.md levels 3 and 4: the deploy onto a real booted Debian 12 host, twice, then checked
-from outside, as a user's server would be.
+"""Levels 3 and 4 of the deploy tests (docs/deploy.md): the deploy onto a real booted Debian 12
+host, twice (the second run changes nothing), then checked from outside, as a user's server
+would be.
 
-The host (tests/deploy/testhost.py) is a systemd-nspawn container with systemd as PID 1 in a
+The host (tests/deploy/testhost/) is a systemd-nspawn container with systemd as PID 1 in a
 network namespace of its own, reached over SSH at its own address; its packages come from a
 local, read-only Debian repository (it has no internet). pyinfra deploys it over SSH with the
 vagrant environment's data, exactly as `make deploy` does.

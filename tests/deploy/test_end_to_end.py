@@ -1,7 +1,7 @@
-"""The service end to end on the deployed host (DEPLOY.md level 4): through nginx, a tenant
-connects the host's own mailbox (verified over IMAP and SMTP), syncs it, sends a message that
-arrives over IMAP, and finds it with search, with no trigger but the deployed IDLE watcher,
-workers and scheduler."""
+"""The service end to end on the deployed host, used from outside (level 4 in docs/deploy.md):
+through nginx, a tenant connects the host's own mailbox (verified over IMAP and SMTP), syncs it,
+sends a message that arrives over IMAP, and finds it with search, with no trigger but the deployed
+IDLE watcher, workers and scheduler."""
 
 from __future__ import annotations
 

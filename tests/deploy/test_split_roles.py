@@ -1,9 +1,10 @@
-"""Split roles on two booted hosts (DEPLOY.md levels 3 and 4): an app host (api + workers: the
-API behind nginx, workers, scheduler, IDLE watcher) and a data/mail host (db + mail: PostgreSQL,
-Redis, backups, Dovecot, Postfix), joined by a private network, deployed together by one pyinfra
-run as the production example lays them out (inventories/production.py), then checked: the API
-works through nginx on the app host with its data on the other; the data host's PostgreSQL and
-Redis answer the app host, with passwords, and nobody else."""
+"""Split roles on two booted hosts, deployed and checked from outside (levels 3 and 4 in
+docs/deploy.md): an app host (api + workers: the API behind nginx, workers, scheduler, IDLE
+watcher) and a data/mail host (db + mail: PostgreSQL, Redis, backups, Dovecot, Postfix), joined by
+a private network, deployed together by one pyinfra run as the production example lays them out
+(inventories/production.py), then checked: the API works through nginx on the app host with its
+data on the other; the data host's PostgreSQL and Redis answer the app host, with passwords, and
+nobody else."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DEPLOY.md level 1 and 2: templates rendered with each environment's data, and the whole
+"""docs/deploy.md levels 1 and 2: templates rendered with each environment's data, and the whole
 deploy planned without a target, printing no secret."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The deploy tests' Debian host (tests/deploy/testhost.py): booted, reachable, isolated, offline.
+"""The deploy tests' Debian host (tests/deploy/testhost/): booted, reachable, isolated, offline.
 
 Needs root; what this machine lacks is installed (ensure_tools), never skipped. The first run
 builds the image (about a minute), later boots take about a second.
@@ -13,14 +13,22 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.deploy import testhost
-from tests.deploy.testhost import TestHost, TestHostError, boot_test_host, ensure_tools
+from tests.deploy.testhost import (
+    TestHost,
+    TestHostError,
+    boot_test_host,
+    ensure_tools,
+    image_key,
+    machine,
+)
+from tests.deploy.testhost.boot import record_path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["nginx", "curl", "nftables"]
@@ -52,7 +60,7 @@ def _assert_nothing_left(name: str, rundir: Path) -> None:
     assert not Path("/run/netns", machine).exists(), "network namespace left"
     assert subprocess.run(["ip", "link", "show", "dev", machine], capture_output=True).returncode
     assert not rundir.exists(), "run dir left"
-    assert not (testhost.STATE_DIR / "hosts" / f"{name}.json").exists(), "record left"
+    assert not record_path(name).exists(), "record left"
     assert not Path("/run/systemd/nspawn/propagate", machine).exists(), "nspawn dir left"
 
 
@@ -60,14 +68,14 @@ def test_ensure_tools_installs_what_is_missing(monkeypatch: pytest.MonkeyPatch):
     """The install path, without removing anything from this machine: debootstrap is reported
     missing once, so apt-get installs it (a no-op when it is there) and the check passes."""
     ensure_tools()  # the real state: all there, nothing to do
-    real = testhost._which
+    real = machine.which
     asked: list[str] = []
 
     def which(tool: str) -> str | None:
         asked.append(tool)
         return None if tool == "debootstrap" and asked.count(tool) == 1 else real(tool)
 
-    monkeypatch.setattr(testhost, "_which", which)
+    monkeypatch.setattr(machine, "which", which)
     ensure_tools()
     assert asked.count("debootstrap") == 2  # missing, installed, then found
 
@@ -276,8 +284,8 @@ def test_the_image_stays_pristine(host: TestHost):
     assert manifest["packages"] == sorted(PACKAGES)
     index = (host.image.repo / "Packages").read_text()
     assert "Package: nginx\n" in index and "Package: curl\n" in index
-    assert testhost.image_key([*reversed(PACKAGES), PACKAGES[0]]) == host.image.key
-    assert testhost.image_key(PACKAGES[1:]) != host.image.key
+    assert image_key([*reversed(PACKAGES), PACKAGES[0]]) == host.image.key
+    assert image_key(PACKAGES[1:]) != host.image.key
 
 
 def test_leaving_the_block_leaves_nothing_running():
@@ -304,7 +312,7 @@ def test_a_failed_boot_leaves_nothing_running():
     with pytest.raises(TestHostError, match="boot timeout"):
         with boot_test_host(name, PACKAGES, boot_timeout=0.2):
             pass
-    leftovers = list(Path(testhost.tempfile.gettempdir()).glob(f"emailservice-testhost-{name}-*"))
+    leftovers = list(Path(tempfile.gettempdir()).glob(f"emailservice-testhost-{name}-*"))
     assert not leftovers
     _assert_nothing_left(name, Path("/nonexistent"))
 

@@ -1,6 +1,7 @@
-"""Upgrades without downtime on the deployed host (DEPLOY.md level 4): a redeploy with a new
-release restarts the API instances one at a time behind nginx while clients keep calling, and a
-worker that is stopped finishes the job it is running first."""
+"""Upgrades without downtime on the deployed host, watched from outside (level 4 in
+docs/deploy.md): a redeploy with a new release restarts the API instances one at a time behind
+nginx while clients keep calling, and a worker that is stopped finishes the job it is running
+first."""
 
 from __future__ import annotations
 

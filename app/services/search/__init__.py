@@ -10,10 +10,11 @@ gaps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import text
+from sqlalchemy import Row, text
 from sqlalchemy.orm import Session
 
 from app.models import Message
@@ -69,17 +70,19 @@ def search(
     cond = conditions(parsed, folders)
     # A cursor continues the order it came from; without words there is nothing to rank.
     wants_rank = after.rank is not None if after is not None else sort == "relevance"
+    rows: Sequence[Row[Message, str | None, *tuple[Any, ...]]]  # with rank, ceiling if ranked
     if wants_rank and cond.rank_query is not None:
-        keyset = (after.rank, after.id) if after is not None else None
+        # A cursor here is a relevance cursor (wants_rank), so it has a rank.
+        ranked = (after.rank, after.id) if after is not None and after.rank is not None else None
         ceiling = after.ceiling if after is not None else None
-        rows = session.execute(by_relevance(cond, keyset, ceiling, limit + 1)).all()
+        rows = session.execute(by_relevance(cond, ranked, ceiling, limit + 1)).all()
         # The first page's ceiling stays: later pages rank the same candidates.
         positions = [
             Position(r.Message.date, r.Message.id, r.rank, ceiling or r.ceiling) for r in rows
         ]
     else:
-        keyset = (after.date, after.id) if after is not None else None
-        rows = session.execute(by_date(cond, keyset, limit + 1)).all()
+        dated = (after.date, after.id) if after is not None else None
+        rows = session.execute(by_date(cond, dated, limit + 1)).all()
         positions = [Position(r.Message.date, r.Message.id) for r in rows]
     next_cursor = cursors.encode(positions[limit - 1]) if len(rows) > limit else None
     highlighter = Highlighter(parsed.highlights())

@@ -12,6 +12,7 @@ import functools
 import html
 import re
 import unicodedata
+from collections.abc import Iterator
 
 SNIPPET_CHARS = 200
 LEAD_CHARS = 60  # context kept before the first match
@@ -22,6 +23,7 @@ _FOLD = str.maketrans(
     {"ß": "ss", "æ": "ae", "œ": "oe", "ø": "o", "ł": "l", "đ": "d", "þ": "th", "ð": "d"}
 )
 _FOLDED_LETTER = re.compile("[ßæœøłđþð]")
+_NOTHING = re.compile("(?!)")  # matches nowhere: the patterns of a query without words
 
 
 def fold(word: str) -> str:
@@ -38,8 +40,8 @@ class Highlighter:
         self.terms = {fold(w) for phrase in words for w in _WORD.findall(phrase)}
         # Longest first, so "mail" does not stop a match of "mailbox".
         alternatives = "|".join(re.escape(t) for t in sorted(self.terms, key=len, reverse=True))
-        self._exact = re.compile(alternatives) if self.terms else None
-        self._exact_any_case = re.compile(alternatives, re.IGNORECASE) if self.terms else None
+        self._exact = re.compile(alternatives) if self.terms else _NOTHING
+        self._exact_any_case = re.compile(alternatives, re.IGNORECASE) if self.terms else _NOTHING
 
     def snippet(self, body: str | None, subject: str | None) -> str:
         """Around the first match in the body, else the subject if it matches, else the start."""
@@ -88,7 +90,7 @@ class Highlighter:
             spans |= set(self._folded_spans(text))
         return sorted(spans)
 
-    def _exact_spans(self, text: str):
+    def _exact_spans(self, text: str) -> Iterator[tuple[int, int]]:
         lowered = text.lower()
         # lower() keeps positions unless a letter lower-cases to two ("İ"): then ask re.
         if len(lowered) == len(text):
@@ -97,7 +99,7 @@ class Highlighter:
             matches = self._exact_any_case.finditer(text)
         return (m.span() for m in matches if _whole_word(text, *m.span()))
 
-    def _folded_spans(self, text: str, stop: int | None = None):
+    def _folded_spans(self, text: str, stop: int | None = None) -> Iterator[tuple[int, int]]:
         position = 0
         while letter := _NON_ASCII_LETTER.search(
             text, position, len(text) if stop is None else stop
@@ -105,7 +107,9 @@ class Highlighter:
             start = letter.start()
             while start > 0 and _is_word_char(text[start - 1]):
                 start -= 1
-            end = _WORD.match(text, start).end()
+            word = _WORD.match(text, start)
+            assert word is not None  # text[start] is a letter or a digit
+            end = word.end()
             if fold(text[start:end]) in self.terms:
                 yield start, end
             position = end
@@ -122,7 +126,7 @@ class Highlighter:
 
 
 @functools.cache
-def _combining_marks() -> re.Pattern:
+def _combining_marks() -> re.Pattern[str]:
     """A character class of every combining mark of the BMP (computed once, on first use)."""
     marks = [c for c in range(0x10000) if unicodedata.combining(chr(c))]
     ranges, start = [], marks[0]

@@ -25,13 +25,16 @@ Plans (EXPLAIN on 200k+ messages, asserted by tests/services/test_search_plans.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, time, timezone
+from datetime import date, datetime, time, timezone
 
 from sqlalchemy import (
+    ColumnClause,
     ColumnElement,
     Float,
     Select,
+    SQLColumnExpression,
     and_,
     case,
     cast,
@@ -61,7 +64,7 @@ BODY_HEAD_CHARS = 20_000  # what a snippet is cut from
 RANK_NORMALIZATION = 1
 
 # A constant, not a parameter: the configuration is ours, never the session's default.
-_CONFIG = literal_column(f"'{SEARCH_CONFIG}'::regconfig")
+_CONFIG: ColumnClause[str] = literal_column(f"'{SEARCH_CONFIG}'::regconfig")
 _ROLES = frozenset(FolderRole)
 
 
@@ -104,23 +107,24 @@ def folder_ids(folders: dict[int, FolderInfo], value: str) -> list[int]:
 @dataclass(frozen=True)
 class Conditions:
     where: list[ColumnElement[bool]]
-    rank_query: ColumnElement | None  # what ts_rank_cd ranks by; None: no words
+    rank_query: ColumnElement[str] | None  # the tsquery ts_rank_cd ranks by; None: no words
 
 
 def conditions(query: Query, folders: dict[int, FolderInfo]) -> Conditions:
     """WHERE clauses for `query`: one tsquery for the word-only groups, the rest as booleans."""
     where: list[ColumnElement[bool]] = []
-    word_groups: list[ColumnElement] = []
-    loose_words: list[ColumnElement] = []  # positive words in groups mixed with filters
+    word_groups: list[ColumnElement[str]] = []
+    loose_words: list[ColumnElement[str]] = []  # positive words in groups mixed with filters
     for group in query.groups:
-        if all(isinstance(term.atom, Text) for term in group):
-            word_groups.append(_combine(func.tsquery_or, [_text_query(term) for term in group]))
+        texts = [(term.atom, term.negated) for term in group if isinstance(term.atom, Text)]
+        if len(texts) == len(group):
+            word_groups.append(_combine(func.tsquery_or, [_text_query(*t) for t in texts]))
         else:
             where.append(or_(*(_condition(term, folders) for term in group)))
             loose_words += [
                 _tsquery(t.atom) for t in group if isinstance(t.atom, Text) and not t.negated
             ]
-    words = _combine(func.tsquery_and, word_groups)
+    words = _combine(func.tsquery_and, word_groups) if word_groups else None
     if words is not None:
         where.insert(0, _matches(words))
     # Only current copies: exclude the stale ones of the few folders that have any.
@@ -129,11 +133,17 @@ def conditions(query: Query, folders: dict[int, FolderInfo]) -> Conditions:
         for f in folders.values()
         if f.mixed
     ]
-    rank_query = words if words is not None else _combine(func.tsquery_or, loose_words)
+    rank_query: ColumnElement[str] | None
+    if words is not None:
+        rank_query = words
+    else:
+        rank_query = _combine(func.tsquery_or, loose_words) if loose_words else None
     return Conditions(where, rank_query)
 
 
-def by_date(cond: Conditions, after: tuple[datetime | None, int] | None, limit: int) -> Select:
+def by_date(
+    cond: Conditions, after: tuple[datetime | None, int] | None, limit: int
+) -> Select[Message, str | None]:
     """Newest first (date, then id), `limit` rows after the keyset position `after`."""
     where = list(cond.where)
     if after is not None:
@@ -149,7 +159,7 @@ def by_date(cond: Conditions, after: tuple[datetime | None, int] | None, limit: 
 
 def by_relevance(
     cond: Conditions, after: tuple[float, int] | None, ceiling: int | None, limit: int
-) -> Select:
+) -> Select[Message, str | None, float, int]:
     """The best of the newest RELEVANCE_CANDIDATES matches (id <= ceiling), rank then id."""
     where = list(cond.where)
     if ceiling is not None:
@@ -174,35 +184,36 @@ def by_relevance(
     page = select(ranked).order_by(ranked.c.rank.desc(), ranked.c.id.desc()).limit(limit)
     if after is not None:
         page = page.where(tuple_(ranked.c.rank, ranked.c.id) < tuple_(*after))
-    page = page.subquery("page")
+    top = page.subquery("page")
     # Only the page's rows are read in full (and their body's head).
     return (
-        select(Message, _body_head(), page.c.rank, page.c.ceiling)
+        select(Message, _body_head(), top.c.rank, top.c.ceiling)
         .options(load_only(*SUMMARY_COLUMNS))
-        .join(page, page.c.id == Message.id)
-        .order_by(page.c.rank.desc(), page.c.id.desc())
+        .join(top, top.c.id == Message.id)
+        .order_by(top.c.rank.desc(), top.c.id.desc())
     )
 
 
-def _body_head() -> ColumnElement[str]:
+def _body_head() -> ColumnElement[str | None]:
     return func.left(Message.text_body, BODY_HEAD_CHARS).label("body_head")
 
 
-def _tsquery(text: Text) -> ColumnElement:
+def _tsquery(text: Text) -> ColumnElement[str]:
     parse = func.phraseto_tsquery if text.phrase else func.plainto_tsquery
     return parse(_CONFIG, text.value, type_=TSQUERY)
 
 
-def _text_query(term: Term) -> ColumnElement:
-    query = _tsquery(term.atom)
-    return func.tsquery_not(query, type_=TSQUERY) if term.negated else query
+def _text_query(text: Text, negated: bool) -> ColumnElement[str]:
+    query = _tsquery(text)
+    return func.tsquery_not(query, type_=TSQUERY) if negated else query
 
 
-def _combine(operator, queries: list[ColumnElement]) -> ColumnElement | None:
-    """`queries` joined by `operator` as a balanced tree (a 1000-character query of single
-    letters is 500 terms: nested one by one they would overflow Python's recursion limit)."""
-    if not queries:
-        return None
+def _combine(
+    operator: Callable[..., ColumnElement[str]], queries: list[ColumnElement[str]]
+) -> ColumnElement[str]:
+    """`queries` (one at least) joined by `operator` as a balanced tree (a 1000-character
+    query of single letters is 500 terms: nested one by one they would overflow Python's
+    recursion limit)."""
     while len(queries) > 1:
         odd = queries[-1:] if len(queries) % 2 else []
         pairs = zip(queries[0::2], queries[1::2], strict=False)  # the odd one out waits
@@ -210,8 +221,9 @@ def _combine(operator, queries: list[ColumnElement]) -> ColumnElement | None:
     return queries[0]
 
 
-def _matches(query: ColumnElement, vector: ColumnElement | None = None) -> ColumnElement[bool]:
-    vector = Message.search_vector if vector is None else vector
+def _matches(
+    query: ColumnElement[str], vector: SQLColumnExpression[str | None] = Message.search_vector
+) -> ColumnElement[bool]:
     return vector.bool_op("@@")(query)
 
 
@@ -251,7 +263,7 @@ def _filter(f: Filter, folders: dict[int, FolderInfo]) -> ColumnElement[bool]:
         # One folder as equality: an index scan of ix_messages_folder_date comes out in
         # date order; = ANY(...) would need a sort.
         return Message.folder_id == ids[0] if len(ids) == 1 else Message.folder_id.in_(ids)
-    if f.name in ("after", "before"):
+    if f.name in ("after", "before") and isinstance(value, date):
         day = datetime.combine(value, time(0), tzinfo=timezone.utc)
         return Message.date >= day if f.name == "after" else Message.date < day
     if f.name == "account":

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Literal
 
 from app.errors import ValidationFailed
 
@@ -116,7 +117,7 @@ def parse(text: str) -> Query:
     return Query([group for group in kept if group])
 
 
-def _tokens(text: str) -> Iterator[Term | str | None]:
+def _tokens(text: str) -> Iterator[Term | Literal["OR"] | None]:
     """Terms, the string "OR", or None for a word or phrase with nothing searchable in it."""
     i, n = 0, len(text)
     while i < n:
