@@ -15,12 +15,12 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     Nothing here connects to PostgreSQL or Redis, so the app starts while they are down and
     /health reports it.
     """
-    from app import db
     from app.api import (
         accounts,
         auth,
         compose,
         docs,
+        edge,
         errors,
         health,
         messages,
@@ -30,8 +30,7 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
         sync,
     )
     from app.api.ids import IdConverter
-    from app.queues import make_redis
-    from app.secrets import SecretBox
+    from app.context import ServiceContext
 
     if config is None:
         settings = Settings.load()
@@ -42,25 +41,21 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
 
     app = Flask(__name__)
     app.url_map.converters["int"] = IdConverter
-    app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_message_bytes * 2  # base64 in JSON grows by 4/3
-    app.json.sort_keys = False  # keep fields in the order the schemas declare them
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # fields in the schemas' order
     if settings.trusted_proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
-    db.init_app(app, db.make_engine(settings.database_url))
-    redis = make_redis(settings.redis_url)
-    app.extensions["redis"] = redis
-    app.extensions["secretbox"] = SecretBox(settings.encryption_keys)
-
+    ctx = ServiceContext.build(settings)
+    edge.init_app(app, ctx)
     # Hook order matters: request id and metrics first, then authentication, which also
     # applies the tenant's rate limit.
     errors.init_app(app)
-    observability.init_app(app, redis)
-    ratelimit.init_app(app, redis)
+    observability.init_app(app, ctx)
+    ratelimit.init_app(app, ctx)
     auth.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)

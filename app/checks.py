@@ -23,9 +23,9 @@ def _reason(exc: Exception) -> str:
 
 def run_checks(settings: Settings | None = None) -> Iterator[CheckResult]:
     """Yield one result per check; later checks are skipped when their prerequisite failed."""
+    from app.context import make_redis
     from app.db import make_engine, ping
     from app.migrations import current_revisions, head_revisions
-    from app.queues import make_redis
 
     if settings is None:
         try:

@@ -16,7 +16,7 @@ from app.config import ConfigError, Settings
 from app.logs import configure_logging
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    from app.context import Unit
 
 
 def load_settings() -> Settings:
@@ -72,7 +72,7 @@ def _serve_with_reload() -> None:
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 def worker(queues: tuple[str, ...], burst: bool) -> None:
     """Run an RQ worker on QUEUES (default: every queue the service uses)."""
-    from app.queues import QUEUES
+    from app.jobs import QUEUES
 
     for name in queues:
         if name not in QUEUES:
@@ -139,19 +139,20 @@ def revision(message: str) -> None:
 
 
 @contextmanager
-def _session(settings: Settings) -> Iterator[Session]:
-    """One unit of work for a CLI command; service errors become one-line CLI errors."""
-    from app.db import make_engine, make_sessionmaker, session_scope
+def _unit(settings: Settings) -> Iterator[Unit]:
+    """The command's service context and unit of work; service errors become one-line CLI
+    errors."""
+    from app.context import ServiceContext
     from app.errors import ServiceError
 
-    engine = make_engine(settings.database_url)
+    ctx = ServiceContext.build(settings)
     try:
-        with session_scope(make_sessionmaker(engine)) as session:
-            yield session
+        with ctx.work() as unit:
+            yield unit
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
     finally:
-        engine.dispose()
+        ctx.close()
 
 
 @cli.group()
@@ -165,8 +166,8 @@ def tenant_create(name: str) -> None:
     """Create the tenant NAME (a slug: [a-z0-9-]{1,63})."""
     from app.services.tenants import create_tenant
 
-    with _session(load_settings()) as session:
-        created = create_tenant(session, name)
+    with _unit(load_settings()) as unit:
+        created = create_tenant(unit, name)
     click.echo(f"tenant {created.slug} created")
 
 
@@ -191,8 +192,8 @@ def user_create(tenant_name: str, username: str) -> None:
 
     settings = load_settings()
     password = _read_password()
-    with _session(settings) as session:
-        create_user(session, tenant_name, username, password)
+    with _unit(settings) as unit:
+        create_user(unit, tenant_name, username, password)
     click.echo(f"user {username} created in tenant {tenant_name}")
 
 
@@ -203,8 +204,8 @@ def user_delete(tenant_name: str, username: str) -> None:
     """Delete USERNAME from a tenant; their tokens stop working at once."""
     from app.services.tenants import delete_user
 
-    with _session(load_settings()) as session:
-        delete_user(session, tenant_name, username)
+    with _unit(load_settings()) as unit:
+        delete_user(unit, tenant_name, username)
     click.echo(f"user {username} deleted from tenant {tenant_name}")
 
 
@@ -213,15 +214,10 @@ def user_delete(tenant_name: str, username: str) -> None:
 @click.argument("username")
 def token(tenant_name: str, username: str) -> None:
     """Print an access token for USERNAME (for scripts and first steps)."""
-    from app.services.auth import Principal, issue_token
-    from app.services.tenants import get_tenant, get_user
+    from app.services.tenants import user_token
 
-    settings = load_settings()
-    with _session(settings) as session:
-        found = get_user(session, tenant_name, username)
-        tenant_row = get_tenant(session, tenant_name)
-        principal = Principal(found.id, tenant_row.id, tenant_row.slug, found.username)
-    click.echo(issue_token(settings, principal))
+    with _unit(load_settings()) as unit:
+        click.echo(user_token(unit, tenant_name, username))
 
 
 @cli.group()
@@ -240,12 +236,10 @@ def keys_generate() -> None:
 @keys.command("rotate")
 def keys_rotate() -> None:
     """Re-encrypt every stored secret under the newest key of ENCRYPTION_KEY."""
-    from app.secrets import SecretBox
     from app.services.accounts import rotate_secrets
 
-    settings = load_settings()
-    with _session(settings) as session:
-        rotated, total = rotate_secrets(session, SecretBox(settings.encryption_keys))
+    with _unit(load_settings()) as unit:
+        rotated, total = rotate_secrets(unit)
     click.echo(f"{rotated} of {total} secrets re-encrypted under the newest key")
 
 
@@ -253,21 +247,35 @@ def keys_rotate() -> None:
 @click.argument("account_id", type=int)
 def sync(account_id: int) -> None:
     """Sync ACCOUNT_ID now, in the foreground, with progress (operators, debugging)."""
-    from app.db import make_engine, make_sessionmaker
+    from app.context import ServiceContext
     from app.errors import ServiceError
     from app.mail import MailConnectionError
-    from app.secrets import SecretBox
-    from app.services.sync import Syncer, SyncLimits
+    from app.services.sync import Syncer, SyncLimits, SyncObserver
 
-    settings = load_settings()
-    engine = make_engine(settings.database_url)
-    syncer = Syncer(
-        make_sessionmaker(engine),
-        SecretBox(settings.encryption_keys),
-        settings.mail_tls_ca_file or None,
-        SyncLimits(max_messages=None, max_seconds=None),
-        _ProgressBars(),
-    )
+    class ProgressBars(SyncObserver):
+        """One progress bar per folder with mail to fetch."""
+
+        def __init__(self) -> None:
+            self.bar = None
+
+        def folder_started(self, folder: str, missing: int) -> None:
+            if missing:
+                self.bar = click.progressbar(length=missing, label=folder, show_pos=True)
+                self.bar.__enter__()
+
+        def batch_committed(self, folder: str, uids: list[int]) -> None:
+            if self.bar is not None:
+                self.bar.update(len(uids))
+
+        def folder_done(self, folder: str) -> None:
+            if self.bar is not None:
+                self.bar.__exit__(None, None, None)
+                self.bar = None
+            else:
+                click.echo(f"{folder}: up to date")
+
+    ctx = ServiceContext.build(load_settings())
+    syncer = Syncer(ctx, SyncLimits(max_messages=None, max_seconds=None), ProgressBars())
     try:
         outcome = syncer.sync_account(account_id)
     except ServiceError as exc:
@@ -275,35 +283,12 @@ def sync(account_id: int) -> None:
     except MailConnectionError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
-        engine.dispose()
+        ctx.close()
     if outcome.busy:
         raise click.ClickException(f"a sync of account {account_id} is running elsewhere")
     if outcome.auth_failed:
         raise click.ClickException(f"account {account_id}: the IMAP server refused the login")
     click.echo(f"account {account_id} synced: {outcome.messages_fetched} messages fetched")
-
-
-class _ProgressBars:
-    """One progress bar per folder with mail to fetch."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def folder_started(self, folder: str, missing: int) -> None:
-        if missing:
-            self.bar = click.progressbar(length=missing, label=folder, show_pos=True)
-            self.bar.__enter__()
-
-    def batch_committed(self, folder: str, uids: list[int]) -> None:
-        if self.bar is not None:
-            self.bar.update(len(uids))
-
-    def folder_done(self, folder: str) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
-        else:
-            click.echo(f"{folder}: up to date")
 
 
 @cli.command()

@@ -1,11 +1,10 @@
-"""The engine, and sessions opened at the edge (request, job, CLI command) and passed down."""
+"""The engine and sessions; a session is opened at the edge (app.context) and passed down."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -31,49 +30,10 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work for a job or a CLI command: commit on success, roll back on error."""
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
 def ping(engine: Engine) -> None:
     """Raise unless PostgreSQL answers a trivial query."""
     with engine.connect() as connection:
         connection.execute(text("SELECT 1"))
-
-
-def init_app(app: Flask, engine: Engine) -> None:
-    """Attach the engine; each request gets one session, closed when the request ends."""
-    app.extensions["db.engine"] = engine
-    app.extensions["db.sessionmaker"] = make_sessionmaker(engine)
-
-    @app.teardown_appcontext
-    def close_session(exc: BaseException | None) -> None:
-        session: Session | None = g.pop("db_session", None)
-        if session is not None:
-            # Views commit explicitly; close() rolls back whatever was left uncommitted.
-            session.close()
-
-
-def get_session() -> Session:
-    """The current request's session, opened on first use."""
-    if "db_session" not in g:
-        g.db_session = current_app.extensions["db.sessionmaker"]()
-    return g.db_session
-
-
-def get_engine() -> Engine:
-    """The current app's engine."""
-    return current_app.extensions["db.engine"]
 
 
 @contextmanager

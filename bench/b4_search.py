@@ -17,7 +17,6 @@ import subprocess
 import time
 from urllib.parse import quote, urlsplit
 
-from app.tenancy import bind_tenant
 from bench.lab import Lab
 from bench.report import Result
 from bench.search_table import FOLDERS_PER_ACCOUNT, add_folders, generate, plan_nodes, searched
@@ -44,10 +43,9 @@ def build(lab: Lab, size: dict):
     tenants = [lab.tenant(f"b4t{i}") for i in range(size["tenants"])]
     for n, tenant in enumerate(tenants):
         account_id = lab.account(tenant.id, f"search{n}@example.test", "unused")
-        with lab.sessions() as session:
-            bind_tenant(session, tenant.id)
-            add_folders(session, account_id)
-            session.commit()
+        with lab.ctx.work(tenant.id) as unit:
+            add_folders(unit.session, account_id)
+            unit.commit()
     per_tenant = (size["total"] - size["big"]) // (len(tenants) - 1)
     began = time.monotonic()
     counts = generate(
@@ -65,7 +63,7 @@ def captured_sql(lab: Lab, tenant_id: int, query: str, sort: str) -> str:
     """The search statement the service sends for `query`, with its parameters inlined."""
     import psycopg
 
-    _, statement, parameters = searched(lab.engine, lab.sessions, tenant_id, query, sort)
+    _, statement, parameters = searched(lab.ctx, tenant_id, query, sort)
     with psycopg.connect(lab.info.database_dsn) as conn:
         return psycopg.ClientCursor(conn).mogrify(statement, parameters)
 

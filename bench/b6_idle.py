@@ -97,14 +97,13 @@ def imap_connections(pid: int, port: int) -> int:
 
 
 def queues_idle(lab: Lab, env: dict) -> bool:
-    from rq import Queue
-
-    from app.queues import QUEUES, make_redis
+    from app.context import make_redis
+    from app.jobs import QUEUES, Jobs
 
     redis = make_redis(env["REDIS_URL"])
     try:
         for name in QUEUES:
-            queue = Queue(name, connection=redis)
+            queue = Jobs(redis).queue(name)
             if queue.count or queue.started_job_registry.count:
                 return False
         return True

@@ -86,8 +86,7 @@ class Lab:
         self.stack = None
         self.info = None
         self.env: dict[str, str] = {}
-        self._engine = None
-        self._sessions = None
+        self._ctx = None
         self._cache: dict = {}
         self.pids: dict[str, int] = {}  # API base URL -> pid, for py-spy
         self.profiling = False
@@ -124,8 +123,8 @@ class Lab:
 
     def stop(self, keep_logs: bool = False) -> None:
         """Stop the stack; the work dir (Maildirs, logs) goes too unless a failure needs it."""
-        if self._engine is not None:
-            self._engine.dispose()
+        if self._ctx is not None:
+            self._ctx.close()
         if self.stack is not None:
             self.stack.stop()
         if keep_logs:
@@ -136,25 +135,29 @@ class Lab:
     # -- database and service objects --------------------------------------------------------
 
     @property
-    def sessions(self):
-        if self._sessions is None:
-            from app.db import make_engine, make_sessionmaker
+    def ctx(self):
+        """A service context on the stack, as a worker builds one."""
+        if self._ctx is None:
+            from app.context import ServiceContext
 
-            self._engine = make_engine(self.env["DATABASE_URL"], pool_size=8)
-            self._sessions = make_sessionmaker(self._engine)
-        return self._sessions
+            self._ctx = ServiceContext.build(self.settings())
+        return self._ctx
+
+    @property
+    def sessions(self):
+        return self.ctx.sessions
 
     @contextmanager
     def database(self, url: str) -> Iterator[None]:
         """Point every helper (and the processes started meanwhile) at another database."""
-        saved = (self.env["DATABASE_URL"], self._engine, self._sessions)
-        self.env["DATABASE_URL"], self._engine, self._sessions = url, None, None
+        saved = (self.env["DATABASE_URL"], self._ctx)
+        self.env["DATABASE_URL"], self._ctx = url, None
         try:
             yield
         finally:
-            if self._engine is not None:
-                self._engine.dispose()
-            self.env["DATABASE_URL"], self._engine, self._sessions = saved
+            if self._ctx is not None:
+                self._ctx.close()
+            self.env["DATABASE_URL"], self._ctx = saved
 
     def new_database(self, prefix: str) -> str:
         """A fresh database on the stack's server, migrated to head; its URL."""
@@ -174,31 +177,22 @@ class Lab:
 
     @property
     def engine(self):
-        self.sessions  # noqa: B018 (creates it)
-        return self._engine
+        return self.ctx.engine
 
     def settings(self):
         from app.config import Settings
 
         return Settings.from_mapping(self.env)
 
-    def box(self):
-        from app.secrets import SecretBox
-
-        return SecretBox(tuple(self.env["ENCRYPTION_KEY"].split(",")))
-
     def tenant(self, prefix: str) -> Tenant:
         """A new tenant with one user and a token, made with the service's own functions."""
-        from app.services.auth import Principal, issue_token
-        from app.services.tenants import create_tenant, create_user
+        from app.services.tenants import create_tenant, create_user, user_token
 
         slug = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        with self.sessions() as session:
-            tenant = create_tenant(session, slug)
-            user = create_user(session, slug, "bench", secrets.token_urlsafe(12))
-            session.commit()
-            principal = Principal(user.id, tenant.id, slug, "bench")
-        return Tenant(tenant.id, slug, issue_token(self.settings(), principal))
+        with self.ctx.work() as unit:
+            tenant = create_tenant(unit, slug)
+            create_user(unit, slug, "bench", secrets.token_urlsafe(12))
+            return Tenant(tenant.id, slug, user_token(unit, slug, "bench"))
 
     def mailboxes(self, prefix: str, count: int) -> dict[str, str]:
         """`count` new Dovecot users (one reload for all): email -> password."""
@@ -207,24 +201,15 @@ class Lab:
 
     def account(self, tenant_id: int, email: str, password: str) -> int:
         """An account row for a stack mailbox: IMAP in plain text over loopback (as mbsync)."""
-        from app.mail import ServerSettings
-        from app.services.accounts import AccountFields, create_account
-        from app.tenancy import bind_tenant
+        from app.services.accounts import AccountFields, ServerFields, create_account
+        from app.states import Security
 
         info = self.info
-        imap = ServerSettings(info.host, info.imap_port, "none", email, password)
-        smtp = ServerSettings(info.host, info.submission_port, "starttls", email, password)
-        with self.sessions() as session:
-            bind_tenant(session, tenant_id)
-            account = create_account(
-                session,
-                self.box(),
-                AccountFields(email, None, imap, smtp),
-                verify=False,
-                ca_file=None,
-            )
-            session.commit()
-            return account.id
+        imap = ServerFields(info.host, info.imap_port, Security.NONE, email, password)
+        smtp = ServerFields(info.host, info.submission_port, Security.STARTTLS, email, password)
+        with self.ctx.work(tenant_id) as unit:
+            fields = AccountFields(email, None, imap, smtp)
+            return create_account(unit, fields, verify=False).id
 
     def delete_account(self, account_id: int) -> None:
         """Drop an account and everything synced for it, and vacuum, outside any timing."""
@@ -244,13 +229,7 @@ class Lab:
         """A Syncer as `emailservice sync` builds it: no per-run limits."""
         from app.services.sync import Syncer, SyncLimits
 
-        return Syncer(
-            self.sessions,
-            self.box(),
-            self.info.ca_file,
-            SyncLimits(max_messages=None, max_seconds=None),
-            observer,
-        )
+        return Syncer(self.ctx, SyncLimits(max_messages=None, max_seconds=None), observer)
 
     def cached(self, key, make):
         """Set-up shared by benchmarks of one run (e.g. B3 reuses a synced mailbox)."""

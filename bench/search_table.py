@@ -17,11 +17,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Engine, event, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from app.context import ServiceContext
 from app.models import Folder
 from app.services.search import SearchPage, search
-from app.tenancy import bind_tenant
 
 FOLDERS = (("INBOX", "inbox"), ("Sent", "sent"), ("Archive/2024", None), ("Trash", "trash"))
 FOLDERS_PER_ACCOUNT = len(FOLDERS) + 1  # and the one add_folders() names
@@ -101,7 +101,7 @@ def generate(
 
 
 def searched(
-    engine: Engine, sessions: sessionmaker[Session], tenant_id: int, query: str, sort: str
+    ctx: ServiceContext, tenant_id: int, query: str, sort: str
 ) -> tuple[SearchPage, str, Any]:
     """search() as the tenant's API requests run it, with the statement it sent to read the
     messages and that statement's parameters (what EXPLAIN needs to plan it the same way)."""
@@ -110,13 +110,12 @@ def searched(
     def capture(conn, cursor, statement, parameters, context, executemany):
         statements.append((statement, parameters))
 
-    event.listen(engine, "before_cursor_execute", capture)
+    event.listen(ctx.engine, "before_cursor_execute", capture)
     try:
-        with sessions() as session:
-            bind_tenant(session, tenant_id)
-            page = search(session, query, sort=sort)
+        with ctx.work(tenant_id) as unit:
+            page = search(unit, query, sort=sort)
     finally:
-        event.remove(engine, "before_cursor_execute", capture)
+        event.remove(ctx.engine, "before_cursor_execute", capture)
     statement, parameters = next(s for s in statements if s[0].startswith("SELECT messages."))
     return page, statement, parameters
 

@@ -143,7 +143,7 @@ def client(app):
 
 @pytest.fixture
 def redis_client(env):
-    from app.queues import make_redis
+    from app.context import make_redis
 
     connection = make_redis(env["REDIS_URL"])
     yield connection
@@ -156,11 +156,11 @@ def empty_queues(redis_client):
     a worker started by a test runs only what the test put there."""
     from rq.registry import ScheduledJobRegistry
 
-    from app.queues import QUEUES, get_queue
+    from app.jobs import QUEUES, Jobs
 
     def empty() -> None:
         for name in QUEUES:
-            queue = get_queue(name, redis_client)
+            queue = Jobs(redis_client).queue(name)
             queue.empty()
             registry = ScheduledJobRegistry(queue=queue)
             for job_id in registry.get_job_ids():
@@ -172,12 +172,26 @@ def empty_queues(redis_client):
 
 
 @pytest.fixture(scope="session")
-def db_sessionmaker(migrated):
-    from app.db import make_engine, make_sessionmaker
+def ctx(env, migrated):
+    """A service context on this session's stack, as a worker or the CLI builds one."""
+    from app.config import Settings
+    from app.context import ServiceContext
 
-    engine = make_engine(migrated)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+    context = ServiceContext.build(Settings.from_mapping(env))
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def db_sessionmaker(ctx):
+    return ctx.sessions
+
+
+@pytest.fixture
+def unit(ctx):
+    """A unit of work without a tenant (as workers and the CLI have)."""
+    with ctx.work() as work:
+        yield work
 
 
 @pytest.fixture
@@ -201,31 +215,27 @@ class TenantUser:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def make_tenant_user(sessionmaker, settings_env: dict[str, str], prefix: str = "t") -> TenantUser:
+def make_tenant_user(ctx, prefix: str = "t") -> TenantUser:
     """A new tenant (unique slug) with one user and a valid token."""
-    from app.config import Settings
-    from app.services.auth import Principal, issue_token
-    from app.services.tenants import create_tenant, create_user
+    from app.services.tenants import create_tenant, create_user, user_token
 
     slug = f"{prefix}-{uuid.uuid4().hex[:10]}"
     password = secrets.token_urlsafe(12)
-    with sessionmaker() as session:
-        tenant = create_tenant(session, slug)
-        user = create_user(session, slug, "alice", password)
-        session.commit()
-        principal = Principal(user.id, tenant.id, slug, "alice")
-    token = issue_token(Settings.from_mapping(settings_env), principal)
-    return TenantUser(slug, principal.tenant_id, principal.user_id, "alice", password, token)
+    with ctx.work() as unit:
+        tenant = create_tenant(unit, slug)
+        user = create_user(unit, slug, "alice", password)
+        token = user_token(unit, slug, "alice")
+        return TenantUser(slug, tenant.id, user.id, "alice", password, token)
 
 
 @pytest.fixture
-def tenant_a(db_sessionmaker, env) -> TenantUser:
-    return make_tenant_user(db_sessionmaker, env, "a")
+def tenant_a(ctx) -> TenantUser:
+    return make_tenant_user(ctx, "a")
 
 
 @pytest.fixture
-def tenant_b(db_sessionmaker, env) -> TenantUser:
-    return make_tenant_user(db_sessionmaker, env, "b")
+def tenant_b(ctx) -> TenantUser:
+    return make_tenant_user(ctx, "b")
 
 
 @pytest.fixture
@@ -286,6 +296,17 @@ def fresh_migrated_env(env, fresh_database):
     return dict(env, DATABASE_URL=fresh_database)
 
 
+@pytest.fixture
+def fresh_ctx(fresh_migrated_env):
+    """A service context on a database of this test's own, migrated to head."""
+    from app.config import Settings
+    from app.context import ServiceContext
+
+    context = ServiceContext.build(Settings.from_mapping(fresh_migrated_env))
+    yield context
+    context.close()
+
+
 @pytest.fixture(scope="session")
 def user_pools():
     """Mail users created in bulk per stack (each creation reloads Dovecot's and Postfix's maps)."""
@@ -302,25 +323,23 @@ def mailbox(stack_control, user_pools):
 
 
 @pytest.fixture
-def account_id(db_sessionmaker, env, tenant_a, mailbox) -> int:
+def account_id(ctx, tenant_a, mailbox) -> int:
     """An account of tenant A for `mailbox`."""
     from tests.mailbox import add_account
 
-    return add_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    return add_account(ctx, tenant_a.tenant_id, mailbox)
 
 
 @pytest.fixture
-def make_syncer(db_sessionmaker, env):
+def make_syncer(ctx):
     """Syncers with test-sized limits (keyword arguments override SyncLimits fields)."""
     from datetime import timedelta
 
-    from app.secrets import SecretBox
     from app.services.sync import Syncer, SyncLimits
 
     def make(observer=None, **limits) -> Syncer:
-        box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
         defaults = dict(max_messages=None, max_seconds=None, flag_scan_interval=timedelta(0))
         defaults.update(limits)
-        return Syncer(db_sessionmaker, box, None, SyncLimits(**defaults), observer)
+        return Syncer(ctx, SyncLimits(**defaults), observer)
 
     return make

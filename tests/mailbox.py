@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -15,11 +15,12 @@ from email.utils import format_datetime, make_msgid
 import imapclient
 from sqlalchemy import select
 
-from app.mail import ServerSettings
 from app.models import Folder, Message
-from app.secrets import SecretBox
-from app.services.accounts import AccountFields, create_account
-from app.tenancy import bind_tenant
+from app.services.accounts import AccountFields, ServerFields, create_account
+from app.states import Security
+
+# A small attachment for messages that need one.
+PDF = ("a.pdf", "application/pdf", b"%PDF-1.4")
 
 
 def message(
@@ -28,14 +29,17 @@ def message(
     sender: str = "Sender <sender@example.test>",
     to: str = "rcpt@example.test",
     html: str | None = None,
-    attachments: list[tuple[str, str, bytes]] = (),
+    attachments: Sequence[tuple[str, str, bytes]] = (),
     date: datetime | None = None,
+    cc: str | None = None,
 ) -> bytes:
     """A well-formed message as bytes."""
     msg = EmailMessage()
     msg["Subject"] = subject
     msg["From"] = sender
     msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
     msg["Date"] = format_datetime(date or datetime.now(timezone.utc))
     msg["Message-ID"] = make_msgid(domain="example.test")
     msg.set_content(body)
@@ -165,20 +169,24 @@ def wire_log() -> Iterator[WireLog]:
         logger.setLevel(previous)
 
 
-def add_account(sessionmaker, env, tenant_id: int, mailbox) -> int:
-    """An account row for `mailbox`, IMAP in plain text over loopback."""
-    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
-    imap = ServerSettings(mailbox.host, mailbox.imap_port, "none", mailbox.email, mailbox.password)
-    smtp = ServerSettings(
-        mailbox.host, mailbox.submission_port, "starttls", mailbox.email, mailbox.password
+def add_account(
+    ctx,
+    tenant_id: int,
+    mailbox,
+    *,
+    display_name: str | None = None,
+    smtp: ServerFields | None = None,
+) -> int:
+    """An account for `mailbox` (IMAP in plain text over loopback), made through the service."""
+    imap = ServerFields(
+        mailbox.host, mailbox.imap_port, Security.NONE, mailbox.email, mailbox.password
     )
-    with sessionmaker() as session:
-        bind_tenant(session, tenant_id)
-        account = create_account(
-            session, box, AccountFields(mailbox.email, None, imap, smtp), verify=False, ca_file=None
-        )
-        session.commit()
-        return account.id
+    smtp = smtp or ServerFields(
+        mailbox.host, mailbox.submission_port, Security.STARTTLS, mailbox.email, mailbox.password
+    )
+    with ctx.work(tenant_id) as unit:
+        fields = AccountFields(mailbox.email, display_name, imap, smtp)
+        return create_account(unit, fields, verify=False).id
 
 
 def stored(sessionmaker, account_id: int) -> dict[str, dict[int, Message]]:

@@ -104,14 +104,12 @@ def test_keys_generate_prints_a_usable_key(env, tmp_path):
 
 
 def test_key_rotation_moves_every_secret_to_the_new_key(
-    fresh_migrated_env, tmp_path, mail_account_body, db_sessionmaker, stack
+    fresh_migrated_env, fresh_ctx, tmp_path, mail_account_body, stack
 ):
-    from app.db import make_engine, make_sessionmaker
     from tests.conftest import make_tenant_user
 
     old_env = fresh_migrated_env
-    engine = make_engine(old_env["DATABASE_URL"])
-    user = make_tenant_user(make_sessionmaker(engine), old_env)
+    user = make_tenant_user(fresh_ctx)
     old_client = create_app(old_env).test_client()
     ids = [
         old_client.post("/api/accounts", json=mail_account_body(), headers=user.headers).get_json()[
@@ -144,4 +142,3 @@ def test_key_rotation_moves_every_secret_to_the_new_key(
     del body["imap"]["password"], body["smtp"]["password"]
     response = new_client.put(f"/api/accounts/{ids[0]}", json=body, headers=user.headers)
     assert response.status_code == 200, response.get_json()
-    engine.dispose()

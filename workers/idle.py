@@ -21,14 +21,13 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from app.errors import Conflict
+from app.errors import Conflict, NotFound
 from app.mail import MailAuthError, MailError
 from app.mail.imap import ImapSession
 from app.models import Account
-from app.services.accounts import server_settings
-from app.services.sync_control import request_sync
+from app.services.sync import request_sync
 from app.states import AccountState
-from workers import runtime
+from workers.runtime import context
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 30
@@ -70,14 +69,13 @@ class AccountWatcher(threading.Thread):
                 self.stopping.wait(60)
 
     def _watch(self) -> None:
-        with runtime.session() as session:
-            account = session.get(Account, self.account_id)
-            if account is None or account.state != AccountState.ACTIVE:
-                self.stopping.set()
-                return
-            server = server_settings(account, runtime.secretbox(), "imap")
-        ca_file = runtime.settings().mail_tls_ca_file or None
-        with ImapSession.open(server, ca_file) as imap:
+        ctx = context()
+        with ctx.work() as unit:
+            account = unit.session.get(Account, self.account_id)
+        if account is None or account.state != AccountState.ACTIVE:
+            self.stopping.set()
+            return
+        with ctx.connector.imap(account) as imap:
             # Mail may have arrived while we were not connected.
             self._request_sync()
             if not imap.idle_supported:
@@ -103,20 +101,19 @@ class AccountWatcher(threading.Thread):
             last = current
 
     def _request_sync(self) -> None:
-        with runtime.session() as session:
-            account = session.get(Account, self.account_id)
-            if account is None:
-                return
+        with context().work() as unit:
             try:
-                request_sync(session, runtime.redis(), account)
+                request_sync(unit, self.account_id)
+            except NotFound:
+                return
             except Conflict:
                 self.stopping.set()
 
 
 def active_accounts(index: int, count: int) -> dict[int, datetime]:
     """Active accounts of this shard, with when their settings last changed."""
-    with runtime.session() as session:
-        rows = session.execute(
+    with context().work() as unit:
+        rows = unit.session.execute(
             select(Account.id, Account.updated_at).where(Account.state == AccountState.ACTIVE)
         ).all()
     return {account_id: updated for account_id, updated in rows if account_id % count == index}

@@ -1,21 +1,20 @@
 """POST /auth/login, and the authentication every /api/ request passes first.
 
-Order of checks (shared/API.md): token (401), X-Tenant-ID (403), rate limit (429), then the
-route's own existence (404) and body (400/415/422) checks.
+Order of checks: token (401), X-Tenant-ID (403), rate limit (429), then the route's own
+existence (404) and body (400/415/422) checks.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, request
 
 from app.api import ratelimit
+from app.api.edge import respond, unit
 from app.api.openapi import operation
 from app.api.validation import parse_body
-from app.db import get_session
 from app.errors import Forbidden, Unauthorized
 from app.schemas.auth import LoginIn, TokenOut
 from app.services import auth
-from app.tenancy import bind_tenant
 
 bp = Blueprint("auth", __name__)
 
@@ -29,24 +28,13 @@ bp = Blueprint("auth", __name__)
     errors=(401, 429),
     auth=False,
 )
-def login():
-    settings = current_app.config["SETTINGS"]
+def login() -> Response:
     ratelimit.limit_login(request.remote_addr or "unknown")
     body = parse_body(LoginIn)
-    session = get_session()
-    principal = auth.login(session, body.tenant, body.username, body.password)
-    session.commit()  # a rehashed password, if its parameters were raised
-    token = auth.issue_token(settings, principal)
-    return jsonify(
-        TokenOut(
-            access_token=token, token_type="Bearer", expires_in=settings.jwt_ttl_seconds
-        ).model_dump()
+    token = auth.login(unit(), body.tenant, body.username, body.password)
+    return respond(
+        TokenOut(access_token=token.access_token, token_type="Bearer", expires_in=token.expires_in)
     )
-
-
-def current_principal() -> auth.Principal:
-    """The caller of the current /api/ request."""
-    return g.principal
 
 
 def init_app(app: Flask) -> None:
@@ -59,14 +47,12 @@ def init_app(app: Flask) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("A bearer token is required (Authorization: Bearer <token>).")
-        session = get_session()
-        principal = auth.authenticate(session, app.config["SETTINGS"], token.strip())
+        principal = auth.authenticate(unit(), token.strip())
         claimed = request.headers.get("X-Tenant-ID")
         if claimed is not None and claimed != principal.tenant_slug:
             raise Forbidden("X-Tenant-ID does not match the token's tenant.")
-        g.principal = principal
         # From here on every query of this request sees only this tenant's rows.
-        bind_tenant(session, principal.tenant_id)
+        unit().bind_tenant(principal.tenant_id)
         ratelimit.limit_tenant(principal.tenant_slug)
 
     app.register_blueprint(bp)

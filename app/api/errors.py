@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import redis.exceptions
-import sqlalchemy.exc
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from app.context import DEPENDENCY_ERRORS
 from app.errors import BY_STATUS, ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
-
-# Failures of a dependency, not of the request: the client may retry later.
-DEPENDENCY_ERRORS = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-)
 
 
 def error_response(error: ServiceError, headers: dict[str, str] | None = None) -> Response:

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.edge import context, respond
 from app.api.observability import metrics_registry
 from app.api.openapi import operation
-from app.db import get_engine, ping
 from app.schemas.health import HealthOut
-from app.version import VERSION
+from app.services.health import check_dependencies
 
 bp = Blueprint("health", __name__)
-log = logging.getLogger(__name__)
-
-
-def _check(name: str, probe) -> str:
-    try:
-        probe()
-    except Exception as exc:  # any failure of a dependency is "unavailable", with the reason logged
-        log.warning(
-            "health check %s failed: %s",
-            name,
-            exc.__class__.__name__,
-            extra={"check": name, "reason": str(exc)[:200]},
-        )
-        return "unavailable"
-    return "ok"
 
 
 @bp.get("/health")
@@ -38,15 +21,9 @@ def _check(name: str, probe) -> str:
     responses={200: ("Every dependency answers.", HealthOut)},
     auth=False,
 )
-def health():
-    checks = {
-        "database": _check("database", lambda: ping(get_engine())),
-        "redis": _check("redis", current_app.extensions["redis"].ping),
-    }
-    healthy = all(value == "ok" for value in checks.values())
-    body = HealthOut(status="ok" if healthy else "unavailable", checks=checks, version=VERSION)
-    response = jsonify(body.model_dump())
-    response.status_code = 200 if healthy else 503
+def health() -> Response:
+    body = HealthOut.of(check_dependencies(context()))
+    response = respond(body, 200 if body.status == "ok" else 503)
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -58,5 +35,5 @@ def health():
     responses={200: ("Prometheus text exposition format.", "text/plain")},
     auth=False,
 )
-def metrics():
+def metrics() -> Response:
     return Response(generate_latest(metrics_registry()), mimetype=CONTENT_TYPE_LATEST)

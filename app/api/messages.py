@@ -5,44 +5,25 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask import Blueprint, Response, current_app, jsonify
-from pydantic import BaseModel, ConfigDict, Field
+from flask import Blueprint, Response
 
+from app.api.edge import respond, unit
 from app.api.openapi import operation
-from app.api.pagination import DATE_ID, PageParams, cursor_field, page_request, paginate
 from app.api.validation import parse_body, parse_query
-from app.db import get_session
-from app.errors import NotFound, ValidationFailed
-from app.mail.mime import parse_message
-from app.queues import DEFAULT, get_queue
 from app.schemas.messages import (
     ChangeOut,
     FlagsIn,
+    MessageListParams,
     MessageOut,
     MessagePage,
+    MessageParams,
     MoveIn,
-    message_summary,
 )
-from app.services import messages
-from app.services.accounts import get_account
-from app.states import ChangeState
+from app.schemas.pagination import DATE_ID, page_request, paginate
+from app.services import accounts, messages
 
 bp = Blueprint("messages", __name__)
 TAGS = ("messages",)
-APPLY_CHANGES = "workers.jobs.apply_message_changes"
-
-
-class MessageListParams(PageParams):
-    cursor: str | None = cursor_field(DATE_ID)
-    folder: str = Field("INBOX", description="A folder's full name (`/` separated) or a role.")
-
-
-class MessageParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    remote_images: bool = Field(
-        False, description="true: keep remote images in the sanitised HTML (they reveal reads)."
-    )
 
 
 @bp.get("/api/accounts/<int:account_id>/messages")
@@ -53,20 +34,15 @@ class MessageParams(BaseModel):
     responses={200: ("A page of message summaries.", MessagePage)},
     errors=(404, 422),
 )
-def list_messages(account_id: int):
-    session = get_session()
-    account = get_account(session, account_id)
+def list_messages(account_id: int) -> Response:
+    accounts.get_account(unit(), account_id)  # 404 before the parameters' checks
     params = parse_query(MessageListParams)
-    name = params.folder
-    folder = messages.find_folder(session, account.id, name)
-    if folder is None:
-        raise NotFound(f"Account {account_id} has no folder {name!r}.")
     page = page_request(params, DATE_ID)
-    rows = messages.list_messages(session, folder, page.after, page.limit + 1)
-    items, cursor = paginate(rows, page.limit, key=lambda m: (m.date, m.id), codec=DATE_ID)
-    return jsonify(
-        {"items": [message_summary(m, folder.name) for m in items], "next_cursor": cursor}
+    rows = messages.list_messages(unit(), account_id, params.folder, page.after, page.limit + 1)
+    items, cursor = paginate(
+        rows, page.limit, key=lambda c: (c.message.date, c.message.id), codec=DATE_ID
     )
+    return respond(MessagePage.of(items, cursor))
 
 
 @bp.get("/api/messages/<int:message_id>")
@@ -78,26 +54,11 @@ def list_messages(account_id: int):
     responses={200: ("The message.", MessageOut)},
     errors=(404,),
 )
-def get_message(message_id: int):
-    session = get_session()
-    message, folder = messages.get_message(session, message_id)
-    body = message_summary(message, folder.name)
-    html = message.html_body
-    if html is not None and parse_query(MessageParams).remote_images:
-        # The stored HTML had remote loads removed; asking for them means sanitising the
-        # original again, from the raw bytes.
-        html = parse_message(messages.raw_bytes(session, message), allow_remote=True).html
-    body.update(
-        headers=message.headers,
-        text=message.text_body,
-        html=html,
-        attachments=[
-            {k: a[k] for k in ("index", "filename", "content_type", "size")}
-            for a in message.attachments
-        ],
-        parse_error=message.parse_error,
-    )
-    return jsonify(body)
+def get_message(message_id: int) -> Response:
+    messages.get_message(unit(), message_id)  # 404 before the parameters' checks
+    params = parse_query(MessageParams)
+    view = messages.read_message(unit(), message_id, remote_images=params.remote_images)
+    return respond(MessageOut.of(view))
 
 
 @bp.get("/api/messages/<int:message_id>/raw")
@@ -107,10 +68,8 @@ def get_message(message_id: int):
     responses={200: ("RFC 5322 bytes.", "message/rfc822")},
     errors=(404,),
 )
-def get_raw(message_id: int):
-    session = get_session()
-    message, _ = messages.get_message(session, message_id)
-    return Response(messages.raw_bytes(session, message), mimetype="message/rfc822")
+def get_raw(message_id: int) -> Response:
+    return Response(messages.raw_message(unit(), message_id), mimetype="message/rfc822")
 
 
 @bp.get("/api/messages/<int:message_id>/attachments/<int:index>")
@@ -120,10 +79,8 @@ def get_raw(message_id: int):
     responses={200: ("The attachment's bytes.", "application/octet-stream")},
     errors=(404,),
 )
-def get_attachment(message_id: int, index: int):
-    session = get_session()
-    message, _ = messages.get_message(session, message_id)
-    found, data = messages.attachment(session, message, index)
+def get_attachment(message_id: int, index: int) -> Response:
+    found, data = messages.attachment(unit(), message_id, index)
     response = Response(data, mimetype=found.content_type or "application/octet-stream")
     response.headers["Content-Disposition"] = _disposition(found.filename or f"attachment-{index}")
     # Never let a browser sniff an attachment into HTML or script.
@@ -140,21 +97,6 @@ def _disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _accepted(change) -> tuple[Response, int]:
-    get_session().commit()
-    get_queue(DEFAULT, current_app.extensions["redis"]).enqueue(
-        APPLY_CHANGES, change.account_id, job_timeout=600
-    )
-    body = ChangeOut(
-        id=change.id,
-        message_id=change.message_id,
-        kind=change.kind,
-        state=change.state or ChangeState.PENDING,
-        created_at=change.created_at,
-    )
-    return jsonify(body.model_dump(mode="json")), 202
-
-
 @bp.patch("/api/messages/<int:message_id>")
 @operation(
     "Mark seen/unseen, flagged/unflagged: shown at once, written to the IMAP server by a worker",
@@ -163,18 +105,12 @@ def _accepted(change) -> tuple[Response, int]:
     responses={202: ("The change, pending.", ChangeOut)},
     errors=(404,),
 )
-def patch_message(message_id: int):
-    session = get_session()
-    message, _ = messages.get_message(session, message_id)
+def patch_message(message_id: int) -> Response:
+    message, _ = messages.get_message(unit(), message_id)  # 404 before the body's checks
     body = parse_body(FlagsIn)
-    if not body.model_fields_set:
-        raise ValidationFailed(
-            "Nothing to change: give seen and/or flagged.",
-            [{"field": "body", "message": "seen or flagged required"}],
-        )
-    change = messages.request_flags(session, message, body.seen, body.flagged)
-    session.refresh(change)
-    return _accepted(change)
+    return respond(
+        ChangeOut.of(messages.request_flags(unit(), message, body.seen, body.flagged)), 202
+    )
 
 
 @bp.post("/api/messages/<int:message_id>/move")
@@ -185,13 +121,10 @@ def patch_message(message_id: int):
     responses={202: ("The change, pending.", ChangeOut)},
     errors=(404,),
 )
-def move_message(message_id: int):
-    session = get_session()
-    message, folder = messages.get_message(session, message_id)
+def move_message(message_id: int) -> Response:
+    message, _ = messages.get_message(unit(), message_id)  # 404 before the body's checks
     body = parse_body(MoveIn)
-    change = messages.request_move(session, message, folder, body.folder)
-    session.refresh(change)
-    return _accepted(change)
+    return respond(ChangeOut.of(messages.request_move(unit(), message, body.folder)), 202)
 
 
 @bp.delete("/api/messages/<int:message_id>")
@@ -201,9 +134,5 @@ def move_message(message_id: int):
     responses={202: ("The change, pending.", ChangeOut)},
     errors=(404, 409),
 )
-def delete_message(message_id: int):
-    session = get_session()
-    message, folder = messages.get_message(session, message_id)
-    change = messages.request_delete(session, message, folder)
-    session.refresh(change)
-    return _accepted(change)
+def delete_message(message_id: int) -> Response:
+    return respond(ChangeOut.of(messages.request_delete(unit(), message_id)), 202)

@@ -6,21 +6,14 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
 
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from redis import Redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from app.context import ServiceContext
 from app.logs import request_id_var
-from app.queues import (
-    HEARTBEAT_KEY,
-    SEND_OUTCOME_KEY,
-    SEND_OUTCOMES,
-    SYNC_COUNTS_KEY,
-    SYNC_OUTCOMES,
-    queue_depths,
-)
 
 log = logging.getLogger("app.access")
 
@@ -38,18 +31,17 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
-class RedisCollector:
-    """Queue depths and the scheduler's heartbeat, read from Redis at scrape time."""
+class JobCollector:
+    """Queue depths, job outcomes and the scheduler's heartbeat, read from Redis at scrape
+    time."""
 
-    def __init__(self, connection: Redis) -> None:
-        self.connection = connection
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         try:
-            depths = queue_depths(self.connection)
-            heartbeat = self.connection.get(HEARTBEAT_KEY)
-            outcomes = self.connection.hgetall(SEND_OUTCOME_KEY)
-            syncs = self.connection.hgetall(SYNC_COUNTS_KEY)
+            depths = self.ctx.jobs.depths()
+            counts = self.ctx.counters.snapshot()
         except Exception:  # a scrape during a Redis outage reports what it can
             return
         queued = GaugeMetricFamily(
@@ -63,31 +55,31 @@ class RedisCollector:
             "Delivery attempts of outbox entries by outcome (deferred: retried later).",
             labels=["outcome"],
         )
-        for outcome in SEND_OUTCOMES:
-            sends.add_metric([outcome], float(outcomes.get(outcome.encode(), 0)))
+        for outcome, count in counts.sends.items():
+            sends.add_metric([outcome], count)
         yield sends
         runs = CounterMetricFamily(
             "emailservice_sync_runs",
             "Sync jobs by outcome (continued: stopped at its bounds and queued its continuation).",
             labels=["outcome"],
         )
-        for outcome in SYNC_OUTCOMES:
-            runs.add_metric([outcome], float(syncs.get(outcome.encode(), 0)))
+        for outcome, count in counts.syncs.items():
+            runs.add_metric([outcome], count)
         yield runs
         yield CounterMetricFamily(
             "emailservice_sync_messages_fetched",
             "Messages fetched from IMAP servers by sync jobs.",
-            value=float(syncs.get(b"messages", 0)),
+            value=counts.messages_fetched,
         )
-        if heartbeat is not None:
+        if counts.heartbeat is not None:
             yield GaugeMetricFamily(
                 "emailservice_heartbeat_timestamp_seconds",
                 "When a worker last ran the scheduler's heartbeat job (Unix time).",
-                value=float(heartbeat),
+                value=counts.heartbeat,
             )
 
 
-def init_app(app: Flask, redis: Redis) -> None:
+def init_app(app: Flask, ctx: ServiceContext) -> None:
     """Install the request hooks and a registry of this app's own metrics."""
     registry = CollectorRegistry()
     requests = Counter(
@@ -103,7 +95,7 @@ def init_app(app: Flask, redis: Redis) -> None:
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         registry=registry,
     )
-    registry.register(RedisCollector(redis))
+    registry.register(JobCollector(ctx))
     app.extensions["metrics.registry"] = registry
 
     @app.before_request

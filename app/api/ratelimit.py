@@ -15,17 +15,17 @@ from flask import Flask, Response, current_app, g
 from limits import RateLimitItemPerHour, RateLimitItemPerMinute
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter
-from redis import Redis
 
+from app.context import ServiceContext
 from app.errors import RateLimited
 
 
-def init_app(app: Flask, redis: Redis) -> None:
-    """Share the app's Redis connection pool with the limiter and add the headers."""
-    settings = app.config["SETTINGS"]
+def init_app(app: Flask, ctx: ServiceContext) -> None:
+    """Share the context's Redis connection pool with the limiter and add the headers."""
+    settings = ctx.settings
     storage = RedisStorage(
         settings.redis_url,
-        connection_pool=redis.connection_pool,
+        connection_pool=ctx.redis.connection_pool,
         key_prefix="emailservice:ratelimit",
     )
     app.extensions["ratelimit"] = {

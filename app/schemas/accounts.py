@@ -6,7 +6,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
+from app.models import Account
 from app.schemas.common import EmailAddress, Input, Page, PatchInput, TextEnum, Timestamp, integral
+from app.schemas.pagination import ID, PageParams, cursor_field
+from app.services.accounts import AccountFields, ServerFields
 from app.states import AccountState
 from app.states import Security as SecurityValue
 
@@ -32,6 +35,9 @@ class ServerCreate(Input):
     username: Username
     password: Password
 
+    def fields(self) -> ServerFields:
+        return ServerFields(self.host, self.port, self.security, self.username, self.password)
+
 
 class ServerReplace(Input):
     """As on create, but a password left out keeps the stored one."""
@@ -41,6 +47,9 @@ class ServerReplace(Input):
     security: Security
     username: Username
     password: Password | None = None
+
+    def fields(self) -> ServerFields:
+        return ServerFields(self.host, self.port, self.security, self.username, self.password)
 
 
 class ServerPatch(PatchInput):
@@ -58,6 +67,9 @@ class AccountCreate(Input):
     smtp: ServerCreate
     verify: bool = False
 
+    def fields(self) -> AccountFields:
+        return AccountFields(self.email, self.display_name, self.imap.fields(), self.smtp.fields())
+
 
 class AccountReplace(Input):
     email: EmailAddress
@@ -65,6 +77,9 @@ class AccountReplace(Input):
     imap: ServerReplace
     smtp: ServerReplace
     verify: bool = False
+
+    def fields(self) -> AccountFields:
+        return AccountFields(self.email, self.display_name, self.imap.fields(), self.smtp.fields())
 
 
 class AccountPatch(PatchInput):
@@ -78,8 +93,17 @@ class AccountPatch(PatchInput):
 class ServerOut(BaseModel):
     host: str
     port: int
-    security: Security
+    security: SecurityValue
     username: str
+
+    @classmethod
+    def of(cls, account: Account, kind: str) -> ServerOut:
+        return cls(
+            host=getattr(account, f"{kind}_host"),
+            port=getattr(account, f"{kind}_port"),
+            security=getattr(account, f"{kind}_security"),
+            username=getattr(account, f"{kind}_username"),
+        )
 
 
 class AccountOut(BaseModel):
@@ -93,6 +117,24 @@ class AccountOut(BaseModel):
     created_at: Timestamp
     updated_at: Timestamp
 
+    @classmethod
+    def of(cls, account: Account) -> AccountOut:
+        return cls(
+            id=account.id,
+            email=account.email,
+            display_name=account.display_name,
+            imap=ServerOut.of(account, "imap"),
+            smtp=ServerOut.of(account, "smtp"),
+            state=account.state,
+            last_error=account.last_error,
+            created_at=account.created_at,
+            updated_at=account.updated_at,
+        )
+
 
 class AccountPage(Page[AccountOut]):
     pass
+
+
+class AccountListParams(PageParams):
+    cursor: str | None = cursor_field(ID)

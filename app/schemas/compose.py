@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Annotated
 
 from pydantic import (
@@ -17,7 +18,10 @@ from pydantic import (
 )
 
 from app.mail.compose import ADDRESS_PATTERN, check_header_value, parse_address
+from app.models import OutboxEntry
 from app.schemas.common import Input, TextEnum, Timestamp, integral
+from app.schemas.pagination import ID, PageParams, cursor_field
+from app.services.compose import DraftContent, DraftView
 from app.states import DraftState, OutboxState, Resolution, SentCopy
 
 MAX_RECIPIENTS = 100  # per field
@@ -108,6 +112,22 @@ class DraftIn(Input):
     )
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
 
+    def content(self) -> DraftContent:
+        return DraftContent(
+            account_id=self.account_id,
+            to=self.to,
+            cc=self.cc,
+            bcc=self.bcc,
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            in_reply_to=self.in_reply_to,
+            attachments=[
+                (a.filename, a.content_type, base64.b64decode(a.content_base64))
+                for a in self.attachments
+            ],
+        )
+
 
 def _save_schema(schema: dict, model: type) -> None:
     # id and version are left out, never null; with id, version is required.
@@ -151,6 +171,30 @@ class DraftOut(BaseModel):
     created_at: Timestamp
     updated_at: Timestamp
 
+    @classmethod
+    def of(cls, view: DraftView) -> DraftOut:
+        draft = view.draft
+        return cls(
+            id=draft.id,
+            account_id=draft.account_id,
+            to=draft.to_addrs,
+            cc=draft.cc_addrs,
+            bcc=draft.bcc_addrs,
+            subject=draft.subject,
+            text=draft.text_body,
+            html=draft.html_body,
+            in_reply_to=draft.in_reply_to,
+            attachments=[
+                DraftAttachmentOut(**meta, content_base64=base64.b64encode(data).decode())
+                for meta, data in zip(draft.attachments, view.attachments, strict=True)
+            ],
+            version=draft.version,
+            state=draft.state,
+            outbox_id=view.outbox_id,
+            created_at=draft.created_at,
+            updated_at=draft.updated_at,
+        )
+
 
 class OutboxOut(BaseModel):
     id: int
@@ -169,10 +213,40 @@ class OutboxOut(BaseModel):
     updated_at: Timestamp
     sent_at: Timestamp | None
 
+    @classmethod
+    def of(cls, entry: OutboxEntry) -> OutboxOut:
+        return cls(
+            id=entry.id,
+            outbox_id=entry.id,
+            account_id=entry.account_id,
+            draft_id=entry.draft_id,
+            state=entry.state,
+            attempts=entry.attempts,
+            last_error=entry.last_error,
+            message_id=entry.message_id,
+            smtp_reply=entry.smtp_reply,
+            sent_copy=entry.sent_copy,
+            sent_copy_error=entry.sent_copy_error,
+            next_attempt_at=entry.next_attempt_at,
+            created_at=entry.created_at,
+            updated_at=entry.updated_at,
+            sent_at=entry.sent_at,
+        )
+
 
 class OutboxPage(BaseModel):
     items: list[OutboxOut]
     next_cursor: str | None
+
+
+class OutboxListParams(PageParams):
+    cursor: str | None = cursor_field(ID)
+    state: OutboxState | None = Field(None, description="Only entries in this state.")
+
+
+# The Idempotency-Key header of a send: printable ASCII without spaces at the ends, as the
+# IETF draft's examples are.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
 
 class ResolveIn(Input):

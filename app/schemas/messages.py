@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.models import Message
+from app.models import Message, MessageChange
 from app.schemas.common import Input, Page, PatchInput, Timestamp
+from app.schemas.pagination import DATE_ID, PageParams, cursor_field
+from app.services.messages import Copy, MessageView
 from app.states import ChangeKind, ChangeState
 
 
@@ -22,7 +24,7 @@ class FlagsOut(BaseModel):
 
 
 class MessageSummary(BaseModel):
-    """One copy of a message in one folder, as lists show it (shared/API.md)."""
+    """One copy of a message in one folder, as lists show it."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -71,13 +73,25 @@ def summary_model(message: Message, folder_name: str) -> MessageSummary:
     )
 
 
-def message_summary(message: Message, folder_name: str) -> dict:
-    """The summary of `message` as a JSON-ready dict (for jsonify)."""
-    return summary_model(message, folder_name).model_dump(mode="json", by_alias=True)
-
-
 class MessagePage(Page[MessageSummary]):
-    pass
+    @classmethod
+    def of(cls, copies: list[Copy], next_cursor: str | None) -> MessagePage:
+        return cls(
+            items=[summary_model(c.message, c.folder) for c in copies], next_cursor=next_cursor
+        )
+
+
+class MessageListParams(PageParams):
+    cursor: str | None = cursor_field(DATE_ID)
+    folder: str = Field("INBOX", description="A folder's full name (`/` separated) or a role.")
+
+
+class MessageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    remote_images: bool = Field(
+        False, description="true: keep remote images in the sanitised HTML (they reveal reads)."
+    )
 
 
 class AttachmentOut(BaseModel):
@@ -99,6 +113,21 @@ class MessageOut(MessageSummary):
     )
     attachments: list[AttachmentOut]
     parse_error: str | None = Field(description="Null unless the message could not be parsed.")
+
+    @classmethod
+    def of(cls, view: MessageView) -> MessageOut:
+        message = view.message
+        return cls(
+            **summary_model(message, view.folder).model_dump(),
+            headers=message.headers,
+            text=message.text_body,
+            html=view.html,
+            attachments=[
+                {k: a[k] for k in ("index", "filename", "content_type", "size")}
+                for a in message.attachments
+            ],
+            parse_error=message.parse_error,
+        )
 
 
 class FlagsIn(PatchInput):
@@ -122,3 +151,13 @@ class ChangeOut(BaseModel):
     kind: ChangeKind
     state: ChangeState
     created_at: Timestamp
+
+    @classmethod
+    def of(cls, change: MessageChange) -> ChangeOut:
+        return cls(
+            id=change.id,
+            message_id=change.message_id,
+            kind=change.kind,
+            state=change.state or ChangeState.PENDING,
+            created_at=change.created_at,
+        )

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import Page
-from app.schemas.messages import MessageSummary
+from app.schemas.messages import MessageSummary, summary_model
+from app.services.search import Hit
 from app.services.search.cursors import CURSOR_PATTERN
 from app.services.search.grammar import QUERY_SCHEMA
 
@@ -53,6 +54,10 @@ class SearchHit(MessageSummary):
     snippet: str = Field(
         description="Plain text, HTML-escaped, with the matched words in <mark>...</mark>."
     )
+
+    @classmethod
+    def of(cls, hit: Hit) -> SearchHit:
+        return cls(**summary_model(hit.message, hit.folder).model_dump(), snippet=hit.snippet)
 
 
 class SearchPage(Page[SearchHit]):

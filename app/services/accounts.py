@@ -1,52 +1,173 @@
-"""Mail accounts: create, read, update, delete, with encrypted credentials.
+"""Mail accounts: connect, read, change and delete them, with encrypted credentials.
 
-Every function takes a tenant-bound session (see app.tenancy), so a lookup of another
-tenant's account finds nothing and raises NotFound.
+Every function works in a tenant-bound unit on the API's path (app.tenancy), so a lookup of
+another tenant's account finds nothing and raises NotFound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
+from app.context import Unit
 from app.errors import NotFound, ValidationFailed
-from app.mail import MailAuthError, MailConnectionError, ServerSettings, imap, smtp
-from app.models import Account
+from app.mail import ServerSettings
+from app.models import Account, Folder
 from app.secrets import SecretBox
-from app.states import AccountState
+from app.states import AccountState, Security
 
-Verifier = Callable[[ServerSettings], None]
+KINDS = ("imap", "smtp")
+
+
+@dataclass(frozen=True)
+class ServerFields:
+    """One server's settings as a client gives them; password None keeps the stored one."""
+
+    host: str
+    port: int
+    security: Security
+    username: str
+    password: str | None = None
+
+    def with_password(self, password: str) -> ServerSettings:
+        return ServerSettings(self.host, self.port, self.security, self.username, password)
 
 
 @dataclass(frozen=True)
 class AccountFields:
-    """What a client sets on an account; a server's password None keeps the stored one."""
+    """What a client sets on an account."""
 
     email: str
     display_name: str | None
-    imap: ServerSettings
-    smtp: ServerSettings
+    imap: ServerFields
+    smtp: ServerFields
 
 
-def get_account(session: Session, account_id: int) -> Account:
-    account = session.get(Account, account_id)
+def get_account(unit: Unit, account_id: int) -> Account:
+    account = unit.session.get(Account, account_id)
     if account is None:
         raise NotFound(f"Account {account_id} does not exist.")
     return account
 
 
-def list_accounts(session: Session, after_id: int | None, limit: int) -> list[Account]:
+def list_accounts(unit: Unit, after_id: int | None, limit: int) -> list[Account]:
+    """Accounts by id, after `after_id`."""
     query = select(Account).order_by(Account.id).limit(limit)
     if after_id is not None:
         query = query.where(Account.id > after_id)
-    return list(session.scalars(query))
+    return list(unit.session.scalars(query))
 
 
-def server_settings(account: Account, box: SecretBox, kind: str) -> ServerSettings:
-    """The decrypted IMAP or SMTP settings of an account, for the protocol adapters."""
+def list_folders(unit: Unit, account_id: int, after: str | None, limit: int) -> list[Folder]:
+    """An account's folders by name, after the name `after`."""
+    account = get_account(unit, account_id)
+    query = select(Folder).where(Folder.account_id == account.id).order_by(Folder.name)
+    if after is not None:
+        query = query.where(Folder.name > after)
+    return list(unit.session.scalars(query.limit(limit)))
+
+
+def create_account(unit: Unit, fields: AccountFields, *, verify: bool) -> Account:
+    """A new account; with `verify`, only once both servers accepted the settings."""
+    complete = {kind: _required(kind, getattr(fields, kind)) for kind in KINDS}
+    if verify:
+        _verify(unit, complete["imap"], complete["smtp"])
+    account = Account(
+        email=fields.email, display_name=fields.display_name, state=AccountState.ACTIVE
+    )
+    for kind, server in complete.items():
+        _store(account, unit.ctx.secrets, kind, server)
+    unit.session.add(account)
+    unit.commit()
+    return account
+
+
+def replace_account(unit: Unit, account_id: int, fields: AccountFields, *, verify: bool) -> Account:
+    """Replace the account's settings; passwords left out (None) keep their stored values."""
+    account = get_account(unit, account_id)
+    box = unit.ctx.secrets
+    complete = {
+        kind: getattr(fields, kind).with_password(
+            getattr(fields, kind).password or _stored(account, box, kind).password
+        )
+        for kind in KINDS
+    }
+    if verify:
+        _verify(unit, complete["imap"], complete["smtp"])
+    changed_credentials = any(complete[kind] != _stored(account, box, kind) for kind in KINDS)
+    account.email, account.display_name = fields.email, fields.display_name
+    account.updated_at = func.now()  # type: ignore[assignment]
+    for kind, server in complete.items():
+        _store(account, box, kind, server)
+    # New credentials are the user's answer to an auth failure: try the account again.
+    if changed_credentials and account.state == AccountState.AUTH_FAILED:
+        account.state, account.last_error = AccountState.ACTIVE, None
+    unit.commit()
+    return account
+
+
+def patch_account(
+    unit: Unit, account_id: int, changes: Mapping[str, Any], *, verify: bool
+) -> Account:
+    """Change some settings: `changes` holds only the fields given (a server's as a mapping of
+    its own fields); everything else keeps its stored value, passwords included."""
+    account = get_account(unit, account_id)
+    changes = dict(changes)
+    servers = {}
+    for kind in KINDS:
+        stored = _stored(account, unit.ctx.secrets, kind)
+        current = ServerFields(stored.host, stored.port, stored.security, stored.username)
+        servers[kind] = replace(current, **(changes.pop(kind, None) or {}))
+    current_fields = AccountFields(account.email, account.display_name, **servers)
+    return replace_account(unit, account_id, replace(current_fields, **changes), verify=verify)
+
+
+def delete_account(unit: Unit, account_id: int) -> None:
+    """Remove the account; its synced data goes with it (foreign keys cascade)."""
+    unit.session.delete(get_account(unit, account_id))
+    unit.commit()
+
+
+def rotate_secrets(unit: Unit) -> tuple[int, int]:
+    """Re-encrypt every account password under the newest key; (re-encrypted, total).
+
+    Rows are locked while rotated so a concurrent update cannot write back an old token.
+    """
+    box = unit.ctx.secrets
+    rotated = total = 0
+    for account in unit.session.scalars(select(Account).order_by(Account.id).with_for_update()):
+        for column in ("imap_password_encrypted", "smtp_password_encrypted"):
+            total += 1
+            token = getattr(account, column)
+            if not box.is_current(token):
+                setattr(account, column, box.rotate(token))
+                rotated += 1
+    unit.commit()
+    return rotated, total
+
+
+def _verify(unit: Unit, imap: ServerSettings, smtp: ServerSettings) -> None:
+    """ValidationFailed carrying each server's reason, unless both accept the login."""
+    problems = unit.ctx.connector.check_logins(imap, smtp)
+    if problems:
+        raise ValidationFailed(
+            "The mail servers did not accept these settings.",
+            [{"field": p.server, "message": p.message} for p in problems],
+        )
+
+
+def _required(kind: str, server: ServerFields) -> ServerSettings:
+    if server.password is None:
+        raise ValidationFailed(
+            f"{kind}.password is required.", [{"field": f"{kind}.password", "message": "required"}]
+        )
+    return server.with_password(server.password)
+
+
+def _stored(account: Account, box: SecretBox, kind: str) -> ServerSettings:
     return ServerSettings(
         host=getattr(account, f"{kind}_host"),
         port=getattr(account, f"{kind}_port"),
@@ -56,119 +177,9 @@ def server_settings(account: Account, box: SecretBox, kind: str) -> ServerSettin
     )
 
 
-def verify_servers(fields: AccountFields, ca_file: str | None) -> None:
-    """Log in to both servers; ValidationFailed carrying each server's reason otherwise."""
-    problems = []
-    for kind, check in (("imap", imap.check_login), ("smtp", smtp.check_login)):
-        try:
-            check(getattr(fields, kind), ca_file)
-        except (MailAuthError, MailConnectionError) as exc:
-            problems.append({"field": kind, "message": str(exc)})
-    if problems:
-        raise ValidationFailed("The mail servers did not accept these settings.", problems)
-
-
-def create_account(
-    session: Session, box: SecretBox, fields: AccountFields, *, verify: bool, ca_file: str | None
-) -> Account:
-    if verify:
-        verify_servers(fields, ca_file)
-    account = Account(
-        email=fields.email, display_name=fields.display_name, state=AccountState.ACTIVE
-    )
-    _apply(account, box, fields)
-    session.add(account)
-    session.flush()
-    return account
-
-
-def update_account(
-    session: Session,
-    box: SecretBox,
-    account: Account,
-    fields: AccountFields,
-    *,
-    verify: bool,
-    ca_file: str | None,
-) -> Account:
-    """Replace the account's settings; passwords left out (None) keep their stored values."""
-    complete = replace(
-        fields,
-        imap=_with_stored_password(account, box, "imap", fields.imap),
-        smtp=_with_stored_password(account, box, "smtp", fields.smtp),
-    )
-    if verify:
-        verify_servers(complete, ca_file)
-    changed_credentials = any(
-        _credentials(complete, kind) != _credentials(current_fields(account, box), kind)
-        for kind in ("imap", "smtp")
-    )
-    account.email, account.display_name = complete.email, complete.display_name
-    account.updated_at = func.now()
-    _apply(account, box, complete)
-    # New credentials are the user's answer to an auth failure: try the account again.
-    if changed_credentials and account.state == AccountState.AUTH_FAILED:
-        account.state, account.last_error = AccountState.ACTIVE, None
-    session.flush()
-    return account
-
-
-def current_fields(account: Account, box: SecretBox) -> AccountFields:
-    """The account's settings as they are stored, passwords decrypted."""
-    return AccountFields(
-        email=account.email,
-        display_name=account.display_name,
-        imap=server_settings(account, box, "imap"),
-        smtp=server_settings(account, box, "smtp"),
-    )
-
-
-def delete_account(session: Session, account: Account) -> None:
-    """Remove the account; its synced data goes with it (foreign keys cascade)."""
-    session.delete(account)
-    session.flush()
-
-
-def _with_stored_password(
-    account: Account, box: SecretBox, kind: str, server: ServerSettings
-) -> ServerSettings:
-    if server.password is not None:
-        return server
-    return replace(server, password=box.decrypt(getattr(account, f"{kind}_password_encrypted")))
-
-
-def _credentials(fields: AccountFields, kind: str) -> tuple:
-    server: ServerSettings = getattr(fields, kind)
-    return (server.host, server.port, server.security, server.username, server.password)
-
-
-def _apply(account: Account, box: SecretBox, fields: AccountFields) -> None:
-    for kind in ("imap", "smtp"):
-        server: ServerSettings = getattr(fields, kind)
-        if server.password is None:
-            raise ValidationFailed(
-                f"{kind}.password is required.",
-                [{"field": f"{kind}.password", "message": "required"}],
-            )
-        setattr(account, f"{kind}_host", server.host)
-        setattr(account, f"{kind}_port", server.port)
-        setattr(account, f"{kind}_security", server.security)
-        setattr(account, f"{kind}_username", server.username)
-        setattr(account, f"{kind}_password_encrypted", box.encrypt(server.password))
-
-
-def rotate_secrets(session: Session, box: SecretBox) -> tuple[int, int]:
-    """Re-encrypt every account password under the newest key; (re-encrypted, total).
-
-    Rows are locked while rotated so a concurrent update cannot write back an old token.
-    """
-    rotated = total = 0
-    for account in session.scalars(select(Account).order_by(Account.id).with_for_update()):
-        for column in ("imap_password_encrypted", "smtp_password_encrypted"):
-            total += 1
-            token = getattr(account, column)
-            if not box.is_current(token):
-                setattr(account, column, box.rotate(token))
-                rotated += 1
-    session.flush()
-    return rotated, total
+def _store(account: Account, box: SecretBox, kind: str, server: ServerSettings) -> None:
+    setattr(account, f"{kind}_host", server.host)
+    setattr(account, f"{kind}_port", server.port)
+    setattr(account, f"{kind}_security", server.security)
+    setattr(account, f"{kind}_username", server.username)
+    setattr(account, f"{kind}_password_encrypted", box.encrypt(server.password))

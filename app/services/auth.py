@@ -15,9 +15,9 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.context import Unit
 from app.errors import Unauthorized
 from app.models import Tenant, User
 
@@ -49,9 +49,16 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-def login(session: Session, tenant_slug: str, username: str, password: str) -> Principal:
-    """The principal for valid credentials; Unauthorized, saying nothing of which part was wrong."""
-    row = session.execute(
+@dataclass(frozen=True)
+class Token:
+    access_token: str
+    expires_in: int  # seconds
+
+
+def login(unit: Unit, tenant_slug: str, username: str, password: str) -> Token:
+    """An access token for valid credentials; Unauthorized, saying nothing of which part was
+    wrong."""
+    row = unit.session.execute(
         select(User, Tenant)
         .join(Tenant, Tenant.id == User.tenant_id)
         .where(Tenant.slug == tenant_slug, User.username == username)
@@ -64,7 +71,10 @@ def login(session: Session, tenant_slug: str, username: str, password: str) -> P
         raise Unauthorized("Invalid credentials.")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
-    return Principal(user.id, tenant.id, tenant.slug, user.username)
+        unit.commit()
+    settings = unit.ctx.settings
+    principal = Principal(user.id, tenant.id, tenant.slug, user.username)
+    return Token(issue_token(settings, principal), settings.jwt_ttl_seconds)
 
 
 def issue_token(settings: Settings, principal: Principal) -> str:
@@ -80,12 +90,13 @@ def issue_token(settings: Settings, principal: Principal) -> str:
     return jwt.encode(claims, settings.jwt_secret, algorithm=ALGORITHM)
 
 
-def authenticate(session: Session, settings: Settings, token: str) -> Principal:
+def authenticate(unit: Unit, token: str) -> Principal:
     """The principal a bearer token stands for, or Unauthorized.
 
     Only HS256 is accepted (never `none`, never an algorithm named by the token), every claim
     is required, and the user must still exist in the token's tenant.
     """
+    settings = unit.ctx.settings
     try:
         claims = jwt.decode(
             token,
@@ -98,7 +109,7 @@ def authenticate(session: Session, settings: Settings, token: str) -> Principal:
             raise ValueError("tenant claim")
     except (jwt.PyJWTError, ValueError, TypeError):
         raise Unauthorized("Invalid or expired token.") from None
-    row = session.execute(
+    row = unit.session.execute(
         select(User, Tenant)
         .join(Tenant, Tenant.id == User.tenant_id)
         .where(User.id == user_id, Tenant.slug == claims["tenant"])

@@ -8,15 +8,17 @@ read-only. An Idempotency-Key names one entry per tenant for 24 hours.
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.context import Unit
 from app.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from app.jobs import SEND_MESSAGE
 from app.mail.compose import Address, Outgoing, OutgoingAttachment, build, parse_address
 from app.models import Account, Draft, DraftAttachment, Message, OutboxEntry
 from app.services.accounts import get_account
@@ -42,12 +44,27 @@ class DraftContent:
     attachments: list[tuple[str, str, bytes]]  # filename, content type, bytes
 
 
-def get_draft(session: Session, draft_id: int, *, for_update: bool = False) -> Draft:
+@dataclass(frozen=True)
+class DraftView:
+    """A draft as one reads it: with its attachments' bytes and, once sent, its outbox entry."""
+
+    draft: Draft
+    attachments: list[bytes]
+    outbox_id: int | None
+
+
+def _draft(session: Session, draft_id: int, *, for_update: bool = False) -> Draft:
     query = select(Draft).where(Draft.id == draft_id)
     draft = session.scalars(query.with_for_update() if for_update else query).first()
     if draft is None:
         raise NotFound(f"Draft {draft_id} does not exist.")
     return draft
+
+
+def get_draft(unit: Unit, draft_id: int) -> DraftView:
+    draft = _draft(unit.session, draft_id)
+    entry = outbox_of(unit.session, draft) if draft.state == DraftState.SENT else None
+    return DraftView(draft, attachment_bytes(unit.session, draft), entry.id if entry else None)
 
 
 def attachment_bytes(session: Session, draft: Draft) -> list[bytes]:
@@ -63,20 +80,36 @@ def outbox_of(session: Session, draft: Draft) -> OutboxEntry | None:
     return session.scalars(select(OutboxEntry).where(OutboxEntry.draft_id == draft.id)).first()
 
 
-def create_draft(session: Session, content: DraftContent, max_bytes: int) -> Draft:
+def create_draft(unit: Unit, content: DraftContent) -> DraftView:
+    session = unit.session
     draft = Draft(version=1, state=DraftState.DRAFT)
-    _fill(session, draft, content, max_bytes)
+    _fill(unit, draft, content)
     session.add(draft)
     session.flush()
     _store_attachments(session, draft, content)
-    return draft
+    unit.commit()
+    return get_draft(unit, draft.id)
 
 
-def update_draft(
-    session: Session, draft_id: int, version: int, content: DraftContent, max_bytes: int
-) -> Draft:
+def save_draft(
+    unit: Unit, draft_id: int | None, version: int | None, content: DraftContent
+) -> tuple[DraftView, bool]:
+    """A new draft without `draft_id`, else an update of that draft at `version`; (the draft,
+    whether it was created)."""
+    if draft_id is None:
+        return create_draft(unit, content), True
+    if version is None:
+        raise ValidationFailed(
+            "The request is invalid.",
+            [{"field": "version", "message": "required to update a draft"}],
+        )
+    return update_draft(unit, draft_id, version, content), False
+
+
+def update_draft(unit: Unit, draft_id: int, version: int, content: DraftContent) -> DraftView:
     """Replace a draft's content; Conflict when `version` is not its current one."""
-    draft = get_draft(session, draft_id, for_update=True)
+    session = unit.session
+    draft = _draft(session, draft_id, for_update=True)
     if draft.state != DraftState.DRAFT:
         raise Conflict(f"Draft {draft.id} was sent and can no longer change.")
     if draft.version != version:
@@ -84,23 +117,26 @@ def update_draft(
             f"Draft {draft.id} is at version {draft.version}, not {version}: it changed "
             "since it was read. Read it again and reapply the change."
         )
-    _fill(session, draft, content, max_bytes)
+    _fill(unit, draft, content)
     draft.version = version + 1
     draft.updated_at = datetime.now(timezone.utc)
     session.execute(delete(DraftAttachment).where(DraftAttachment.draft_id == draft.id))
     _store_attachments(session, draft, content)
-    return draft
+    unit.commit()
+    return get_draft(unit, draft.id)
 
 
-def delete_draft(session: Session, draft_id: int) -> None:
-    draft = get_draft(session, draft_id, for_update=True)
+def delete_draft(unit: Unit, draft_id: int) -> None:
+    draft = _draft(unit.session, draft_id, for_update=True)
     if draft.state != DraftState.DRAFT:
         raise Conflict(f"Draft {draft.id} was sent and can no longer change.")
-    session.delete(draft)
+    unit.session.delete(draft)
+    unit.commit()
 
 
-def _fill(session: Session, draft: Draft, content: DraftContent, max_bytes: int) -> None:
-    account = get_account(session, content.account_id)
+def _fill(unit: Unit, draft: Draft, content: DraftContent) -> None:
+    session, max_bytes = unit.session, unit.ctx.settings.max_message_bytes
+    account = get_account(unit, content.account_id)
     size = sum(len(part.encode()) for part in (content.text or "", content.html or ""))
     size += sum(len(data) for _, _, data in content.attachments)
     if size > max_bytes:
@@ -170,16 +206,32 @@ def _store_attachments(session: Session, draft: Draft, content: DraftContent) ->
         session.add(DraftAttachment(draft_id=draft.id, position=position, data=data))
 
 
-def request_send(
-    session: Session, draft_id: int, idempotency_key: str | None
-) -> tuple[OutboxEntry, bool]:
-    """The draft's outbox entry, queued; (entry, True) when this call created it.
+def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> OutboxEntry:
+    """Queue the draft in the outbox and enqueue its delivery; its outbox entry.
 
     The same key (per tenant, within 24 hours) returns the entry it created, whatever its
-    state; the same key with another draft, or sending a sent draft without its key, is a
-    Conflict naming the entry.
+    state, and enqueues nothing; the same key with another draft, or sending a sent draft
+    without its key, is a Conflict naming the entry.
     """
-    draft = get_draft(session, draft_id, for_update=True)
+    try:
+        entry, created = _queue(unit.session, draft_id, idempotency_key)
+        unit.commit()
+    except IntegrityError:
+        # The same key arrived twice at once: the other request's entry is the answer.
+        unit.session.rollback()
+        entry, created = _queue(unit.session, draft_id, idempotency_key)
+        unit.commit()
+    if created:
+        # Should Redis fail here, the entry is stored: the scheduler's sweep queues it.
+        unit.ctx.jobs.enqueue(SEND_MESSAGE, entry.id)
+    return entry
+
+
+def _queue(
+    session: Session, draft_id: int, idempotency_key: str | None
+) -> tuple[OutboxEntry, bool]:
+    """The draft's outbox entry, queued; (entry, True) when this call created it."""
+    draft = _draft(session, draft_id, for_update=True)
     if idempotency_key is not None:
         earlier = session.scalars(
             select(OutboxEntry).where(OutboxEntry.idempotency_key == idempotency_key)
@@ -199,7 +251,7 @@ def request_send(
         raise Conflict(
             f"Draft {draft.id} was already sent: outbox entry {entry.id if entry else '?'}."
         )
-    account = session.get(Account, draft.account_id)
+    account = session.get_one(Account, draft.account_id)
     outgoing = Outgoing(
         sender=Address(account.display_name or None, account.email),
         to=[parse_address(a) for a in draft.to_addrs],
@@ -236,11 +288,6 @@ def request_send(
     draft.updated_at = _now()
     session.flush()
     return entry, True
-
-
-def decode_attachments(items) -> list[tuple[str, str, bytes]]:
-    """(filename, content type, bytes) of validated AttachmentIn items."""
-    return [(a.filename, a.content_type, base64.b64decode(a.content_base64)) for a in items]
 
 
 def _now() -> datetime:

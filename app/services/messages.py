@@ -10,23 +10,28 @@ server has done it (its new UID in the target folder is known from COPYUID, RFC 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session, load_only, sessionmaker
+from sqlalchemy.orm import Session, load_only
 
+from app.context import ServiceContext, Unit
 from app.errors import Conflict, NotFound, ValidationFailed
+from app.jobs import APPLY_MESSAGE_CHANGES, backoff
 from app.mail import MailConnectionError
 from app.mail.imap import FolderGone, ImapSession
-from app.mail.mime import Attachment, attachment_content
+from app.mail.mime import Attachment, attachment_content, parse_message
 from app.models import Account, Folder, Message, MessageChange, MessageRaw
-from app.secrets import SecretBox
-from app.services.accounts import server_settings
+from app.services.accounts import get_account
 from app.services.sync import count_folder
 from app.states import ChangeKind, ChangeState, FolderRole
 
 log = logging.getLogger(__name__)
+# Network failures are retried this many times, with exponential backoff and jitter.
+APPLY_RETRIES = 5
 # Columns a moved copy takes over from the original (the rest is its own, or generated).
 _OWN_COLUMNS = {"id", "folder_id", "uidvalidity", "uid", "modseq", "created_at"}
 # What a summary shows (lists and search hits load only these).
@@ -51,9 +56,26 @@ SUMMARY_COLUMNS = (
 )
 
 
-def get_message(session: Session, message_id: int) -> tuple[Message, Folder]:
+@dataclass(frozen=True)
+class Copy:
+    """A message (one copy in one folder) and the folder's name."""
+
+    message: Message
+    folder: str
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """A message as one reads it: its copy and its HTML (sanitised)."""
+
+    message: Message
+    folder: str
+    html: str | None
+
+
+def get_message(unit: Unit, message_id: int) -> tuple[Message, Folder]:
     """A current copy and its folder; a copy left behind by a UIDVALIDITY change is gone."""
-    row = session.execute(
+    row = unit.session.execute(
         select(Message, Folder)
         .join(Folder, Folder.id == Message.folder_id)
         .where(Message.id == message_id, Message.uidvalidity == Folder.uidvalidity)
@@ -61,6 +83,17 @@ def get_message(session: Session, message_id: int) -> tuple[Message, Folder]:
     if row is None:
         raise NotFound(f"Message {message_id} does not exist.")
     return row[0], row[1]
+
+
+def read_message(unit: Unit, message_id: int, *, remote_images: bool = False) -> MessageView:
+    """A message in full; with `remote_images`, its HTML keeps remote images."""
+    message, folder = get_message(unit, message_id)
+    html = message.html_body
+    if html is not None and remote_images:
+        # The stored HTML had remote loads removed; asking for them means sanitising the
+        # original again, from the raw bytes.
+        html = parse_message(raw_bytes(unit, message), allow_remote=True).html
+    return MessageView(message, folder.name, html)
 
 
 def find_folder(session: Session, account_id: int, name: str) -> Folder | None:
@@ -75,14 +108,22 @@ def find_folder(session: Session, account_id: int, name: str) -> Folder | None:
 
 
 def list_messages(
-    session: Session, folder: Folder, after: tuple[datetime | None, int] | None, limit: int
-) -> list[Message]:
+    unit: Unit,
+    account_id: int,
+    folder_name: str,
+    after: tuple[datetime | None, int] | None,
+    limit: int,
+) -> list[Copy]:
     """A folder's current copies, newest first, keyset-paginated on (date, id).
 
     The order is ix_messages_folder_date's (date DESC, id DESC), so a page is an index range
     scan; every synced message has a date (the Date header, else the server's internal date).
     Only the summary's columns are loaded: no bodies for a list.
     """
+    account = get_account(unit, account_id)
+    folder = find_folder(unit.session, account.id, folder_name)
+    if folder is None:
+        raise NotFound(f"Account {account_id} has no folder {folder_name!r}.")
     query = (
         select(Message)
         .options(load_only(*SUMMARY_COLUMNS))
@@ -92,7 +133,7 @@ def list_messages(
     )
     if after is not None:
         query = query.where(date_keyset(*after))
-    return list(session.scalars(query))
+    return [Copy(message, folder.name) for message in unit.session.scalars(query)]
 
 
 def date_keyset(date: datetime | None, message_id: int) -> ColumnElement[bool]:
@@ -105,33 +146,48 @@ def date_keyset(date: datetime | None, message_id: int) -> ColumnElement[bool]:
     return tuple_(Message.date, Message.id) < tuple_(date, message_id)
 
 
-def raw_bytes(session: Session, message: Message) -> bytes:
+def raw_bytes(unit: Unit, message: Message) -> bytes:
     """Exactly the bytes the server sent."""
-    return bytes(session.scalar(select(MessageRaw.data).where(MessageRaw.id == message.raw_id)))
+    data = unit.session.scalar(select(MessageRaw.data).where(MessageRaw.id == message.raw_id))
+    return bytes(data or b"")
 
 
-def attachment(session: Session, message: Message, index: int) -> tuple[Attachment, bytes]:
-    found = attachment_content(raw_bytes(session, message), index)
+def raw_message(unit: Unit, message_id: int) -> bytes:
+    """A message exactly as the server sent it."""
+    message, _ = get_message(unit, message_id)
+    return raw_bytes(unit, message)
+
+
+def attachment(unit: Unit, message_id: int, index: int) -> tuple[Attachment, bytes]:
+    """One attachment of a message: its metadata and its decoded bytes."""
+    message, _ = get_message(unit, message_id)
+    found = attachment_content(raw_bytes(unit, message), index)
     if found is None:
         raise NotFound(f"Message {message.id} has no attachment {index}.")
     return found
 
 
 def request_flags(
-    session: Session, message: Message, seen: bool | None, flagged: bool | None
+    unit: Unit, message: Message, seen: bool | None, flagged: bool | None
 ) -> MessageChange:
     """Change flags now in our copy; a worker writes them to the server."""
+    if seen is None and flagged is None:
+        raise ValidationFailed(
+            "Nothing to change: give seen and/or flagged.",
+            [{"field": "body", "message": "seen or flagged required"}],
+        )
     if seen is not None:
         message.seen = seen
     if flagged is not None:
         message.flagged = flagged
-    change = _record(session, message, kind=ChangeKind.FLAGS, seen=seen, flagged=flagged)
-    count_folder(session, message.folder_id)  # its unread count, shown at once too
-    return change
+    count_folder(unit.session, message.folder_id)  # its unread count, shown at once too
+    return _record(unit, message, kind=ChangeKind.FLAGS, seen=seen, flagged=flagged)
 
 
-def request_move(session: Session, message: Message, folder: Folder, target: str) -> MessageChange:
-    destination = find_folder(session, message.account_id, target)
+def request_move(unit: Unit, message: Message, target: str) -> MessageChange:
+    """Move to another folder (a name or a role)."""
+    folder = unit.session.get_one(Folder, message.folder_id)
+    destination = find_folder(unit.session, message.account_id, target)
     if destination is None:
         raise ValidationFailed(
             f"Account {message.account_id} has no folder {target!r}.",
@@ -142,38 +198,36 @@ def request_move(session: Session, message: Message, folder: Folder, target: str
             f"Message {message.id} is already in {folder.name}.",
             [{"field": "folder", "message": "the message is already there"}],
         )
-    return _record(session, message, kind=ChangeKind.MOVE, target_folder_id=destination.id)
+    return _record(unit, message, kind=ChangeKind.MOVE, target_folder_id=destination.id)
 
 
-def request_delete(session: Session, message: Message, folder: Folder) -> MessageChange:
+def request_delete(unit: Unit, message_id: int) -> MessageChange:
     """To Trash; from Trash, for good."""
+    message, folder = get_message(unit, message_id)
     if folder.role == FolderRole.TRASH:
-        return _record(session, message, kind=ChangeKind.DELETE)
-    trash = find_folder(session, message.account_id, FolderRole.TRASH)
+        return _record(unit, message, kind=ChangeKind.DELETE)
+    trash = find_folder(unit.session, message.account_id, FolderRole.TRASH)
     if trash is None:
         raise Conflict(f"Account {message.account_id} has no Trash folder to delete into.")
-    return _record(session, message, kind=ChangeKind.MOVE, target_folder_id=trash.id)
+    return _record(unit, message, kind=ChangeKind.MOVE, target_folder_id=trash.id)
 
 
-def _record(session: Session, message: Message, **change) -> MessageChange:
+def _record(unit: Unit, message: Message, **change: Any) -> MessageChange:
+    """Store the change, then queue the worker that writes it to the server."""
     row = MessageChange(account_id=message.account_id, message_id=message.id, **change)
-    session.add(row)
-    session.flush()
+    unit.session.add(row)
+    unit.commit()
+    unit.ctx.jobs.enqueue(APPLY_MESSAGE_CHANGES, row.account_id)
     return row
 
 
-def apply_changes(
-    sessions: sessionmaker[Session],
-    box: SecretBox,
-    ca_file: str | None,
-    account_id: int,
-    limit: int = 500,
-) -> int:
+def apply_changes(ctx: ServiceContext, account_id: int, limit: int = 500) -> int:
     """Write an account's pending changes to its IMAP server, oldest first; how many applied.
 
     A network failure leaves the remaining changes pending (the job retries them); a change
     that cannot be applied (its folder is gone, its copy is stale) is marked failed.
     """
+    sessions = ctx.sessions
     with sessions() as s:
         pending = list(
             s.scalars(
@@ -186,16 +240,15 @@ def apply_changes(
                 .limit(limit)
             )
         )
-        if not pending:
-            return 0
         account = s.get(Account, account_id)
-        server = server_settings(account, box, "imap")
+    if not pending or account is None:
+        return 0
     applied = 0
-    with ImapSession.open(server, ca_file) as imap:
+    with ctx.connector.imap(account) as imap:
         selected: str | None = None
         for change_id in pending:
             with sessions.begin() as s:
-                change = s.get(MessageChange, change_id)
+                change = s.get_one(MessageChange, change_id)
                 found = s.execute(
                     select(Message, Folder)
                     .join(Folder, Folder.id == Message.folder_id)
@@ -228,6 +281,17 @@ def apply_changes(
     return applied
 
 
+def run_apply_job(ctx: ServiceContext, account_id: int, attempt: int = 0) -> int:
+    """The write-back job: apply the pending changes; a network failure is retried later."""
+    try:
+        return apply_changes(ctx, account_id)
+    except MailConnectionError:
+        if attempt >= APPLY_RETRIES:
+            raise
+        ctx.jobs.enqueue(APPLY_MESSAGE_CHANGES, account_id, attempt + 1, delay=backoff(attempt))
+        return 0
+
+
 def _apply(
     s: Session, imap: ImapSession, change: MessageChange, message: Message, folder: Folder
 ) -> None:
@@ -243,7 +307,7 @@ def _apply(
         s.flush()
         count_folder(s, folder.id)
     else:
-        target = s.get(Folder, change.target_folder_id)
+        target = s.get_one(Folder, change.target_folder_id)
         new_uid = imap.move(message.uid, target.remote_name)
         if new_uid is not None and target.uidvalidity is not None:
             _copy_to(s, message, target, new_uid)

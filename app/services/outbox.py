@@ -1,6 +1,6 @@
 """Delivering outbox entries over SMTP exactly once, and the copy in the Sent folder.
 
-The state machine (shared/API.md): queued -> sending -> sent | failed | uncertain.
+The state machine (app.states.OutboxState): queued -> sending -> sent | failed | uncertain.
 - Whoever works on an entry holds its advisory lock (app.db.advisory_lock) on a connection of
   its own; PostgreSQL drops the lock when that process dies, so an entry found `sending` while
   its lock is free was left by a dead worker.
@@ -22,17 +22,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.context import ServiceContext, Unit
 from app.db import advisory_lock
 from app.errors import Conflict, NotFound
+from app.jobs import FILE_SENT_COPY, SEND_MESSAGE, backoff
 from app.mail import MailAuthError, MailConnectionError, MailError
 from app.mail.imap import ImapSession
-from app.mail.smtp import SendDeferred, SendRejected, SendUncertain, submit
+from app.mail.smtp import SendDeferred, SendRejected, SendUncertain
 from app.models import Account, Folder, OutboxEntry
-from app.queues import backoff
-from app.secrets import SecretBox
-from app.services.accounts import server_settings
 from app.states import FolderRole, OutboxState, Resolution, SentCopy
 
 log = logging.getLogger(__name__)
@@ -73,21 +71,16 @@ class Outcome:
 class Deliverer:
     """Sends outbox entries and files their Sent copies (worker side: no tenant binding)."""
 
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        box: SecretBox,
-        ca_file: str | None = None,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.box = box
-        self.ca_file = ca_file
-        self.policy = policy or RetryPolicy()
+    def __init__(self, ctx: ServiceContext, policy: RetryPolicy | None = None) -> None:
+        self.ctx = ctx
+        self.sessions = ctx.sessions
+        self.policy = policy or RetryPolicy(
+            ctx.settings.send_max_attempts, ctx.settings.send_retry_seconds
+        )
 
     def deliver(self, outbox_id: int) -> Outcome:
         """One attempt at an entry; safe to run twice, concurrently, or after a crash."""
-        with advisory_lock(self.sessions.kw["bind"], lock_key(outbox_id)) as locked:
+        with advisory_lock(self.ctx.engine, lock_key(outbox_id)) as locked:
             if not locked:
                 return Outcome("busy")
             with self.sessions.begin() as s:
@@ -101,19 +94,13 @@ class Deliverer:
                 entry.state, entry.dot_sent_at = OutboxState.SENDING, None
                 entry.attempts += 1
                 entry.updated_at = _now()
-                account = s.get(Account, entry.account_id)
-                smtp = server_settings(account, self.box, "smtp")
+                account = s.get_one(Account, entry.account_id)
                 sender, recipients = entry.envelope_from, list(entry.recipients)
                 mime, attempts = entry.mime, entry.attempts
             # `sending` is committed: from here a crash is settled by _settle_dead.
             try:
-                reply = submit(
-                    smtp,
-                    sender,
-                    recipients,
-                    mime,
-                    before_dot=lambda: self._mark_dot(outbox_id),
-                    ca_file=self.ca_file,
+                reply = self.ctx.connector.submit(
+                    account, sender, recipients, mime, before_dot=lambda: self._mark_dot(outbox_id)
                 )
             except SendUncertain as exc:
                 return self._finish(outbox_id, OutboxState.UNCERTAIN, str(exc))
@@ -173,15 +160,14 @@ class Deliverer:
 
     def file_sent_copy(self, outbox_id: int) -> Outcome:
         """APPEND the sent message to the account's Sent folder, unless it is there already."""
-        with advisory_lock(self.sessions.kw["bind"], lock_key(outbox_id)) as locked:
+        with advisory_lock(self.ctx.engine, lock_key(outbox_id)) as locked:
             if not locked:
                 return Outcome("busy")
             with self.sessions() as s:
                 entry = s.get(OutboxEntry, outbox_id)
                 if entry is None or entry.sent_copy != SentCopy.PENDING:
                     return Outcome(entry.sent_copy if entry else "gone")
-                account = s.get(Account, entry.account_id)
-                imap = server_settings(account, self.box, "imap")
+                account = s.get_one(Account, entry.account_id)
                 known = s.scalars(
                     select(Folder.name).where(
                         Folder.account_id == account.id, Folder.role == FolderRole.SENT
@@ -189,7 +175,7 @@ class Deliverer:
                 ).first()
                 mime, message_id, when = entry.mime, entry.message_id, entry.sent_at
             try:
-                with ImapSession.open(imap, self.ca_file) as session:
+                with self.ctx.connector.imap(account) as session:
                     folder = _sent_folder(session, known)
                     if not session.has_message_id(folder, message_id):
                         session.append(folder, mime, [b"\\Seen"], when or _now())
@@ -253,7 +239,7 @@ class Deliverer:
 
     def _settle_if_dead(self, outbox_id: int) -> bool:
         """Settle a `sending` entry nobody holds; True when it is queued again."""
-        with advisory_lock(self.sessions.kw["bind"], lock_key(outbox_id)) as locked:
+        with advisory_lock(self.ctx.engine, lock_key(outbox_id)) as locked:
             if not locked:
                 return False
             with self.sessions.begin() as s:
@@ -296,18 +282,51 @@ def _sent_folder(session: ImapSession, known: str | None) -> str:
     return SENT_FOLDER
 
 
+# -- the jobs --------------------------------------------------------------------------------
+
+
+def send(ctx: ServiceContext, outbox_id: int) -> str:
+    """The send job: one delivery attempt; schedules its retry or its Sent copy."""
+    outcome = Deliverer(ctx).deliver(outbox_id)
+    if outcome.attempted:
+        ctx.counters.count_send("deferred" if outcome.retry_in is not None else outcome.state)
+    if outcome.retry_in is not None:
+        ctx.jobs.enqueue(SEND_MESSAGE, outbox_id, delay=outcome.retry_in)
+    if outcome.copy:
+        ctx.jobs.enqueue(FILE_SENT_COPY, outbox_id)
+    return outcome.state
+
+
+def file_copy(ctx: ServiceContext, outbox_id: int) -> str:
+    """The Sent-copy job: APPEND the sent message (once); retried on failure."""
+    outcome = Deliverer(ctx).file_sent_copy(outbox_id)
+    if outcome.retry_in is not None:
+        ctx.jobs.enqueue(FILE_SENT_COPY, outbox_id, delay=outcome.retry_in)
+    return outcome.state
+
+
+def recover(ctx: ServiceContext) -> int:
+    """Settle sends whose worker died and queue work whose job was lost; how many queued."""
+    send_ids, copy_ids = Deliverer(ctx).sweep()
+    for outbox_id in send_ids:
+        ctx.jobs.enqueue(SEND_MESSAGE, outbox_id)
+    for outbox_id in copy_ids:
+        ctx.jobs.enqueue(FILE_SENT_COPY, outbox_id)
+    return len(send_ids) + len(copy_ids)
+
+
 # -- the API's side -------------------------------------------------------------------------
 
 
-def get_entry(session: Session, outbox_id: int) -> OutboxEntry:
-    entry = session.scalars(select(OutboxEntry).where(OutboxEntry.id == outbox_id)).first()
+def get_entry(unit: Unit, outbox_id: int) -> OutboxEntry:
+    entry = unit.session.scalars(select(OutboxEntry).where(OutboxEntry.id == outbox_id)).first()
     if entry is None:
         raise NotFound(f"Outbox entry {outbox_id} does not exist.")
     return entry
 
 
 def list_entries(
-    session: Session, state: str | None, after_id: int | None, limit: int
+    unit: Unit, state: OutboxState | None, after_id: int | None, limit: int
 ) -> list[OutboxEntry]:
     """Newest first, keyset-paginated on id."""
     query = select(OutboxEntry).order_by(OutboxEntry.id.desc()).limit(limit)
@@ -315,12 +334,12 @@ def list_entries(
         query = query.where(OutboxEntry.state == state)
     if after_id is not None:
         query = query.where(OutboxEntry.id < after_id)
-    return list(session.scalars(query))
+    return list(unit.session.scalars(query))
 
 
-def resolve(session: Session, outbox_id: int, outcome: Resolution) -> OutboxEntry:
+def resolve(unit: Unit, outbox_id: int, outcome: Resolution) -> OutboxEntry:
     """The user settles an entry: an uncertain one as sent or failed, or sends one again."""
-    entry = session.scalars(
+    entry = unit.session.scalars(
         select(OutboxEntry).where(OutboxEntry.id == outbox_id).with_for_update()
     ).first()
     if entry is None:
@@ -344,6 +363,11 @@ def resolve(session: Session, outbox_id: int, outcome: Resolution) -> OutboxEntr
         entry.sent_at, entry.sent_copy = entry.sent_at or _now(), SentCopy.PENDING
     else:
         entry.state = OutboxState.FAILED
+    unit.commit()
+    if entry.state == OutboxState.QUEUED:
+        unit.ctx.jobs.enqueue(SEND_MESSAGE, entry.id)
+    elif entry.sent_copy == SentCopy.PENDING:
+        unit.ctx.jobs.enqueue(FILE_SENT_COPY, entry.id)
     return entry
 
 

@@ -129,13 +129,11 @@ def test_token_of_another_tenant_claim_is_401(client, env, tenant_a, tenant_b):
     assert response.status_code == 401
 
 
-def test_deleted_user_token_stops_working_even_when_recreated(client, db, tenant_a):
+def test_deleted_user_token_stops_working_even_when_recreated(client, unit, tenant_a):
     assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
-    delete_user(db, tenant_a.slug, "alice")
-    db.commit()
+    delete_user(unit, tenant_a.slug, "alice")
     assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 401
-    create_user(db, tenant_a.slug, "alice", "a-new-password")
-    db.commit()
+    create_user(unit, tenant_a.slug, "alice", "a-new-password")
     assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 401
 
 

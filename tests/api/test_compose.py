@@ -157,16 +157,14 @@ def test_bad_input_is_422_naming_the_field_and_nothing_is_stored(
     assert outbox_count(db) == before
 
 
-def test_another_tenants_account_or_message_is_404(
-    client, tenant_a, tenant_b, db_sessionmaker, env
-):
+def test_another_tenants_account_or_message_is_404(client, tenant_a, tenant_b, ctx):
     from tests.mailbox import add_account
 
     class Nobody:
         host, imap_port, submission_port = "127.0.0.1", 1, 1
         email, password = "nobody@example.test", "x"
 
-    others = add_account(db_sessionmaker, env, tenant_b.tenant_id, Nobody)
+    others = add_account(ctx, tenant_b.tenant_id, Nobody)
     response = client.post("/api/compose", json=draft_body(others), headers=tenant_a.headers)
     assert response.status_code == 404
     assert f"Account {others}" in response.get_json()["error"]["message"]
@@ -243,11 +241,11 @@ def test_an_idempotency_key_returns_the_same_entry(client, tenant_a, account_id,
 
 
 def test_keys_are_per_tenant_and_expire_after_a_day(
-    client, tenant_a, tenant_b, account_id, db_sessionmaker, env, mailbox
+    client, tenant_a, tenant_b, account_id, ctx, db_sessionmaker, mailbox
 ):
     from tests.mailbox import add_account
 
-    b_account = add_account(db_sessionmaker, env, tenant_b.tenant_id, mailbox)
+    b_account = add_account(ctx, tenant_b.tenant_id, mailbox)
     key = {"Idempotency-Key": "same-key"}
     a_draft = client.post("/api/compose", json=draft_body(account_id), headers=tenant_a.headers)
     b_draft = client.post("/api/compose", json=draft_body(b_account), headers=tenant_b.headers)

@@ -39,10 +39,10 @@ schema = schemathesis.pytest.from_fixture("fuzzed_app")
 
 
 @pytest.fixture(scope="module")
-def tokens(db_sessionmaker, env):
+def tokens(ctx):
     from tests.conftest import make_tenant_user
 
-    return [make_tenant_user(db_sessionmaker, env, "fuzz").token for _ in range(2)]
+    return [make_tenant_user(ctx, "fuzz").token for _ in range(2)]
 
 
 @schema.parametrize()

@@ -16,11 +16,10 @@ PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 
 
 @pytest.fixture
-def other_tenant_ids(tenant_b, mailbox, make_syncer, db_sessionmaker, env) -> dict[str, int]:
+def other_tenant_ids(tenant_b, mailbox, make_syncer, ctx, db_sessionmaker) -> dict[str, int]:
     """One resource of each kind owned by tenant B, by the URL parameter naming it: an account
     with a synced message that has an attachment, a draft and an outbox entry."""
-    from app.services.compose import DraftContent, create_draft, request_send
-    from app.tenancy import bind_tenant
+    from app.services.compose import DraftContent, create_draft, send_draft
 
     mailbox.append(
         "INBOX",
@@ -28,16 +27,13 @@ def other_tenant_ids(tenant_b, mailbox, make_syncer, db_sessionmaker, env) -> di
             subject="B's secret", attachments=[("b.txt", "text/plain", b"only B may read this")]
         ),
     )
-    account_id = add_account(db_sessionmaker, env, tenant_b.tenant_id, mailbox)
+    account_id = add_account(ctx, tenant_b.tenant_id, mailbox)
     make_syncer().sync_account(account_id)
     [message_id] = [m.id for m in stored(db_sessionmaker, account_id)["INBOX"].values()]
-    with db_sessionmaker() as session:
-        bind_tenant(session, tenant_b.tenant_id)
+    with ctx.work(tenant_b.tenant_id) as unit:
         content = DraftContent(account_id, [mailbox.email], [], [], "B's", "x", None, None, [])
-        draft = create_draft(session, content, 1 << 20)
-        entry, _ = request_send(session, draft.id, None)
-        draft_id = create_draft(session, content, 1 << 20).id  # still a draft
-        session.commit()
+        entry = send_draft(unit, create_draft(unit, content).draft.id, None)
+        draft_id = create_draft(unit, content).draft.id  # still a draft
     return {
         "account_id": account_id,
         "message_id": message_id,

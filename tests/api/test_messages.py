@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from app.secrets import SecretBox
 from app.services.messages import apply_changes
 from tests.mailbox import message, stored, wire_log
 
@@ -45,11 +44,6 @@ def synced(client, tenant_a, account_id, mailbox, make_syncer, db_sessionmaker):
     make_syncer().sync_account(account_id)
     rows = stored(db_sessionmaker, account_id)["INBOX"]
     return {m.subject: m.id for m in rows.values()}
-
-
-def apply(db_sessionmaker, env, stack_ca=None, account_id=None) -> int:
-    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
-    return apply_changes(db_sessionmaker, box, stack_ca, account_id)
 
 
 def test_a_folder_lists_newest_first_with_a_cursor(client, tenant_a, account_id, synced):
@@ -135,7 +129,7 @@ def test_an_attachment_is_byte_identical_to_what_was_attached(client, tenant_a, 
 
 
 def test_flags_are_written_to_the_server_and_survive_the_next_sync(
-    client, tenant_a, synced, account_id, mailbox, make_syncer, db_sessionmaker, env
+    ctx, client, tenant_a, synced, account_id, mailbox, make_syncer, db_sessionmaker, env
 ):
     target = synced["oldest"]
 
@@ -159,7 +153,7 @@ def test_flags_are_written_to_the_server_and_survive_the_next_sync(
     shown = client.get(f"/api/messages/{target}", headers=tenant_a.headers).get_json()
     assert shown["flags"]["seen"] and shown["flags"]["flagged"]
 
-    assert apply(db_sessionmaker, env, account_id=account_id) == 1
+    assert apply_changes(ctx, account_id) == 1
     server = mailbox.flags("INBOX")
     uid = stored(db_sessionmaker, account_id)["INBOX"]
     [mine] = [u for u, m in uid.items() if m.id == target]
@@ -170,20 +164,20 @@ def test_flags_are_written_to_the_server_and_survive_the_next_sync(
     assert unread() == before - 1
 
     client.patch(f"/api/messages/{target}", json={"flagged": False}, headers=tenant_a.headers)
-    apply(db_sessionmaker, env, account_id=account_id)
+    apply_changes(ctx, account_id)
     assert b"\\Flagged" not in mailbox.flags("INBOX")[mine]
     assert b"\\Seen" in mailbox.flags("INBOX")[mine]  # untouched: only what was asked
 
 
 def test_a_move_happens_on_the_server_and_the_next_sync_keeps_it(
-    client, tenant_a, synced, account_id, mailbox, make_syncer, db_sessionmaker, env
+    ctx, client, tenant_a, synced, account_id, mailbox, make_syncer, db_sessionmaker, env
 ):
     moved = synced["with pdf"]
     response = client.post(
         f"/api/messages/{moved}/move", json={"folder": "archive"}, headers=tenant_a.headers
     )
     assert response.status_code == 202
-    assert apply(db_sessionmaker, env, account_id=account_id) == 1
+    assert apply_changes(ctx, account_id) == 1
 
     with mailbox.client() as imap:
         imap.select_folder("Archive", readonly=True)
@@ -204,17 +198,17 @@ def test_a_move_happens_on_the_server_and_the_next_sync_keeps_it(
 
 
 def test_delete_moves_to_trash_then_deletes_for_good(
-    client, tenant_a, synced, account_id, mailbox, make_syncer, db_sessionmaker, env
+    ctx, client, tenant_a, synced, account_id, mailbox, make_syncer, db_sessionmaker, env
 ):
     doomed = synced["oldest"]
     assert client.delete(f"/api/messages/{doomed}", headers=tenant_a.headers).status_code == 202
-    apply(db_sessionmaker, env, account_id=account_id)
+    apply_changes(ctx, account_id)
     trash = stored(db_sessionmaker, account_id)["Trash"]
     [in_trash] = [m.id for m in trash.values() if m.subject == "oldest"]
     assert mailbox.uids("Trash") == set(trash)
 
     assert client.delete(f"/api/messages/{in_trash}", headers=tenant_a.headers).status_code == 202
-    apply(db_sessionmaker, env, account_id=account_id)
+    apply_changes(ctx, account_id)
     assert mailbox.uids("Trash") == set()
     make_syncer().sync_account(account_id)
     assert stored(db_sessionmaker, account_id)["Trash"] == {}

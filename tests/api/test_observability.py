@@ -8,8 +8,8 @@ import re
 
 import pytest
 
+from app.jobs import Jobs, QueueName
 from app.logs import configure_logging
-from app.queues import DEFAULT, get_queue
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_metrics_count_requests_by_route_and_status(client):
 
 
 def test_metrics_report_queue_depths(client, redis_client):
-    queue = get_queue(DEFAULT, redis_client)
+    queue = Jobs(redis_client).queue(QueueName.DEFAULT)
     queue.empty()
     queue.enqueue("workers.jobs.heartbeat")
     queue.enqueue("workers.jobs.heartbeat")

@@ -10,16 +10,17 @@ from sqlalchemy import text
 
 from app.services.search.cursors import CURSOR_PATTERN
 from app.services.search.grammar import QUERY_PATTERN
-from tests.services.search_corpus import Mailboxes, mail, utc
+from tests.mailbox import PDF, message
+from tests.services.search_corpus import Mailboxes, utc
 
 URL = "/api/sync/search"
 RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
 @pytest.fixture
-def mail_of(db_sessionmaker, env):
+def mail_of(ctx):
     def make(tenant) -> tuple[Mailboxes, int]:
-        boxes = Mailboxes(db_sessionmaker, env, tenant.tenant_id)
+        boxes = Mailboxes(ctx, tenant.tenant_id)
         account = boxes.account(f"{tenant.slug}@example.test")
         return boxes, boxes.folder(account, "INBOX", "inbox")
 
@@ -49,14 +50,14 @@ def test_a_hit_is_a_summary_with_a_snippet(client, tenant_a, mail_of):
     boxes, inbox = mail_of(tenant_a)
     message_id = boxes.store(
         inbox,
-        mail(
+        message(
             "Quarterly numbers",
             "The <b>quarterly</b> numbers & more.",
             sender="Jörg Müller <joerg@example.test>",
             to="Ana <ana@example.test>, bo@example.test",
             cc="Cy <cy@example.test>",
             date=utc(2024, 5, 6, 7, 8, 9),
-            attachment=True,
+            attachments=[PDF],
         ),
         seen=False,
         flagged=True,
@@ -89,7 +90,7 @@ def test_a_hit_is_a_summary_with_a_snippet(client, tenant_a, mail_of):
 
 def test_script_in_a_body_comes_back_escaped(client, tenant_a, mail_of):
     boxes, inbox = mail_of(tenant_a)
-    boxes.store(inbox, mail("x", "<script>alert(document.cookie)</script> evil payload"))
+    boxes.store(inbox, message("x", "<script>alert(document.cookie)</script> evil payload"))
     (hit,) = get(client, tenant_a, "payload").get_json()["items"]
     assert "<script>" not in hit["snippet"]
     assert hit["snippet"] == (
@@ -100,8 +101,8 @@ def test_script_in_a_body_comes_back_escaped(client, tenant_a, mail_of):
 def test_tenants_never_see_each_others_hits(client, tenant_a, tenant_b, mail_of):
     a, a_inbox = mail_of(tenant_a)
     b, b_inbox = mail_of(tenant_b)
-    a.store(a_inbox, mail("Shared", "common word and alphaonly"))
-    b.store(b_inbox, mail("Shared", "common word and betaonly"))
+    a.store(a_inbox, message("Shared", "common word and alphaonly"))
+    b.store(b_inbox, message("Shared", "common word and betaonly"))
     assert get(client, tenant_a, "betaonly").get_json()["items"] == []
     assert get(client, tenant_b, "alphaonly").get_json()["items"] == []
     for tenant, own in ((tenant_a, "alphaonly"), (tenant_b, "betaonly")):
@@ -111,8 +112,8 @@ def test_tenants_never_see_each_others_hits(client, tenant_a, tenant_b, mail_of)
 
 def test_an_empty_query_lists_all_mail_newest_first(client, tenant_a, mail_of):
     boxes, inbox = mail_of(tenant_a)
-    old = boxes.store(inbox, mail("Old", "one", date=utc(2020, 1, 1)))
-    new = boxes.store(inbox, mail("New", "two", date=utc(2021, 1, 1)))
+    old = boxes.store(inbox, message("Old", "one", date=utc(2020, 1, 1)))
+    new = boxes.store(inbox, message("New", "two", date=utc(2021, 1, 1)))
     for query in ("", "   ", "&&"):
         items = get(client, tenant_a, query).get_json()["items"]
         assert [i["id"] for i in items] == [new, old]
@@ -121,7 +122,7 @@ def test_an_empty_query_lists_all_mail_newest_first(client, tenant_a, mail_of):
 def test_pages_follow_the_cursor_without_duplicates_or_gaps(client, tenant_a, mail_of):
     boxes, inbox = mail_of(tenant_a)
     first = {
-        boxes.store(inbox, mail("P", "paged", date=utc(2024, 1, 1 + i % 5))) for i in range(12)
+        boxes.store(inbox, message("P", "paged", date=utc(2024, 1, 1 + i % 5))) for i in range(12)
     }
     seen, cursor = [], None
     while True:
@@ -131,16 +132,16 @@ def test_pages_follow_the_cursor_without_duplicates_or_gaps(client, tenant_a, ma
         cursor = body["next_cursor"]
         if cursor is None:
             break
-        boxes.store(inbox, mail("P", "paged", date=utc(2024, 1, 3)))  # lands beside the cursor
-        boxes.store(inbox, mail("P", "paged", date=utc(2030, 1, 1)))
+        boxes.store(inbox, message("P", "paged", date=utc(2024, 1, 3)))  # lands beside the cursor
+        boxes.store(inbox, message("P", "paged", date=utc(2030, 1, 1)))
     assert len(seen) == len(set(seen))
     assert first <= set(seen)
 
 
 def test_sort_relevance_and_limits(client, tenant_a, mail_of):
     boxes, inbox = mail_of(tenant_a)
-    body_hit = boxes.store(inbox, mail("Other", "about zebras", date=utc(2024, 2, 1)))
-    subject_hit = boxes.store(inbox, mail("Zebras", "striped", date=utc(2024, 1, 1)))
+    body_hit = boxes.store(inbox, message("Other", "about zebras", date=utc(2024, 2, 1)))
+    subject_hit = boxes.store(inbox, message("Zebras", "striped", date=utc(2024, 1, 1)))
     by_date = get(client, tenant_a, "zebras").get_json()["items"]
     assert [i["id"] for i in by_date] == [body_hit, subject_hit]
     by_rank = get(client, tenant_a, "zebras", sort="relevance").get_json()["items"]
@@ -233,7 +234,7 @@ HOSTILE = [
 @pytest.mark.parametrize("query", HOSTILE, ids=[ascii(q[:30]) for q in HOSTILE])
 def test_hostile_queries_get_results_or_a_422_never_a_500(client, tenant_a, mail_of, query):
     boxes, inbox = mail_of(tenant_a)
-    boxes.store(inbox, mail("Normal", "drop table messages is just text here"))
+    boxes.store(inbox, message("Normal", "drop table messages is just text here"))
     response = get(client, tenant_a, query)
     assert response.status_code in (200, 422), response.get_json()
     if response.status_code == 422:
@@ -282,7 +283,7 @@ def test_dates_cover_the_whole_utc_day(client, tenant_a, mail_of):
         ("last second of the day", midnight + timedelta(days=1, seconds=-1)),
         ("next midnight", midnight + timedelta(days=1)),
     ):
-        names[boxes.store(inbox, mail("Edge", "edgeword", date=moment))] = label
+        names[boxes.store(inbox, message("Edge", "edgeword", date=moment))] = label
 
     def labels(query):
         return {names[i["id"]] for i in get(client, tenant_a, query).get_json()["items"]}

@@ -12,14 +12,12 @@ from email import policy
 import pytest
 from sqlalchemy import update
 
-from app.mail import ServerSettings
 from app.models import Account, OutboxEntry
-from app.secrets import SecretBox
-from app.services.accounts import AccountFields, create_account
-from app.services.compose import DraftContent, create_draft, request_send
+from app.services.accounts import ServerFields
+from app.services.compose import DraftContent, create_draft, send_draft
 from app.services.outbox import Deliverer, RetryPolicy
-from app.tenancy import bind_tenant
-from tests.mailbox import UserPool
+from app.states import Security
+from tests.mailbox import UserPool, add_account
 from tests.smtp_peer import SmtpPeer, relay_to
 from tests.support import wait_for
 
@@ -38,31 +36,15 @@ def recipient(stack_control, user_pools):
 
 
 @pytest.fixture
-def deliverer(db_sessionmaker, env, stack):
-    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
-    return Deliverer(db_sessionmaker, box, stack.ca_file, RetryPolicy(max_attempts=3))
+def deliverer(ctx):
+    return Deliverer(ctx, RetryPolicy(max_attempts=3))
 
 
-def make_account(db_sessionmaker, env, tenant_id, mailbox, smtp: ServerSettings | None = None):
-    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
-    imap = ServerSettings(mailbox.host, mailbox.imap_port, "none", mailbox.email, mailbox.password)
-    smtp = smtp or ServerSettings(
-        mailbox.host, mailbox.submission_port, "starttls", mailbox.email, mailbox.password
-    )
-    with db_sessionmaker() as session:
-        bind_tenant(session, tenant_id)
-        account = create_account(
-            session,
-            box,
-            AccountFields(mailbox.email, "Zoë Sender", imap, smtp),
-            verify=False,
-            ca_file=None,
-        )
-        session.commit()
-        return account.id
+def make_account(ctx, tenant_id, mailbox, smtp: ServerFields | None = None) -> int:
+    return add_account(ctx, tenant_id, mailbox, display_name="Zoë Sender", smtp=smtp)
 
 
-def queue(db_sessionmaker, tenant_id: int, account_id: int, to: list[str], **content) -> int:
+def queue(ctx, tenant_id: int, account_id: int, to: list[str], **content) -> int:
     """A draft, sent: the id of its queued outbox entry."""
     fields = {
         "cc": [],
@@ -74,12 +56,9 @@ def queue(db_sessionmaker, tenant_id: int, account_id: int, to: list[str], **con
         "attachments": [],
         **content,
     }
-    with db_sessionmaker() as session:
-        bind_tenant(session, tenant_id)
-        draft = create_draft(session, DraftContent(account_id, to, **fields), 25 << 20)
-        entry, _ = request_send(session, draft.id, None)
-        session.commit()
-        return entry.id
+    with ctx.work(tenant_id) as unit:
+        view = create_draft(unit, DraftContent(account_id, to, **fields))
+        return send_draft(unit, view.draft.id, None).id
 
 
 def entry(db_sessionmaker, outbox_id: int) -> OutboxEntry:
@@ -110,11 +89,11 @@ def arrived(mailbox, message_id: str, count: int = 1, folder: str = "INBOX"):
 
 
 def test_a_message_arrives_intact_and_sent_holds_one_copy(
-    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer
+    ctx, db_sessionmaker, tenant_a, mailbox, recipient, deliverer
 ):
-    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
     outbox_id = queue(
-        db_sessionmaker,
+        ctx,
         tenant_a.tenant_id,
         account_id,
         [f"Jörg Müller <{recipient.email}>"],
@@ -166,10 +145,10 @@ def test_a_message_arrives_intact_and_sent_holds_one_copy(
 
 
 def test_postfix_down_is_retried_and_sent_once_when_it_is_back(
-    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer, stack_control
+    ctx, db_sessionmaker, tenant_a, mailbox, recipient, deliverer, stack_control
 ):
-    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
-    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+    outbox_id = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
     stack_control.stop_service("postfix")
     try:
         outcome = deliverer.deliver(outbox_id)
@@ -187,12 +166,12 @@ def test_postfix_down_is_retried_and_sent_once_when_it_is_back(
     assert len(arrived(recipient, sent.message_id)) == 1
 
 
-def test_giving_up_after_the_last_attempt(db_sessionmaker, env, tenant_a, mailbox, deliverer):
+def test_giving_up_after_the_last_attempt(ctx, db_sessionmaker, tenant_a, mailbox, deliverer):
     from tests.support import free_port
 
-    dead = ServerSettings("127.0.0.1", free_port(), "none", mailbox.email, mailbox.password)
-    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, smtp=dead)
-    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["x@example.test"])
+    dead = ServerFields("127.0.0.1", free_port(), Security.NONE, mailbox.email, mailbox.password)
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox, smtp=dead)
+    outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
     states = [deliverer.deliver(outbox_id) for _ in range(3)]
     assert [o.state for o in states] == ["queued", "queued", "failed"]
     assert states[-1].retry_in is None
@@ -201,13 +180,13 @@ def test_giving_up_after_the_last_attempt(db_sessionmaker, env, tenant_a, mailbo
 
 
 def test_a_wrong_password_fails_at_once_with_the_servers_reason(
-    db_sessionmaker, env, tenant_a, mailbox, deliverer
+    ctx, db_sessionmaker, tenant_a, mailbox, deliverer
 ):
-    wrong = ServerSettings(
-        mailbox.host, mailbox.submission_port, "starttls", mailbox.email, "not-the-password"
+    wrong = ServerFields(
+        mailbox.host, mailbox.submission_port, Security.STARTTLS, mailbox.email, "not-the-password"
     )
-    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, smtp=wrong)
-    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["x@example.test"])
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox, smtp=wrong)
+    outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
     outcome = deliverer.deliver(outbox_id)
     assert (outcome.state, outcome.retry_in) == ("failed", None)
     failed = entry(db_sessionmaker, outbox_id)
@@ -217,27 +196,27 @@ def test_a_wrong_password_fails_at_once_with_the_servers_reason(
     assert entry(db_sessionmaker, outbox_id).attempts == 1
 
 
-def test_a_5xx_for_every_recipient_is_failed(db_sessionmaker, env, tenant_a, mailbox, deliverer):
-    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+def test_a_5xx_for_every_recipient_is_failed(ctx, db_sessionmaker, tenant_a, mailbox, deliverer):
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
     # The stack's Postfix knows its domain's users and refuses unknown ones at RCPT (550).
-    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["nosuchuser@example.test"])
+    outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["nosuchuser@example.test"])
     outcome = deliverer.deliver(outbox_id)
     assert outcome.state == "failed"
     assert "550" in entry(db_sessionmaker, outbox_id).last_error
 
 
-def peer_account(db_sessionmaker, env, tenant_id, mailbox, peer: SmtpPeer) -> int:
-    smtp = ServerSettings("127.0.0.1", peer.port, "none", mailbox.email, "any")
-    return make_account(db_sessionmaker, env, tenant_id, mailbox, smtp=smtp)
+def peer_account(ctx, tenant_id, mailbox, peer: SmtpPeer) -> int:
+    smtp = ServerFields("127.0.0.1", peer.port, Security.NONE, mailbox.email, "any")
+    return make_account(ctx, tenant_id, mailbox, smtp=smtp)
 
 
 def test_no_reply_after_the_final_dot_is_uncertain_and_never_retried(
-    db_sessionmaker, env, tenant_a, mailbox, deliverer
+    ctx, db_sessionmaker, tenant_a, mailbox, deliverer
 ):
     with SmtpPeer() as peer:
         peer.scripts = ["close_after_dot"]
-        account_id = peer_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, peer)
-        outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, ["x@example.test"])
+        account_id = peer_account(ctx, tenant_a.tenant_id, mailbox, peer)
+        outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
         outcome = deliverer.deliver(outbox_id)
         assert (outcome.state, outcome.retry_in) == ("uncertain", None)
         assert deliverer.deliver(outbox_id).state == "uncertain"
@@ -247,13 +226,13 @@ def test_no_reply_after_the_final_dot_is_uncertain_and_never_retried(
 
 
 def test_a_connection_lost_mid_payload_is_retried_and_delivered_once(
-    db_sessionmaker, env, tenant_a, mailbox, deliverer
+    ctx, db_sessionmaker, tenant_a, mailbox, deliverer
 ):
     with SmtpPeer() as peer:
         peer.scripts = ["close_mid_payload"]
-        account_id = peer_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, peer)
+        account_id = peer_account(ctx, tenant_a.tenant_id, mailbox, peer)
         outbox_id = queue(
-            db_sessionmaker,
+            ctx,
             tenant_a.tenant_id,
             account_id,
             ["x@example.test"],
@@ -270,13 +249,13 @@ def test_a_connection_lost_mid_payload_is_retried_and_delivered_once(
 
 
 def test_an_entry_left_sending_is_settled_by_whether_its_dot_went_out(
-    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer
+    ctx, db_sessionmaker, tenant_a, mailbox, recipient, deliverer
 ):
-    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
-    before_dot = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
-    after_dot = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+    before_dot = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
+    after_dot = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
     # Its worker died before the "." on every one of its 3 attempts (the deliverer's limit).
-    killer = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    killer = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
     with db_sessionmaker() as session:
         for outbox_id, dot, attempts in (
             (before_dot, None, 1),
@@ -303,23 +282,23 @@ def test_an_entry_left_sending_is_settled_by_whether_its_dot_went_out(
 
 
 def test_a_relayed_peer_session_reaches_the_mailbox(
-    db_sessionmaker, env, tenant_a, mailbox, recipient, stack, deliverer
+    ctx, db_sessionmaker, tenant_a, mailbox, recipient, stack, deliverer
 ):
     """The peer used by the worker tests passes what it accepts on to the real Postfix."""
     with SmtpPeer(relay=relay_to(stack.host, stack.smtp_port)) as peer:
-        account_id = peer_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox, peer)
-        outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+        account_id = peer_account(ctx, tenant_a.tenant_id, mailbox, peer)
+        outbox_id = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
         assert deliverer.deliver(outbox_id).state == "sent"
     arrived(recipient, entry(db_sessionmaker, outbox_id).message_id)
 
 
 def test_a_failing_sent_copy_is_retried_without_sending_again(
-    db_sessionmaker, env, tenant_a, mailbox, recipient, deliverer
+    ctx, db_sessionmaker, tenant_a, mailbox, recipient, deliverer
 ):
-    account_id = make_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
-    outbox_id = queue(db_sessionmaker, tenant_a.tenant_id, account_id, [recipient.email])
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+    outbox_id = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
     assert deliverer.deliver(outbox_id).state == "sent"
-    box = SecretBox(tuple(env["ENCRYPTION_KEY"].split(",")))
+    box = ctx.secrets
     with db_sessionmaker() as session:  # the IMAP password changed meanwhile
         account = session.get(Account, account_id)
         account.imap_password_encrypted = box.encrypt("no longer right")

@@ -20,8 +20,8 @@ from app.models import Folder, Message
 from app.services.search.grammar import QUERY_PATTERN
 from app.services.search.syntax import MAX_QUERY_CHARS, Filter, Term, Text, parse
 from tests.conftest import make_tenant_user
-from tests.mailbox import UserPool, add_account, message
-from tests.services.search_corpus import Mailboxes, mail, utc
+from tests.mailbox import PDF, UserPool, add_account, message
+from tests.services.search_corpus import Mailboxes, utc
 
 # -- the query language -------------------------------------------------------------------------
 
@@ -158,10 +158,10 @@ def test_the_pattern_is_quick_to_refuse_long_queries():
 
 
 @pytest.fixture(scope="module")
-def corpus(db_sessionmaker, env):
+def corpus(ctx):
     """Tenant A's mail (two accounts) and tenant B's, by name."""
-    a = Mailboxes(db_sessionmaker, env, make_tenant_user(db_sessionmaker, env, "sa").tenant_id)
-    b = Mailboxes(db_sessionmaker, env, make_tenant_user(db_sessionmaker, env, "sb").tenant_id)
+    a = Mailboxes(ctx, make_tenant_user(ctx, "sa").tenant_id)
+    b = Mailboxes(ctx, make_tenant_user(ctx, "sb").tenant_id)
     a1, a2, b1 = a.account("a1@example.test"), a.account("a2@example.test"), b.account("b@x.test")
     inbox = a.folder(a1, "INBOX", "inbox")
     sent = a.folder(a1, "Sent", "sent")
@@ -173,7 +173,7 @@ def corpus(db_sessionmaker, env):
     m = {}
     m["munich"] = a.store(
         inbox,
-        mail(
+        message(
             "Trip to München",
             "We meet in München next week, near the station.",
             sender="Jörg Müller <joerg@example.test>",
@@ -184,7 +184,7 @@ def corpus(db_sessionmaker, env):
     )
     m["naive"] = a.store(
         archive,
-        mail(
+        message(
             "Design notes",
             "A naïve approach to caching.",
             sender="Bob <bob@example.test>",
@@ -194,7 +194,7 @@ def corpus(db_sessionmaker, env):
     )
     m["fox"] = a.store(
         inbox,
-        mail(
+        message(
             "Animals",
             "the quick brown fox jumps",
             "Carol <carol@example.test>",
@@ -203,7 +203,7 @@ def corpus(db_sessionmaker, env):
     )
     m["xof"] = a.store(
         inbox,
-        mail(
+        message(
             "More animals",
             "the brown quick fox sleeps",
             "Carol <carol@example.test>",
@@ -212,17 +212,17 @@ def corpus(db_sessionmaker, env):
     )
     m["invoice"] = a.store(
         inbox,
-        mail(
+        message(
             "Invoice 2024-001",
             "Please find the invoice attached.",
             sender="Billing <billing@shop.test>",
             date=utc(2024, 1, 31, 23, 59, 59),
-            attachment=True,
+            attachments=[PDF],
         ),
     )
     m["invoice_feb"] = a.store(
         inbox2,
-        mail(
+        message(
             "Invoice February",
             "Second invoice, as discussed.",
             sender="billing@shop.test",
@@ -234,11 +234,11 @@ def corpus(db_sessionmaker, env):
         flagged=True,
     )
     m["trash"] = a.store(
-        trash, mail("Old invoice", "An invoice from last year.", date=utc(2024, 2, 15))
+        trash, message("Old invoice", "An invoice from last year.", date=utc(2024, 2, 15))
     )
     m["lunch"] = a.store(
         sent,
-        mail(
+        message(
             "Lunch",
             "Lunch tomorrow? Let us try the new place.",
             sender="A1 <a1@example.test>",
@@ -248,16 +248,16 @@ def corpus(db_sessionmaker, env):
     )
     m["script"] = a.store(
         data,
-        mail(
+        message(
             "Escapes",
             "<script>alert('x')</script> hello world & goodbye",
             date=utc(2024, 2, 21),
         ),
     )
     # A copy of an older UIDVALIDITY (a reload in progress): not current, never a hit.
-    stale = a.store(inbox, mail("Ghost", "ghostword in a stale copy"), validity=6)
+    stale = a.store(inbox, message("Ghost", "ghostword in a stale copy"), validity=6)
     m["secret"] = b.store(
-        b_inbox, mail("Bananas", "bananarama: only tenant B has this word. Invoice too.")
+        b_inbox, message("Bananas", "bananarama: only tenant B has this word. Invoice too.")
     )
     return {
         "a": a,
@@ -429,11 +429,11 @@ def test_snippets_are_escaped_and_mark_the_words(corpus):
     assert "<mark>München</mark>" in hit.snippet
 
 
-def test_snippets_come_from_a_bounded_head_of_long_bodies(db_sessionmaker, env):
-    tenant = Mailboxes(db_sessionmaker, env, make_tenant_user(db_sessionmaker, env).tenant_id)
+def test_snippets_come_from_a_bounded_head_of_long_bodies(ctx):
+    tenant = Mailboxes(ctx, make_tenant_user(ctx).tenant_id)
     inbox = tenant.folder(tenant.account("long@example.test"), "INBOX", "inbox")
     body = "filler " * 2000 + "needle early. " + "padding " * 400_000 + "needle late."
-    tenant.store(inbox, mail("Long", body))
+    tenant.store(inbox, message("Long", body))
     (hit,) = tenant.search("needle").hits
     assert "<mark>needle</mark> early" in hit.snippet
     assert len(hit.snippet) < 300
@@ -443,20 +443,20 @@ def test_snippets_come_from_a_bounded_head_of_long_bodies(db_sessionmaker, env):
     assert tenant.search("late").hits == []
 
 
-def test_relevance_ranks_subject_over_body_and_short_over_long(db_sessionmaker, env):
-    tenant = Mailboxes(db_sessionmaker, env, make_tenant_user(db_sessionmaker, env).tenant_id)
+def test_relevance_ranks_subject_over_body_and_short_over_long(ctx):
+    tenant = Mailboxes(ctx, make_tenant_user(ctx).tenant_id)
     inbox = tenant.folder(tenant.account("rank@example.test"), "INBOX", "inbox")
     # Stored oldest-ranked-first by date, so relevance order is the reverse of date order.
     names = {}
     names[
-        tenant.store(inbox, mail("Kumquat season", "Fresh ones are here.", date=utc(2024, 1, 1)))
+        tenant.store(inbox, message("Kumquat season", "Fresh ones are here.", date=utc(2024, 1, 1)))
     ] = "subject"
-    names[tenant.store(inbox, mail("Fruit", "A kumquat, a kumquat!", date=utc(2024, 1, 2)))] = (
+    names[tenant.store(inbox, message("Fruit", "A kumquat, a kumquat!", date=utc(2024, 1, 2)))] = (
         "body twice"
     )
-    names[tenant.store(inbox, mail("Fruit", "One kumquat.", date=utc(2024, 1, 3)))] = "body once"
+    names[tenant.store(inbox, message("Fruit", "One kumquat.", date=utc(2024, 1, 3)))] = "body once"
     long_body = "One kumquat among many other words. " + "other words " * 2000
-    names[tenant.store(inbox, mail("Fruit", long_body, date=utc(2024, 1, 4)))] = "long body"
+    names[tenant.store(inbox, message("Fruit", long_body, date=utc(2024, 1, 4)))] = "long body"
     by_date = [names[h.message.id] for h in tenant.search("kumquat").hits]
     assert by_date == ["long body", "body once", "body twice", "subject"]
     by_rank = [names[h.message.id] for h in tenant.search("kumquat", sort="relevance").hits]
@@ -479,13 +479,13 @@ def _all_pages(tenant, query, limit, sort, between=None) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("sort", ["date", "relevance"])
-def test_pages_have_no_duplicates_or_gaps_while_mail_arrives(db_sessionmaker, env, sort):
-    tenant = Mailboxes(db_sessionmaker, env, make_tenant_user(db_sessionmaker, env).tenant_id)
+def test_pages_have_no_duplicates_or_gaps_while_mail_arrives(ctx, db_sessionmaker, sort):
+    tenant = Mailboxes(ctx, make_tenant_user(ctx).tenant_id)
     inbox = tenant.folder(tenant.account("pages@example.test"), "INBOX", "inbox")
     # Ties on date (three per day) so the id decides; and ranks that tie (same text).
     before = {
         tenant.store(
-            inbox, mail("Page", f"pagetest {'again ' * (i % 4)}", date=utc(2024, 1, 1 + i // 3))
+            inbox, message("Page", f"pagetest {'again ' * (i % 4)}", date=utc(2024, 1, 1 + i // 3))
         )
         for i in range(40)
     }
@@ -494,8 +494,10 @@ def test_pages_have_no_duplicates_or_gaps_while_mail_arrives(db_sessionmaker, en
     def deliver(page_number: int) -> None:
         # Newer, older and same-date mail between every two pages.
         for day in (1, 7, 28):
-            arrived.add(tenant.store(inbox, mail("Late", "pagetest late", date=utc(2024, 1, day))))
-        arrived.add(tenant.store(inbox, mail("Late", "pagetest late", date=utc(2025, 1, 1))))
+            arrived.add(
+                tenant.store(inbox, message("Late", "pagetest late", date=utc(2024, 1, day)))
+            )
+        arrived.add(tenant.store(inbox, message("Late", "pagetest late", date=utc(2025, 1, 1))))
 
     pages = _all_pages(tenant, "pagetest", 7, sort, deliver)
     seen = [i for page in pages for i in page]
@@ -581,11 +583,11 @@ def test_every_cursor_the_pattern_allows_is_accepted(corpus, cursor):
     corpus["a"].search("", cursor=cursor)
 
 
-def test_stale_copies_return_once_their_folder_catches_up(db_sessionmaker, env):
-    tenant = Mailboxes(db_sessionmaker, env, make_tenant_user(db_sessionmaker, env).tenant_id)
+def test_stale_copies_return_once_their_folder_catches_up(ctx, db_sessionmaker):
+    tenant = Mailboxes(ctx, make_tenant_user(ctx).tenant_id)
     inbox = tenant.folder(tenant.account("reload@example.test"), "INBOX", "inbox", validity=5)
-    old = tenant.store(inbox, mail("Reload", "reloadword old copy"))
-    new = tenant.store(inbox, mail("Reload", "reloadword new copy"), validity=9)
+    old = tenant.store(inbox, message("Reload", "reloadword old copy"))
+    new = tenant.store(inbox, message("Reload", "reloadword new copy"), validity=9)
     assert [h.message.id for h in tenant.search("reloadword").hits] == [old]
     with db_sessionmaker.begin() as session:  # the swap at the end of a UIDVALIDITY reload
         session.execute(update(Folder).where(Folder.id == inbox).values(uidvalidity=9))
@@ -593,21 +595,21 @@ def test_stale_copies_return_once_their_folder_catches_up(db_sessionmaker, env):
     assert [h.message.id for h in tenant.search("reloadword").hits] == [new]
 
 
-def test_search_needs_a_tenant_bound_session(db_sessionmaker):
+def test_search_needs_a_tenant_bound_session(unit):
     from app.services.search import search
 
-    with db_sessionmaker() as session, pytest.raises(RuntimeError):
-        search(session, "anything")
+    with pytest.raises(RuntimeError):
+        search(unit, "anything")
 
 
 # -- end to end: mail synced from Dovecot by the real sync ---------------------------------------
 
 
 def test_mail_synced_from_dovecot_is_found(
-    db_sessionmaker, env, tenant_a, stack_control, user_pools, make_syncer
+    ctx, db_sessionmaker, tenant_a, stack_control, user_pools, make_syncer
 ):
     mailbox = user_pools.setdefault(stack_control.name, UserPool(stack_control)).take()
-    account_id = add_account(db_sessionmaker, env, tenant_a.tenant_id, mailbox)
+    account_id = add_account(ctx, tenant_a.tenant_id, mailbox)
     raw = message(
         subject="Grüße aus Köln",
         body="Das Treffen ist im Büro am Rhein. Zitronenfalter.",
@@ -617,7 +619,7 @@ def test_mail_synced_from_dovecot_is_found(
     mailbox.append("INBOX", raw)
     mailbox.append("Archive", message(subject="Other", body="nothing to see"))
     assert make_syncer().sync_account(account_id).complete
-    tenant = Mailboxes(db_sessionmaker, env, tenant_a.tenant_id)
+    tenant = Mailboxes(ctx, tenant_a.tenant_id)
     for query in (
         "zitronenfalter",
         "buro rhein",

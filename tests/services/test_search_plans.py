@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from app.db import make_engine, make_sessionmaker
 from app.services.tenants import create_tenant
-from app.tenancy import bind_tenant
 from bench.search_table import add_folders, generate, plan_nodes, searched
 from tests.services.search_corpus import Mailboxes
 
@@ -34,23 +32,20 @@ CASES = [
 ]
 
 
-def build(env: dict[str, str]):
-    """The 210k messages, through the project's models for tenants, accounts and folders."""
-    engine = make_engine(env["DATABASE_URL"])
-    sessions = make_sessionmaker(engine)
+def build(ctx):
+    """The 210k messages, through the project's services for tenants, accounts and folders."""
     tenants = {}
-    with sessions() as session:
+    with ctx.work() as unit:
         for name in ("big", "small"):
-            tenants[name] = create_tenant(session, f"plans-{name}").id
-        session.commit()
+            tenants[name] = create_tenant(unit, f"plans-{name}").id
     for name, accounts in (("big", 4), ("small", 2)):
-        mail = Mailboxes(sessions, env, tenants[name])
+        mail = Mailboxes(ctx, tenants[name])
         for n in range(accounts):
             account = mail.account(f"{name}{n}@example.test")
-            with sessions() as session:
-                bind_tenant(session, tenants[name])
-                add_folders(session, account, "Projects" if n == 0 else f"Projects {n}")
-                session.commit()
+            with ctx.work(tenants[name]) as unit:
+                add_folders(unit.session, account, "Projects" if n == 0 else f"Projects {n}")
+                unit.commit()
+    engine = ctx.engine
     counts = generate(
         engine, list(tenants.values()), big=tenants["big"], big_per_folder=BIG, per_folder=SMALL
     )
@@ -64,12 +59,13 @@ def build(env: dict[str, str]):
     assert sum(counts.values()) >= 200_000
     assert counts[tenants["big"]] / sum(counts.values()) >= 0.8
     assert changed == [], "planner settings must be the defaults"
-    return engine, sessions, tenants
+    return tenants
 
 
-def explained(engine, sessions, tenant_id: int, query: str, sort: str) -> dict:
+def explained(ctx, tenant_id: int, query: str, sort: str) -> dict:
     """EXPLAIN ANALYZE of the statement search() sends for `query`, with its parameters."""
-    page, statement, parameters = searched(engine, sessions, tenant_id, query, sort)
+    page, statement, parameters = searched(ctx, tenant_id, query, sort)
+    engine = ctx.engine
     assert page.hits, f"{query!r} must match something"
     with engine.begin() as connection:
         connection.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
@@ -79,26 +75,23 @@ def explained(engine, sessions, tenant_id: int, query: str, sort: str) -> dict:
     return plan
 
 
-def test_plans_use_the_indexes(fresh_migrated_env):
-    engine, sessions, tenants = build(fresh_migrated_env)
+def test_plans_use_the_indexes(fresh_ctx):
+    tenants = build(fresh_ctx)
     problems = []
-    try:
-        for tenant in ("big", "small"):
-            for query, sort, indexes in CASES:
-                plan = explained(engine, sessions, tenants[tenant], query, sort)
-                nodes = list(plan_nodes(plan["Plan"]))
-                summary = " > ".join(
-                    n["Node Type"] + (f" [{n['Index Name']}]" if "Index Name" in n else "")
-                    for n in nodes
-                )
-                print(f"{tenant} {query!r} {sort}: {plan['Execution Time']:.1f} ms: {summary}")
-                on_messages = [n for n in nodes if n.get("Relation Name") == "messages"]
-                if any(n["Node Type"] == "Seq Scan" for n in on_messages):
-                    problems.append(f"{tenant} {query!r}: Seq Scan on messages: {summary}")
-                # Index nodes name their index (and no relation): the statement reads only
-                # messages, so every index in it is one of messages'.
-                if not {n.get("Index Name") for n in nodes} & indexes:
-                    problems.append(f"{tenant} {query!r}: none of {indexes}: {summary}")
-    finally:
-        engine.dispose()
+    for tenant in ("big", "small"):
+        for query, sort, indexes in CASES:
+            plan = explained(fresh_ctx, tenants[tenant], query, sort)
+            nodes = list(plan_nodes(plan["Plan"]))
+            summary = " > ".join(
+                n["Node Type"] + (f" [{n['Index Name']}]" if "Index Name" in n else "")
+                for n in nodes
+            )
+            print(f"{tenant} {query!r} {sort}: {plan['Execution Time']:.1f} ms: {summary}")
+            on_messages = [n for n in nodes if n.get("Relation Name") == "messages"]
+            if any(n["Node Type"] == "Seq Scan" for n in on_messages):
+                problems.append(f"{tenant} {query!r}: Seq Scan on messages: {summary}")
+            # Index nodes name their index (and no relation): the statement reads only
+            # messages, so every index in it is one of messages'.
+            if not {n.get("Index Name") for n in nodes} & indexes:
+                problems.append(f"{tenant} {query!r}: none of {indexes}: {summary}")
     assert not problems, "\n".join(problems)

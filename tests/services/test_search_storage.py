@@ -14,9 +14,10 @@ from sqlalchemy.engine import make_url
 from app.mail.imap import FetchedMessage, Flags
 from app.migrations import alembic_config
 from app.models import Message
-from app.services.sync import _FolderState, _message_row
+from app.services.sync.rows import FolderState, message_row
 from tests.conftest import make_tenant_user
-from tests.services.search_corpus import Mailboxes, mail, utc
+from tests.mailbox import message
+from tests.services.search_corpus import Mailboxes, utc
 
 
 def test_the_migration_runs_as_a_database_owner_who_is_not_a_superuser(stack):
@@ -51,7 +52,7 @@ def test_the_migration_fills_recipients_of_stored_mail_as_the_sync_does(fresh_da
     config = alembic_config(fresh_database)
     command.upgrade(config, "0004")
     engine = create_engine(fresh_database)
-    raw = mail(
+    raw = message(
         "Before search",
         "stored before 0005",
         to="Ana Lima <ana@example.test>, bo@example.test",
@@ -75,13 +76,13 @@ def test_the_migration_fills_recipients_of_stored_mail_as_the_sync_does(fresh_da
             {"sha": hashlib.sha256(raw).digest(), "raw": raw},
         ).one()
         raw_id, account_id, tenant_id, folder_id = ids
-        state = _FolderState(
+        state = FolderState(
             folder_id, account_id, tenant_id, "INBOX", "INBOX", 1, None, None, 0, None, 0
         )
         fetched = FetchedMessage(
             1, Flags(True, False, False, False, ()), utc(2024, 1, 1), len(raw), raw, None
         )
-        row = _message_row(state, 1, fetched, raw_id)
+        row = message_row(state, 1, fetched, raw_id)
         expected = row.pop("recipients")
         columns = [c for c in Message.__table__.c if c.name in row]
         connection.execute(insert(Message.__table__).values({c: row[c.name] for c in columns}))
@@ -102,10 +103,10 @@ def test_the_migration_fills_recipients_of_stored_mail_as_the_sync_does(fresh_da
     assert matches
 
 
-def test_the_vector_stays_bounded_whatever_the_body(db_sessionmaker, env):
+def test_the_vector_stays_bounded_whatever_the_body(ctx, db_sessionmaker):
     """The worst body for a tsvector (all distinct short words, 4-byte-ish letters) still
     stores: only its first 64 Ki characters are indexed, far under the 1 MB limit."""
-    tenant = Mailboxes(db_sessionmaker, env, make_tenant_user(db_sessionmaker, env).tenant_id)
+    tenant = Mailboxes(ctx, make_tenant_user(ctx).tenant_id)
     inbox = tenant.folder(tenant.account("big@example.test"), "INBOX", "inbox")
     rng = random.Random(7)
     words = " ".join(
@@ -113,7 +114,7 @@ def test_the_vector_stays_bounded_whatever_the_body(db_sessionmaker, env):
         for _ in range(300_000)
     )
     recipients = ", ".join(f"R{i} <r{i}@example.test>" for i in range(5000))
-    message_id = tenant.store(inbox, mail("Big", words + " tailword", to=recipients))
+    message_id = tenant.store(inbox, message("Big", words + " tailword", to=recipients))
     with db_sessionmaker() as session:
         size = session.scalar(
             select(text("pg_column_size(search_vector)"))

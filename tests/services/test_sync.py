@@ -224,14 +224,14 @@ class CutAfterFirstBatch(SyncObserver):
 
 
 def test_a_connection_cut_mid_batch_loses_and_duplicates_nothing(
-    server, mailbox, db_sessionmaker, env, tenant_a, make_syncer
+    server, mailbox, ctx, db_sessionmaker, tenant_a, make_syncer
 ):
     uids = mailbox.fill("INBOX", 60)
     proxy = TcpProxy((mailbox.host, mailbox.imap_port))
     proxy.start()
     try:
         proxied = type(mailbox)(**{**vars(mailbox), "imap_port": proxy.port})
-        account_id = add_account(db_sessionmaker, env, tenant_a.tenant_id, proxied)
+        account_id = add_account(ctx, tenant_a.tenant_id, proxied)
         cutter = CutAfterFirstBatch(proxy)
         with pytest.raises(MailConnectionError):
             make_syncer(observer=cutter, batch_messages=10).sync_account(account_id)
@@ -269,7 +269,7 @@ def _uids_in(line: str) -> set[int]:
 
 
 def test_two_tenants_synced_at_once_never_mix(
-    server, user_pools, db_sessionmaker, env, tenant_a, tenant_b, make_syncer
+    server, user_pools, ctx, db_sessionmaker, tenant_a, tenant_b, make_syncer
 ):
     from tests.mailbox import UserPool
 
@@ -278,8 +278,7 @@ def test_two_tenants_synced_at_once_never_mix(
     for box, tag in zip(boxes, ("alpha", "beta"), strict=True):
         box.fill("INBOX", 15, prefix=tag)
     ids = [
-        add_account(db_sessionmaker, env, t.tenant_id, b)
-        for t, b in zip((tenant_a, tenant_b), boxes, strict=True)
+        add_account(ctx, t.tenant_id, b) for t, b in zip((tenant_a, tenant_b), boxes, strict=True)
     ]
     errors = []
 
@@ -309,10 +308,10 @@ def test_two_tenants_synced_at_once_never_mix(
 
 def test_one_sync_per_account_at_a_time(mailbox, account_id, make_syncer):
     mailbox.fill("INBOX", 3)
-    from app.services.sync_control import account_lock
+    from app.db import advisory_lock
+    from app.services.sync import lock_key
 
-    engine = make_syncer().sessions.kw["bind"]
-    with account_lock(engine, account_id) as held:
+    with advisory_lock(make_syncer().ctx.engine, lock_key(account_id)) as held:
         assert held
         outcome = make_syncer().sync_account(account_id)
     assert outcome.busy and not outcome.complete

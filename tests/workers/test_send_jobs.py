@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from app.db import make_engine, make_sessionmaker
-from app.mail import ServerSettings
 from app.models import OutboxEntry
+from app.services.accounts import ServerFields
+from app.states import Security
 from tests.mailbox import UserPool
 from tests.services.test_outbox import arrived, inbox, make_account
 from tests.smtp_peer import SmtpPeer, relay_to
@@ -25,19 +25,16 @@ pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 @pytest.fixture
-def setting(fresh_migrated_env, tmp_path, stack_control, user_pools):
-    """(settings, sessionmaker, tenant user, sender mailbox, recipient mailbox, processes)."""
+def setting(fresh_migrated_env, fresh_ctx, tmp_path, stack_control, user_pools):
+    """(settings, context, tenant user, sender mailbox, recipient mailbox, processes)."""
     from tests.conftest import make_tenant_user
 
     env = {**fresh_migrated_env, "SEND_RETRY_SECONDS": "1"}
-    engine = make_engine(env["DATABASE_URL"])
-    sessions = make_sessionmaker(engine)
-    user = make_tenant_user(sessions, env)
+    user = make_tenant_user(fresh_ctx)
     pool = user_pools.setdefault(stack_control.name, UserPool(stack_control))
     running = Processes(env, tmp_path)
-    yield env, sessions, user, pool.take(), pool.take(), running
+    yield env, fresh_ctx, user, pool.take(), pool.take(), running
     running.stop_all()
-    engine.dispose()
 
 
 def api_client(env):
@@ -62,8 +59,8 @@ def sent_attempts(client) -> float:
 
 
 def test_a_draft_sent_twice_with_one_key_arrives_once_with_one_sent_copy(setting):
-    env, sessions, user, sender, recipient, running = setting
-    account_id = make_account(sessions, env, user.tenant_id, sender)
+    env, ctx, user, sender, recipient, running = setting
+    account_id = make_account(ctx, user.tenant_id, sender)
     client = api_client(env)
     counted = sent_attempts(client)
     pdf = b"%PDF-1.4\n" + bytes(range(256)) * 100
@@ -115,8 +112,9 @@ def test_a_draft_sent_twice_with_one_key_arrives_once_with_one_sent_copy(setting
 
 
 def test_postfix_down_is_retried_by_the_worker_then_sent_once(setting, stack_control):
-    env, sessions, user, sender, recipient, running = setting
-    account_id = make_account(sessions, env, user.tenant_id, sender)
+    env, ctx, user, sender, recipient, running = setting
+    sessions = ctx.sessions
+    account_id = make_account(ctx, user.tenant_id, sender)
     client = api_client(env)
     draft = client.post(
         "/api/compose",
@@ -141,11 +139,12 @@ def test_postfix_down_is_retried_by_the_worker_then_sent_once(setting, stack_con
 
 
 def test_a_worker_killed_after_the_server_accepted_never_sends_twice(setting, stack):
-    env, sessions, user, sender, recipient, running = setting
+    env, ctx, user, sender, recipient, running = setting
+    sessions = ctx.sessions
     with SmtpPeer(relay=relay_to(stack.host, stack.smtp_port)) as peer:
         peer.scripts = ["hold_after_dot"]
-        smtp = ServerSettings("127.0.0.1", peer.port, "none", sender.email, "any")
-        account_id = make_account(sessions, env, user.tenant_id, sender, smtp=smtp)
+        smtp = ServerFields("127.0.0.1", peer.port, Security.NONE, sender.email, "any")
+        account_id = make_account(ctx, user.tenant_id, sender, smtp=smtp)
         client = api_client(env)
         draft = client.post(
             "/api/compose",

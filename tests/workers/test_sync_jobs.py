@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlalchemy import text
 
-from app.queues import SYNC, get_queue
+from app.jobs import Jobs, QueueName
 from tests.mailbox import add_account, message, stored
 from tests.support import Processes, kill_tree, run_cli, wait_for
 
@@ -16,20 +16,16 @@ pytestmark = pytest.mark.usefixtures("empty_queues")
 
 
 @pytest.fixture
-def lonely(fresh_migrated_env, db_sessionmaker, mailbox, tmp_path):
+def lonely(fresh_migrated_env, fresh_ctx, mailbox, tmp_path):
     """A database of the test's own with one tenant and one account: for processes that act on
     every account (scheduler, IDLE watcher), which must not touch other tests' accounts."""
-    from app.db import make_engine, make_sessionmaker
     from tests.conftest import make_tenant_user
 
-    engine = make_engine(fresh_migrated_env["DATABASE_URL"])
-    sessions = make_sessionmaker(engine)
-    user = make_tenant_user(sessions, fresh_migrated_env)
-    account_id = add_account(sessions, fresh_migrated_env, user.tenant_id, mailbox)
+    user = make_tenant_user(fresh_ctx)
+    account_id = add_account(fresh_ctx, user.tenant_id, mailbox)
     running = Processes(fresh_migrated_env, tmp_path)
-    yield running, sessions, account_id, user
+    yield running, fresh_ctx.sessions, account_id, user
     running.stop_all()
-    engine.dispose()
 
 
 @pytest.fixture
@@ -60,7 +56,7 @@ def test_sync_requested_through_the_api_runs_on_a_worker(
     assert status["last_synced_at"] is None
 
     fetched = metric(client, "emailservice_sync_messages_fetched_total")
-    assert run_cli(["worker", "--burst", SYNC], env, tmp_path).returncode == 0
+    assert run_cli(["worker", "--burst", "sync"], env, tmp_path).returncode == 0
     assert metric(client, "emailservice_sync_messages_fetched_total") == fetched + 5
     status = client.get(f"/api/sync/status/{account_id}", headers=tenant_a.headers).get_json()
     assert status["state"] == "idle", status
@@ -79,12 +75,12 @@ def test_sync_requested_through_the_api_runs_on_a_worker(
 
 
 def test_a_wrong_password_marks_the_account_and_stops_syncing_it(
-    client, tenant_a, mailbox, env, tmp_path, db_sessionmaker
+    client, tenant_a, mailbox, env, tmp_path, ctx
 ):
     wrong = type(mailbox)(**{**vars(mailbox), "password": "not-the-password"})
-    account_id = add_account(db_sessionmaker, env, tenant_a.tenant_id, wrong)
+    account_id = add_account(ctx, tenant_a.tenant_id, wrong)
     assert client.post(f"/api/sync/imap/{account_id}", headers=tenant_a.headers).status_code == 202
-    assert run_cli(["worker", "--burst", SYNC], env, tmp_path).returncode == 0
+    assert run_cli(["worker", "--burst", "sync"], env, tmp_path).returncode == 0
     account = client.get(f"/api/accounts/{account_id}", headers=tenant_a.headers).get_json()
     assert account["state"] == "auth_failed"
     status = client.get(f"/api/sync/status/{account_id}", headers=tenant_a.headers).get_json()
@@ -110,7 +106,7 @@ def test_a_long_sync_continues_in_bounded_jobs(
     client.post(f"/api/sync/imap/{account_id}", headers=tenant_a.headers)
     # Each job stops after a batch of 10 and enqueues its continuation.
     settings = dict(env, SYNC_JOB_MAX_MESSAGES="10", SYNC_BATCH_MESSAGES="10")
-    result = run_cli(["worker", "--burst", SYNC], settings, tmp_path)
+    result = run_cli(["worker", "--burst", "sync"], settings, tmp_path)
     assert result.returncode == 0
     runs = [json.loads(line) for line in result.stderr.splitlines() if "sync run finished" in line]
     assert len(runs) >= 3
@@ -125,7 +121,7 @@ def test_a_worker_killed_mid_sync_leaves_nothing_the_next_sync_cannot_finish(
 ):
     mailbox.fill("INBOX", 400)
     client.post(f"/api/sync/imap/{account_id}", headers=tenant_a.headers)
-    worker = processes.start("worker", SYNC, SYNC_BATCH_MESSAGES="20")
+    worker = processes.start("worker", "sync", SYNC_BATCH_MESSAGES="20")
 
     def some_committed() -> bool:
         with db_sessionmaker() as s:
@@ -155,9 +151,9 @@ def test_a_worker_killed_mid_sync_leaves_nothing_the_next_sync_cannot_finish(
 
     assert wait_for(lambda: state() != "running", timeout=10)
     assert state() == "failed"  # interrupted, and said so
-    get_queue(SYNC, redis_client).empty()
+    Jobs(redis_client).queue(QueueName.SYNC).empty()
     assert client.post(f"/api/sync/imap/{account_id}", headers=tenant_a.headers).status_code == 202
-    assert run_cli(["worker", "--burst", SYNC], env, tmp_path).returncode == 0
+    assert run_cli(["worker", "--burst", "sync"], env, tmp_path).returncode == 0
     rows = stored(db_sessionmaker, account_id)["INBOX"]
     assert set(rows) == mailbox.uids("INBOX")
     with db_sessionmaker() as s:

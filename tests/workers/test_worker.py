@@ -8,7 +8,8 @@ import pytest
 from rq.job import Job, JobStatus
 from rq_scheduler import Scheduler
 
-from app.queues import DEFAULT, HEARTBEAT_KEY, QUEUES, SEND, get_queue
+from app.jobs import HEARTBEAT, QUEUES, Jobs, PeriodicJob, QueueName
+from app.telemetry import HEARTBEAT_KEY
 from tests.support import run_cli
 
 
@@ -26,7 +27,7 @@ def clean_redis(empty_queues, redis_client):
 
 
 def test_a_job_enqueued_by_name_runs_on_every_queue(env, redis_client, tmp_path):
-    jobs = [get_queue(name, redis_client).enqueue("workers.jobs.heartbeat") for name in QUEUES]
+    jobs = [Jobs(redis_client).queue(name).enqueue("workers.jobs.heartbeat") for name in QUEUES]
     started = time.time()
     result = run_cli(["worker", "--burst"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -38,8 +39,8 @@ def test_a_job_enqueued_by_name_runs_on_every_queue(env, redis_client, tmp_path)
 
 
 def test_a_worker_on_one_queue_leaves_the_others(env, redis_client, tmp_path):
-    send = get_queue("send", redis_client).enqueue("workers.jobs.heartbeat")
-    sync = get_queue("sync", redis_client).enqueue("workers.jobs.heartbeat")
+    send = Jobs(redis_client).queue(QueueName.SEND).enqueue("workers.jobs.heartbeat")
+    sync = Jobs(redis_client).queue(QueueName.SYNC).enqueue("workers.jobs.heartbeat")
     result = run_cli(["worker", "--burst", "send"], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert Job.fetch(send.id, connection=redis_client).get_status() == JobStatus.FINISHED
@@ -56,11 +57,11 @@ def test_scheduler_enqueues_its_periodic_jobs_once_however_often_it_starts(
         assert result.returncode == 0, result.stderr
     periodic = ["periodic-heartbeat", "periodic-outbox-sweep", "periodic-sync"]
     assert sorted(job.id for job in Scheduler(connection=redis_client).get_jobs()) == periodic
-    assert sorted(get_queue(DEFAULT, redis_client).job_ids) == [
+    assert sorted(Jobs(redis_client).queue(QueueName.DEFAULT).job_ids) == [
         "periodic-heartbeat",
         "periodic-sync",
     ]
-    assert get_queue(SEND, redis_client).job_ids == ["periodic-outbox-sweep"]
+    assert Jobs(redis_client).queue(QueueName.SEND).job_ids == ["periodic-outbox-sweep"]
 
     started = time.time()
     assert run_cli(["worker", "--burst"], env, cwd=tmp_path).returncode == 0
@@ -70,14 +71,23 @@ def test_scheduler_enqueues_its_periodic_jobs_once_however_often_it_starts(
 
 
 def test_a_changed_interval_replaces_the_scheduled_job(redis_client):
-    from workers.schedule import PeriodicJob, register_periodic_jobs
+    from workers.schedule import register_periodic_jobs
 
     scheduler = Scheduler(connection=redis_client)
-    register_periodic_jobs(
-        scheduler, [PeriodicJob("periodic-heartbeat", "workers.jobs.heartbeat", 60, DEFAULT)]
-    )
-    register_periodic_jobs(
-        scheduler, [PeriodicJob("periodic-heartbeat", "workers.jobs.heartbeat", 30, DEFAULT)]
-    )
+    register_periodic_jobs(scheduler, [PeriodicJob("periodic-heartbeat", HEARTBEAT, 60)])
+    register_periodic_jobs(scheduler, [PeriodicJob("periodic-heartbeat", HEARTBEAT, 30)])
     [job] = scheduler.get_jobs()
     assert job.meta["interval"] == 30
+
+
+def test_every_job_of_the_catalogue_is_a_function_of_workers_jobs():
+    """The web app names jobs by dotted path (it never imports workers/): each must resolve."""
+    import importlib
+
+    from app.jobs import CATALOGUE
+
+    for spec in CATALOGUE:
+        module, _, name = spec.func.rpartition(".")
+        assert module == "workers.jobs", spec.func
+        assert callable(getattr(importlib.import_module(module), name)), spec.func
+        assert spec.queue in QUEUES

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Row, text
-from sqlalchemy.orm import Session
 
+from app.context import Unit
 from app.models import Message
 from app.services.search import cursors
 from app.services.search.cursors import Position
@@ -50,7 +50,7 @@ class SearchPage:
 
 
 def search(
-    session: Session,
+    unit: Unit,
     query: str,
     *,
     sort: Sort = "date",
@@ -58,6 +58,7 @@ def search(
     cursor: str | None = None,
 ) -> SearchPage:
     """One page of the tenant's messages matching `query`; ValidationFailed for bad input."""
+    session = unit.session
     if bound_tenant(session) is None:
         # The statements rely on the tenant filter app.tenancy adds: never search unscoped.
         raise RuntimeError("search needs a tenant-bound session")

@@ -58,7 +58,7 @@ DATE_ID = Codec(
 
 
 class PageParams(BaseModel):
-    """`limit` and `cursor` of a list (validated with app.api.validation.parse_query); subclasses
+    """`limit` and `cursor` of a list (validated by the view's parse_query); subclasses
     publish their cursor's pattern with `cursor_field(codec)` and add their own parameters."""
 
     model_config = ConfigDict(extra="forbid")

@@ -1,0 +1,155 @@
+"""The job catalogue: every background job with its queue, timeout and retry policy, once.
+
+Every enqueue goes through `Jobs.enqueue(<entry>, ...)`, so a job's queue, timeout, retries
+and result lifetimes are written here and nowhere else. The functions themselves live in
+workers/jobs.py; the catalogue names them by their dotted path, so the web app never imports
+workers/ (dependencies point one way) and a test checks that every path resolves.
+
+Queues are consumed in priority order by a worker started without arguments: sending is what
+a user waits for; syncs are long and can wait behind it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from app.config import Settings
+
+
+class QueueName(StrEnum):
+    SEND = "send"
+    DEFAULT = "default"
+    SYNC = "sync"
+
+
+QUEUES: tuple[QueueName, ...] = (QueueName.SEND, QueueName.DEFAULT, QueueName.SYNC)
+# RQ's states of a job that has not started yet.
+WAITING_STATES = ("queued", "scheduled", "deferred")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One kind of job."""
+
+    func: str  # dotted path of the function in workers/jobs.py
+    queue: QueueName
+    timeout: int  # seconds; RQ kills the work-horse after it
+    # RQ runs the job again after these delays when its work-horse died (the job must be safe
+    # to run twice: each one reads its state from the database first).
+    retry_intervals: tuple[int, ...] = ()
+    result_ttl: int | None = None  # seconds a finished job's record is kept (RQ's default: 500)
+    failure_ttl: int | None = None  # seconds a failed job's record is kept
+
+
+# One bounded sync run of an account (SyncLimits.max_seconds is well below its timeout).
+SYNC_ACCOUNT = JobSpec(
+    "workers.jobs.sync_account",
+    QueueName.SYNC,
+    timeout=900,
+    result_ttl=3600,
+    failure_ttl=7 * 86400,
+)
+# Flags, moves and deletions a user asked for, written back over IMAP.
+APPLY_MESSAGE_CHANGES = JobSpec("workers.jobs.apply_message_changes", QueueName.DEFAULT, 600)
+# Above one SMTP session's worst case: connecting and each command (30 s), the payload, and
+# the server's reply to the final "." (app.mail.smtp.FINAL_REPLY_TIMEOUT, 300 s).
+SEND_MESSAGE = JobSpec("workers.jobs.send_message", QueueName.SEND, 900, (10, 30, 60))
+FILE_SENT_COPY = JobSpec("workers.jobs.file_sent_copy", QueueName.SEND, 900, (10, 30, 60))
+HEARTBEAT = JobSpec("workers.jobs.heartbeat", QueueName.DEFAULT, 60)
+SYNC_ALL_ACCOUNTS = JobSpec("workers.jobs.sync_all_accounts", QueueName.DEFAULT, 600)
+SWEEP_OUTBOX = JobSpec("workers.jobs.sweep_outbox", QueueName.SEND, 600)
+
+CATALOGUE: tuple[JobSpec, ...] = (
+    SYNC_ACCOUNT,
+    APPLY_MESSAGE_CHANGES,
+    SEND_MESSAGE,
+    FILE_SENT_COPY,
+    HEARTBEAT,
+    SYNC_ALL_ACCOUNTS,
+    SWEEP_OUTBOX,
+)
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    """A job the scheduler enqueues every `interval_seconds`, under a fixed id."""
+
+    id: str
+    job: JobSpec
+    interval_seconds: int
+
+
+def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
+    """Every job the scheduler runs, with its interval."""
+    return [
+        # /metrics exports when it last ran: a stalled scheduler or worker pool shows.
+        PeriodicJob("periodic-heartbeat", HEARTBEAT, 60),
+        PeriodicJob("periodic-sync", SYNC_ALL_ACCOUNTS, settings.sync_interval_seconds),
+        # Settles sends whose worker died and re-queues work whose job was lost.
+        PeriodicJob("periodic-outbox-sweep", SWEEP_OUTBOX, 60),
+    ]
+
+
+def backoff(attempt: int, base: float = 30, cap: float = 3600) -> float:
+    """Seconds before retry `attempt` (0 first): base, 2 base, 4 base ... at most cap, each
+    spread by +-50% so retries of many jobs do not arrive together."""
+    return min(base * 2**attempt, cap) * random.uniform(0.5, 1.5)
+
+
+class Jobs:
+    """Enqueues catalogue jobs on one Redis connection, and reads their state."""
+
+    def __init__(self, connection: Redis) -> None:
+        self.connection = connection
+
+    def queue(self, name: QueueName) -> Queue:
+        return Queue(name.value, connection=self.connection)
+
+    def enqueue(
+        self, spec: JobSpec, *args: Any, delay: float = 0, job_id: str | None = None
+    ) -> str:
+        """Queue `spec` with `args` (now, or after `delay` seconds); the job's id."""
+        options: dict[str, Any] = {"job_timeout": spec.timeout}
+        if spec.retry_intervals:
+            options["retry"] = Retry(
+                max=len(spec.retry_intervals), interval=list(spec.retry_intervals)
+            )
+        if spec.result_ttl is not None:
+            options["result_ttl"] = spec.result_ttl
+        if spec.failure_ttl is not None:
+            options["failure_ttl"] = spec.failure_ttl
+        if job_id is not None:
+            options["job_id"] = job_id
+        queue = self.queue(spec.queue)
+        if delay > 0:
+            job = queue.enqueue_in(timedelta(seconds=delay), spec.func, *args, **options)
+        else:
+            job = queue.enqueue(spec.func, *args, **options)
+        return str(job.id)
+
+    def state(self, job_id: str | None) -> str | None:
+        """RQ's status of a job ("queued", "started", ...), or None when there is no such job."""
+        if not job_id:
+            return None
+        try:
+            status = Job.fetch(job_id, connection=self.connection).get_status(refresh=False)
+        except NoSuchJobError:
+            return None
+        return status.value if status is not None else None
+
+    def waiting(self, job_id: str | None) -> bool:
+        """Whether the job exists and has not started yet."""
+        return self.state(job_id) in WAITING_STATES
+
+    def depths(self) -> dict[str, int]:
+        """Jobs waiting in each queue."""
+        return {name.value: self.queue(name).count for name in QUEUES}

@@ -1,0 +1,191 @@
+"""One bounded run over an account: its lock, its round of folders, its failures."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+
+from app.context import ServiceContext
+from app.db import advisory_lock
+from app.errors import NotFound
+from app.mail import MailAuthError, MailConnectionError
+from app.mail.imap import FolderGone, ImapSession, RemoteFolder
+from app.models import Account, Folder, Message, MessageRaw
+from app.services.sync.folder import Budget, FolderRun, SyncLimits, SyncObserver
+from app.services.sync.rows import FolderState
+from app.services.sync.store import SyncStore, now
+from app.states import AccountState, FolderRole
+
+log = logging.getLogger(__name__)
+LOCK_NAMESPACE = 0x5359  # "SY"
+# A round of folders left unfinished longer than this is started afresh.
+ROUND_EXPIRY = timedelta(hours=1)
+# Folders are synced in this order: what users look at first, Junk and Trash last.
+ROLE_ORDER: dict[FolderRole | None, int] = {
+    FolderRole.INBOX: 0,
+    FolderRole.SENT: 1,
+    FolderRole.DRAFTS: 2,
+    FolderRole.ARCHIVE: 3,
+    None: 4,
+    FolderRole.JUNK: 5,
+    FolderRole.TRASH: 6,
+}
+
+
+def lock_key(account_id: int) -> int:
+    """The bigint advisory-lock key of an account's sync (namespace in the high half)."""
+    return (LOCK_NAMESPACE << 32) | account_id
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    complete: bool  # False: the run stopped at its limits (or the lock was busy)
+    busy: bool = False
+    auth_failed: bool = False
+    messages_fetched: int = 0
+
+
+class Syncer:
+    """Syncs accounts with the context's connector and database."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        limits: SyncLimits | None = None,
+        observer: SyncObserver | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.store = SyncStore(ctx.sessions)
+        self.limits = limits or SyncLimits()
+        self.observer = observer or SyncObserver()
+
+    def sync_account(self, account_id: int) -> SyncOutcome:
+        """One bounded run over the account's folders; safe to run twice or concurrently."""
+        with advisory_lock(self.ctx.engine, lock_key(account_id)) as locked:
+            if not locked:
+                return SyncOutcome(complete=False, busy=True)
+            return self._sync_locked(account_id)
+
+    def _sync_locked(self, account_id: int) -> SyncOutcome:
+        with self.ctx.sessions.begin() as s:
+            account = s.get(Account, account_id)
+            if account is None:
+                raise NotFound(f"Account {account_id} does not exist.")
+            if account.state != AccountState.ACTIVE:
+                return SyncOutcome(complete=True)
+            tenant_id = account.tenant_id
+            if account.sync_started_at is None or now() - account.sync_started_at > ROUND_EXPIRY:
+                account.sync_started_at = now()
+                account.sync_folders_done = account.sync_folders_total = 0
+                account.sync_messages_synced = account.sync_messages_total = 0
+            round_started = account.sync_started_at
+        budget = Budget(self.limits)
+        try:
+            imap = self.ctx.connector.imap(account)
+        except MailAuthError as exc:
+            self._record_failure(account_id, str(exc), auth_failed=True)
+            return SyncOutcome(complete=True, auth_failed=True)
+        except MailConnectionError as exc:
+            self._record_failure(account_id, str(exc))
+            raise
+        try:
+            for folder_id in self._reconcile_folders(imap, account_id, tenant_id):
+                f = self.store.folder_state(folder_id)
+                if f.last_synced_at is not None and f.last_synced_at >= round_started:
+                    continue  # done earlier in this round
+                if budget.exhausted() or not self._sync_folder(imap, f, budget):
+                    return SyncOutcome(complete=False, messages_fetched=budget.fetched)
+            self._finish_round(account_id)
+            return SyncOutcome(complete=True, messages_fetched=budget.fetched)
+        except MailConnectionError as exc:
+            self._record_failure(account_id, str(exc))
+            raise
+        except Exception as exc:
+            self._record_failure(account_id, f"internal error: {type(exc).__name__}")
+            raise
+        finally:
+            imap.close()
+
+    def _sync_folder(self, imap: ImapSession, f: FolderState, budget: Budget) -> bool:
+        """Sync one folder; False when the budget ran out before it was done."""
+        try:
+            return FolderRun(imap, self.store, f, self.limits, budget, self.observer).run()
+        except FolderGone as exc:
+            # One bad folder never stops the account: note it and go on.
+            self.store.update_folder(f.id, last_error=str(exc), last_synced_at=now())
+            return True
+
+    def _record_failure(self, account_id: int, error: str, auth_failed: bool = False) -> None:
+        values: dict[str, object] = {"last_error": error[:2000]}
+        if auth_failed:
+            values["state"] = AccountState.AUTH_FAILED
+        with self.ctx.sessions.begin() as s:
+            s.execute(update(Account).where(Account.id == account_id).values(**values))
+
+    def _finish_round(self, account_id: int) -> None:
+        with self.ctx.sessions.begin() as s:
+            s.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(last_synced_at=now(), sync_started_at=None, last_error=None)
+            )
+            # Raw bytes no message refers to any more (expunged, moved and deduplicated away).
+            used = select(Message.id).where(Message.raw_id == MessageRaw.id).exists()
+            s.execute(delete(MessageRaw).where(MessageRaw.account_id == account_id, ~used))
+
+    # -- folders ----------------------------------------------------------------------------
+
+    def _reconcile_folders(self, imap: ImapSession, account_id: int, tenant_id: int) -> list[int]:
+        """Make the folder rows match the server's list; return their ids in sync order."""
+        remote = {f.remote_name: f for f in imap.folders()}
+        with self.ctx.sessions.begin() as s:
+            rows = {
+                f.remote_name: f
+                for f in s.scalars(select(Folder).where(Folder.account_id == account_id))
+            }
+            vanished = {name: row for name, row in rows.items() if name not in remote}
+            for name, found in remote.items():
+                row = rows.get(name) or _renamed(imap, vanished, found)
+                if row is None:
+                    s.add(
+                        Folder(
+                            account_id=account_id,
+                            tenant_id=tenant_id,
+                            name=found.name,
+                            remote_name=found.remote_name,
+                            delimiter=found.delimiter,
+                            role=found.role,
+                        )
+                    )
+                else:
+                    row.name, row.remote_name = found.name, found.remote_name
+                    row.delimiter, row.role = found.delimiter, found.role
+            for row in vanished.values():
+                s.delete(row)  # its messages go with it (ON DELETE CASCADE)
+            s.flush()
+            ordered = sorted(
+                s.scalars(select(Folder).where(Folder.account_id == account_id)),
+                key=lambda f: (ROLE_ORDER.get(f.role, 4), f.name),
+            )
+            s.get_one(Account, account_id).sync_folders_total = len(ordered)
+            return [f.id for f in ordered]
+
+
+def _renamed(imap: ImapSession, vanished: dict[str, Folder], found: RemoteFolder) -> Folder | None:
+    """A vanished folder that reappears under another name keeps its UIDVALIDITY."""
+    candidates = [row for row in vanished.values() if row.uidvalidity is not None]
+    if not candidates:
+        return None
+    try:
+        status = imap.status(found.remote_name)
+    except FolderGone:
+        return None
+    for row in candidates:
+        if row.uidvalidity == status.uidvalidity:
+            del vanished[row.remote_name]
+            log.info("folder renamed", extra={"old": row.name, "new": found.name})
+            return row
+    return None

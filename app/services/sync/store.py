@@ -1,0 +1,237 @@
+"""What the sync writes to PostgreSQL, each write one short transaction of its own.
+
+The IMAP connection is held for a whole run; database sessions only for one step, so a slow
+server never holds a transaction open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.mail.imap import FetchedMessage, FlagChange
+from app.models import Account, Folder, Message, MessageChange, MessageRaw
+from app.services.sync.rows import FolderState, message_row
+from app.states import ChangeKind, ChangeState
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def count_folder(session: Session, folder_id: int) -> Folder:
+    """Store the message and unread counts of the folder's current copies."""
+    folder = session.get_one(Folder, folder_id)
+    current = (
+        select(Message.seen)
+        .where(Message.folder_id == folder_id, Message.uidvalidity == folder.uidvalidity)
+        .subquery()
+    )
+    total, unread = session.execute(
+        select(func.count(), func.count().filter(~current.c.seen))
+    ).one()
+    folder.messages_count, folder.unread_count = total, unread
+    return folder
+
+
+class SyncStore:
+    """The sync's reads and writes, on a session factory."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def folder_state(self, folder_id: int) -> FolderState:
+        with self.sessions() as s:
+            return FolderState.of(s.get_one(Folder, folder_id))
+
+    def uids(
+        self,
+        folder_id: int,
+        validity: int,
+        from_uid: int | None = None,
+        session: Session | None = None,
+    ) -> set[int]:
+        """UIDs of the folder's copies under `validity` (from `from_uid` on)."""
+        query = select(Message.uid).where(
+            Message.folder_id == folder_id, Message.uidvalidity == validity
+        )
+        if from_uid is not None:
+            query = query.where(Message.uid >= from_uid)
+        if session is not None:
+            return set(session.scalars(query))
+        with self.sessions() as s:
+            return set(s.scalars(query))
+
+    def update_folder(self, folder_id: int, **values: Any) -> None:
+        with self.sessions.begin() as s:
+            s.execute(update(Folder).where(Folder.id == folder_id).values(**values))
+
+    def folder_unchanged(self, f: FolderState) -> None:
+        """Nothing changed on the server, so nothing was stored: its counts stand (a local flag
+        change recounts its folder itself). One short transaction."""
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Folder)
+                .where(Folder.id == f.id)
+                .values(last_synced_at=now(), last_error=None)
+            )
+            self._one_folder_done(s, f.account_id)
+
+    def folder_counted(self, folder_id: int) -> None:
+        """The folder's counts, and one more folder done in the round's progress."""
+        with self.sessions.begin() as s:
+            folder = count_folder(s, folder_id)
+            self._one_folder_done(s, folder.account_id)
+
+    @staticmethod
+    def _one_folder_done(s: Session, account_id: int) -> None:
+        s.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(sync_folders_done=Account.sync_folders_done + 1)
+        )
+
+    def add_progress(self, account_id: int, total: int) -> None:
+        with self.sessions.begin() as s:
+            s.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(sync_messages_total=Account.sync_messages_total + total)
+            )
+
+    def store_batch(self, f: FolderState, validity: int, fetched: list[FetchedMessage]) -> None:
+        """One batch, one transaction: raw bytes (deduplicated), parsed rows, progress.
+
+        Inserts are idempotent (ON CONFLICT DO NOTHING): a batch stored by a run that then
+        crashed is skipped by the next.
+        """
+        if not fetched:
+            return
+        raws = {hashlib.sha256(m.raw).digest(): m.raw for m in fetched}
+        with self.sessions.begin() as s:
+            s.execute(
+                insert(MessageRaw)
+                .values(
+                    [
+                        {
+                            "account_id": f.account_id,
+                            "tenant_id": f.tenant_id,
+                            "sha256": digest,
+                            "data": data,
+                        }
+                        for digest, data in raws.items()
+                    ]
+                )
+                .on_conflict_do_nothing(index_elements=["account_id", "sha256"])
+            )
+            raw_ids: dict[bytes, int] = {
+                digest: raw_id
+                for digest, raw_id in s.execute(
+                    select(MessageRaw.sha256, MessageRaw.id).where(
+                        MessageRaw.account_id == f.account_id, MessageRaw.sha256.in_(list(raws))
+                    )
+                ).all()
+            }
+            rows = [
+                message_row(f, validity, m, raw_ids[hashlib.sha256(m.raw).digest()])
+                for m in fetched
+            ]
+            s.execute(
+                insert(Message)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["folder_id", "uidvalidity", "uid"])
+            )
+            s.execute(
+                update(Account)
+                .where(Account.id == f.account_id)
+                .values(sync_messages_synced=Account.sync_messages_synced + len(rows))
+            )
+
+    def count(self, folder_id: int, validity: int) -> int:
+        """How many copies of the folder under `validity` are stored."""
+        with self.sessions() as s:
+            return (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Message)
+                    .where(Message.folder_id == folder_id, Message.uidvalidity == validity)
+                )
+                or 0
+            )
+
+    def delete_gone(self, folder_id: int, validity: int, server: set[int]) -> None:
+        """Delete the copies whose UIDs the server no longer has (expunged or moved away)."""
+        with self.sessions.begin() as s:
+            gone = self.uids(folder_id, validity, session=s) - server
+            if gone:
+                s.execute(
+                    delete(Message).where(
+                        Message.folder_id == folder_id,
+                        Message.uidvalidity == validity,
+                        Message.uid.in_(gone),
+                    )
+                )
+
+    def apply_flags(self, folder_id: int, validity: int, changes: Iterable[FlagChange]) -> None:
+        """The server's flags on our copies, except where a user's change is still pending."""
+        params = [
+            {
+                "b_uid": c.uid,
+                "b_seen": c.flags.seen,
+                "b_flagged": c.flags.flagged,
+                "b_answered": c.flags.answered,
+                "b_draft": c.flags.draft,
+                "b_keywords": list(c.flags.keywords),
+                "b_modseq": c.modseq,
+            }
+            for c in changes
+        ]
+        if not params:
+            return
+        with self.sessions.begin() as s:
+            s.connection().execute(
+                update(Message.__table__)
+                .where(
+                    Message.folder_id == folder_id,
+                    Message.uidvalidity == validity,
+                    Message.uid == bindparam("b_uid"),
+                    # A flag change the user asked for and a worker has not written back yet
+                    # wins over the server's older state: never undone by a sync.
+                    ~select(MessageChange.id)
+                    .where(
+                        MessageChange.message_id == Message.id,
+                        MessageChange.kind == ChangeKind.FLAGS,
+                        MessageChange.state == ChangeState.PENDING,
+                    )
+                    .exists(),
+                )
+                .values(
+                    seen=bindparam("b_seen"),
+                    flagged=bindparam("b_flagged"),
+                    answered=bindparam("b_answered"),
+                    draft=bindparam("b_draft"),
+                    keywords=bindparam("b_keywords"),
+                    modseq=bindparam("b_modseq"),
+                ),
+                params,
+            )
+
+    def advance(
+        self, folder_id: int, validity: int, values: dict[str, Any], drop_others: bool
+    ) -> None:
+        """Move the folder's state forward; with `drop_others`, delete the copies of another
+        UIDVALIDITY in the same transaction, so the folder never shows neither or both."""
+        with self.sessions.begin() as s:
+            if drop_others:
+                s.execute(
+                    delete(Message).where(
+                        Message.folder_id == folder_id, Message.uidvalidity != validity
+                    )
+                )
+            s.execute(update(Folder).where(Folder.id == folder_id).values(**values))
