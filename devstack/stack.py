@@ -477,14 +477,13 @@ class Stack:
             info.lmtp_port,
             info.auth_port,
         )
+        setup = (state, pf_ports, Path(info.ca_file), Path(info.key_file), info.users)
         if pid is None:
             started.append("postfix")
-            pid = postfix.start(
-                state, pf_ports, Path(info.ca_file), Path(info.key_file), info.users
-            )
+            pid = postfix.start(*setup, info.mail_domain)
         elif "dovecot" in started:
             # Dovecot came back, perhaps on other ports: point the running Postfix at them.
-            postfix.configure(state, pf_ports, Path(info.ca_file), Path(info.key_file), info.users)
+            postfix.configure(*setup, info.mail_domain)
             postfix.reload(state)
         info.pids["postfix"] = pid
 

@@ -269,11 +269,13 @@ def test_sender_login_mismatch_refused(info: StackInfo) -> None:
     with smtplib.SMTP(info.host, info.submission_port, timeout=10) as smtp:
         smtp.starttls(context=tls_context(info))
         smtp.login("alice@example.test", info.users["alice@example.test"])
-        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        # Sender checks wait for RCPT (smtpd_delay_reject), as on a deployed host.
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             smtp.sendmail(
                 "bob@example.test", ["carol@example.test"], "Subject: forged\r\n\r\nx\r\n"
             )
-    assert refused.value.smtp_code == 553 and b"not owned by user" in refused.value.smtp_error
+    code, text = refused.value.recipients["carol@example.test"]
+    assert code == 553 and b"not owned by user alice@example.test" in text
 
 
 def test_mail_from_outside_is_delivered(info: StackInfo) -> None:
