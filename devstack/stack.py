@@ -458,12 +458,15 @@ class Stack:
             )
             digest = hashlib.sha1(str(state).encode()).hexdigest()[:8]
             config = dovecot.config_text(
-                state=state,
-                instance=f"devstack-{self.name[:24]}-{digest}",
-                ports=dv_ports,
-                cert=Path(info.ca_file),
-                key=Path(info.key_file),
-                extra=self.dovecot_extra,
+                dovecot.variables(
+                    state=state,
+                    instance=f"devstack-{self.name[:24]}-{digest}",
+                    ports=dv_ports,
+                    cert=Path(info.ca_file),
+                    key=Path(info.key_file),
+                    mail_domain=info.mail_domain,
+                    extra=self.dovecot_extra,
+                )
             )
             pid = dovecot.start(state, config, dv_ports, Path(info.ca_file))
         info.pids["dovecot"] = pid

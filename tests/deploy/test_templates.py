@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from tasks import dovecot as dovecot_task
 from tasks import postfix as postfix_task
 from tests.deploy.inventory import group_data
 
@@ -154,7 +155,8 @@ def test_postfix_maps_list_the_inventorys_mailboxes(env):
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_dovecot_requires_tls_and_serves_postfix(env):
-    conf = render("dovecot/dovecot.conf.j2", env)
+    data = SimpleNamespace(**group_data(env))
+    conf = render(dovecot_task.TEMPLATE, env, **dovecot_task.variables(data))
     assert re.search(r"^ssl = required$", conf, re.M)
     assert re.search(r"^disable_plaintext_auth = yes$", conf, re.M)
     assert f"ssl_cert = <{group_data(env)['tls_cert_path']}\n" in conf
