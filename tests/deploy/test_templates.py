@@ -1,5 +1,5 @@
-"""DEPLOY.md level 1 and 2: templates rendered with each environment's data, and the whole
-deploy planned without a target, printing no secret."""
+"""Levels 1 and 2 of the deploy's proof (docs/deploy.md): templates rendered with each
+environment's data, and the whole deploy planned without a target, printing no secret."""
 
 from __future__ import annotations
 
