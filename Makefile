@@ -63,6 +63,10 @@ test-deploy: $(STAMP) ## Deploy onto a booted Debian 12 test host (twice) and ch
 	$(BIN)/python -m devstack install --test-tools
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
+.PHONY: docs
+docs: $(STAMP) ## Regenerate docs/api.md from the OpenAPI document the app serves
+	$(BIN)/python scripts/api_reference.py
+
 clean: stop ## Remove the virtualenv and the dev stack's data
 	rm -rf $(VENV) .stack build dist *.egg-info
 
