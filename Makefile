@@ -63,10 +63,14 @@ test-deploy: $(STAMP) ## Deploy onto a booted Debian 12 test host (twice) and ch
 	$(BIN)/python -m devstack install --test-tools
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
+.PHONY: docs
+docs: $(STAMP) ## Regenerate docs/api.md from the OpenAPI document the app serves
+	$(BIN)/python scripts/api_reference.py
+
 clean: stop ## Remove the virtualenv and the dev stack's data
 	rm -rf $(VENV) .stack build dist *.egg-info
 
-# Operator targets on the dev stack's logs and database (deployed hosts: DEPLOYMENT.md).
+# Operator targets on the dev stack's logs and database (deployed hosts: docs/deploy.md).
 .PHONY: logs db-reset db-backup db-restore
 
 logs: ## Follow the dev stack's server logs (PostgreSQL, Redis, Dovecot, Postfix)
@@ -83,7 +87,7 @@ db-restore: $(STAMP) ## Put a dump back as the dev stack's database: make db-res
 	@test -n "$(FILE)" || { echo "usage: make db-restore FILE=backups/<name>.dump" >&2; exit 2; }
 	$(BIN)/python scripts/dev-db restore "$(FILE)"
 
-# The benchmark suite (bench/, shared BENCHMARKS.md): the comparators and the bench extra first.
+# The benchmark suite (bench/; results in BENCHMARKS.md): the comparators and the bench extra first.
 .PHONY: bench bench-quick
 BENCH_STAMP := $(VENV)/.bench-installed
 

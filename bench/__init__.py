@@ -1,4 +1,4 @@
-"""The benchmark suite (shared/BENCHMARKS.md): the project measured side by side with its peers.
+"""The benchmark suite (BENCHMARKS.md): the project measured side by side with its peers.
 
 Each benchmark runs the project and a comparator (a peer program or a physical ceiling) on the
 same data, alternating, several repetitions, and reports medians, spreads and their ratio: the

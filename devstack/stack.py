@@ -458,12 +458,15 @@ class Stack:
             )
             digest = hashlib.sha1(str(state).encode()).hexdigest()[:8]
             config = dovecot.config_text(
-                state=state,
-                instance=f"devstack-{self.name[:24]}-{digest}",
-                ports=dv_ports,
-                cert=Path(info.ca_file),
-                key=Path(info.key_file),
-                extra=self.dovecot_extra,
+                dovecot.variables(
+                    state=state,
+                    instance=f"devstack-{self.name[:24]}-{digest}",
+                    ports=dv_ports,
+                    cert=Path(info.ca_file),
+                    key=Path(info.key_file),
+                    mail_domain=info.mail_domain,
+                    extra=self.dovecot_extra,
+                )
             )
             pid = dovecot.start(state, config, dv_ports, Path(info.ca_file))
         info.pids["dovecot"] = pid
@@ -477,14 +480,13 @@ class Stack:
             info.lmtp_port,
             info.auth_port,
         )
+        setup = (state, pf_ports, Path(info.ca_file), Path(info.key_file), info.users)
         if pid is None:
             started.append("postfix")
-            pid = postfix.start(
-                state, pf_ports, Path(info.ca_file), Path(info.key_file), info.users
-            )
+            pid = postfix.start(*setup, info.mail_domain)
         elif "dovecot" in started:
             # Dovecot came back, perhaps on other ports: point the running Postfix at them.
-            postfix.configure(state, pf_ports, Path(info.ca_file), Path(info.key_file), info.users)
+            postfix.configure(*setup, info.mail_domain)
             postfix.reload(state)
         info.pids["postfix"] = pid
 

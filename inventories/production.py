@@ -1,6 +1,6 @@
 """Production. One host with every role (EMAILSERVICE_PRODUCTION_HOST, or mail.example.com), or,
 with EMAILSERVICE_PRODUCTION_SPLIT=1, the split layout below: an app host (api + workers) and a
-data/mail host (db + mail) on a private network (DEPLOYMENT.md, "Scaling out"). Replace the
+data/mail host (db + mail) on a private network (docs/deploy.md, "Scaling out"). Replace the
 names and private addresses with yours; more app hosts are more entries in `api`/`workers`."""
 
 import os

@@ -8,6 +8,28 @@ from pyinfra.operations import files, server, systemd
 from tasks.common import changed, template
 from tasks.secrets import dovecot_hash, secret_file
 
+# Debian 12's Dovecot 2.3 (2.4 changed the configuration format).
+TEMPLATE = "dovecot/dovecot-2.3.conf.j2"
+
+
+def variables(data) -> dict:
+    """What the Dovecot template is rendered with on a host (`data`: its host.data); the
+    devstack renders the same template with its own values (devstack/dovecot.py)."""
+    return {
+        "devstack": False,
+        "listen": "*, ::",
+        "imap_port": 143,
+        "imaps_port": 993,
+        "users_file": "/etc/dovecot/users",
+        "mail_user": "vmail",
+        "mail_group": "vmail",
+        "mail_root": data.mail_root,
+        "first_valid_uid": 100,
+        "tls_cert": data.tls_cert_path,
+        "tls_key": data.tls_key_path,
+        "mail_domain": data.mail_domain,
+    }
+
 
 def configure(secrets: dict[str, str]) -> list:
     data = host.data
@@ -26,11 +48,12 @@ def configure(secrets: dict[str, str]) -> list:
             name="Mailbox root", path=data.mail_root, user="vmail", group="vmail", mode="750"
         ),
     ]
-    conf = template("dovecot/dovecot.conf.j2", "/etc/dovecot/dovecot.conf", group="dovecot")
+    values = variables(data)
+    conf = template(TEMPLATE, "/etc/dovecot/dovecot.conf", group="dovecot", **values)
     # The passwd-file is re-read by Dovecot on its own: new users need no restart.
     users = secret_file(
         name="Dovecot users (password hashes)",
-        path="/etc/dovecot/users",
+        path=values["users_file"],
         content="".join(
             f"{address}:{dovecot_hash(address, secrets[secret])}::::::\n"
             for address, secret in sorted(data.mail_users.items())

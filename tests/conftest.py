@@ -32,7 +32,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """DEPLOY.md asks the suite to say how many level-4 (deployed host) checks ran."""
+    """Say how many level-4 checks (a deployed host, docs/deploy.md) ran, and how they ended."""
     counts = {}
     for outcome in ("passed", "failed", "error", "skipped"):
         counts[outcome] = sum(

@@ -1,5 +1,5 @@
-"""docs/deploy.md levels 1 and 2: templates rendered with each environment's data, and the whole
-deploy planned without a target, printing no secret."""
+"""Levels 1 and 2 of the deploy's proof (docs/deploy.md): templates rendered with each
+environment's data, and the whole deploy planned without a target, printing no secret."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import pytest
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from tasks import dovecot as dovecot_task
+from tasks import postfix as postfix_task
 from tests.deploy.inventory import group_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,9 +110,14 @@ def test_split_roles_open_postgres_and_redis_to_the_app_hosts_only():
     assert public == "22"
 
 
+def postfix_render(template: str, env: str) -> str:
+    """A Postfix template as the deploy renders it for `env` (tasks/postfix.py's variables)."""
+    return render(template, env, **postfix_task.variables(SimpleNamespace(**group_data(env))))
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_postfix_refuses_relay_and_forged_senders(env):
-    main = settings(render("postfix/main.cf.j2", env))
+    main = settings(postfix_render("postfix/main.cf.j2", env))
     data = group_data(env)
     assert main["virtual_mailbox_domains"] == data["mail_domain"]
     assert data["mail_domain"] not in main["mydestination"]
@@ -123,12 +130,12 @@ def test_postfix_refuses_relay_and_forged_senders(env):
         in main["smtpd_sender_restrictions"]
     )
     assert (
-        render("postfix/local_senders.j2", env)
+        postfix_render("postfix/local_senders.j2", env)
         .splitlines()[-1]
         .startswith(f"{data['mail_domain']} REJECT")
     )
     assert main["smtpd_tls_cert_file"] == data["tls_cert_path"]
-    master = render("postfix/master.cf.j2", env)
+    master = postfix_render("postfix/master.cf.j2", env)
     submission = master.split("\nsubmission ")[1].split("\nsubmissions ")[0]
     assert "smtpd_tls_security_level=encrypt" in submission
     assert "smtpd_sasl_auth_enable=yes" in submission
@@ -139,8 +146,8 @@ def test_postfix_refuses_relay_and_forged_senders(env):
 
 @pytest.mark.parametrize("env", ["vagrant"])
 def test_postfix_maps_list_the_inventorys_mailboxes(env):
-    mailboxes = render("postfix/virtual_mailboxes.j2", env)
-    logins = render("postfix/sender_logins.j2", env)
+    mailboxes = postfix_render("postfix/virtual_mailboxes.j2", env)
+    logins = postfix_render("postfix/sender_logins.j2", env)
     for address in group_data(env)["mail_users"]:
         assert f"{address} OK" in mailboxes
         assert f"{address} {address}" in logins
@@ -148,7 +155,8 @@ def test_postfix_maps_list_the_inventorys_mailboxes(env):
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_dovecot_requires_tls_and_serves_postfix(env):
-    conf = render("dovecot/dovecot.conf.j2", env)
+    data = SimpleNamespace(**group_data(env))
+    conf = render(dovecot_task.TEMPLATE, env, **dovecot_task.variables(data))
     assert re.search(r"^ssl = required$", conf, re.M)
     assert re.search(r"^disable_plaintext_auth = yes$", conf, re.M)
     assert f"ssl_cert = <{group_data(env)['tls_cert_path']}\n" in conf

@@ -161,6 +161,26 @@ def test_redis_roundtrip(info: StackInfo) -> None:
         assert info.redis_db == 0 and info.redis_port != 6379
 
 
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_mail_configs_pass_the_checks_a_host_runs_before_a_restart(info: StackInfo) -> None:
+    """The stack renders the deploy's templates; what tasks/postfix.py and tasks/dovecot.py
+    check on a host before restarting (no error, no warning) holds for the stack's variant too."""
+    state = Path(info.state_dir)
+
+    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    for result in (
+        run("postfix", "-c", str(state / "postfix" / "etc"), "check"),
+        run("postconf", "-c", str(state / "postfix" / "etc")),
+        run("doveconf", "-c", str(state / "dovecot" / "dovecot.conf"), "-n"),
+    ):
+        assert result.returncode == 0, result.args
+        assert "warning" not in result.stderr.lower(), (result.args, result.stderr)
+
+
 # -- IMAP ------------------------------------------------------------------------------------
 
 
@@ -246,6 +266,14 @@ def test_submission_refuses_auth_before_starttls(info: StackInfo) -> None:
         assert code >= 500  # TLS is required before anything else
 
 
+def test_submission_refuses_to_send_without_login(info: StackInfo) -> None:
+    with smtplib.SMTP(info.host, info.submission_port, timeout=10) as smtp:
+        smtp.starttls(context=tls_context(info))
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            smtp.sendmail("alice@example.test", ["bob@example.test"], "Subject: x\r\n\r\nx\r\n")
+    assert refused.value.recipients["bob@example.test"][0] == 554
+
+
 def test_mx_port_refuses_relay_with_554(info: StackInfo) -> None:
     with smtplib.SMTP(info.host, info.smtp_port, timeout=10) as smtp:
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
@@ -269,11 +297,13 @@ def test_sender_login_mismatch_refused(info: StackInfo) -> None:
     with smtplib.SMTP(info.host, info.submission_port, timeout=10) as smtp:
         smtp.starttls(context=tls_context(info))
         smtp.login("alice@example.test", info.users["alice@example.test"])
-        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        # Sender checks wait for RCPT (smtpd_delay_reject), as on a deployed host.
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             smtp.sendmail(
                 "bob@example.test", ["carol@example.test"], "Subject: forged\r\n\r\nx\r\n"
             )
-    assert refused.value.smtp_code == 553 and b"not owned by user" in refused.value.smtp_error
+    code, text = refused.value.recipients["carol@example.test"]
+    assert code == 553 and b"not owned by user alice@example.test" in text
 
 
 def test_mail_from_outside_is_delivered(info: StackInfo) -> None:
