@@ -39,8 +39,10 @@ lock: ## Re-resolve requirements.lock (exact versions with hashes) from pyprojec
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
 		--no-emit-find-links --output-file requirements-build.lock requirements-build.in
 
-lint: $(STAMP) ## Static checks (ruff)
-	$(BIN)/ruff check app workers devstack tests tasks inventories bench deploy.py
+lint: $(STAMP) ## Static checks: ruff, the architecture's import contracts, mypy --strict
+	$(BIN)/ruff check app workers devstack tests tasks inventories bench scripts deploy.py
+	PYTHONPATH=. $(BIN)/lint-imports
+	$(BIN)/mypy
 
 health: ## GET /health of the running dev API
 	@curl -sS -w '\n' http://127.0.0.1:$${API_PORT:-5000}/health
@@ -64,8 +66,9 @@ test-deploy: $(STAMP) ## Deploy onto a booted Debian 12 test host (twice) and ch
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 
 .PHONY: docs
-docs: $(STAMP) ## Regenerate docs/api.md from the OpenAPI document the app serves
+docs: $(STAMP) ## Regenerate docs/api.md, .env.example and the README's settings table from the code
 	$(BIN)/python scripts/api_reference.py
+	$(BIN)/python scripts/settings_reference.py
 
 clean: stop ## Remove the virtualenv and the dev stack's data
 	rm -rf $(VENV) .stack build dist *.egg-info

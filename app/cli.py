@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -256,7 +256,7 @@ def sync(account_id: int) -> None:
         """One progress bar per folder with mail to fetch."""
 
         def __init__(self) -> None:
-            self.bar = None
+            self.bar: Any = None  # click's ProgressBar, whose class click keeps private
 
         def folder_started(self, folder: str, missing: int) -> None:
             if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -13,7 +14,7 @@ class Base(DeclarativeBase):
     """Declarative base of every model; its metadata is what Alembic compares against."""
 
 
-def make_engine(database_url: str, **kwargs) -> Engine:
+def make_engine(database_url: str, **kwargs: Any) -> Engine:
     """An engine that connects lazily, so the service starts while PostgreSQL is down."""
     return create_engine(
         database_url,

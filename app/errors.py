@@ -1,7 +1,7 @@
 """The service's one error hierarchy; each error knows its API code and HTTP status.
 
 Services raise these without knowing about HTTP; `app.api.errors` turns any of them into the
-error shape of shared/API.md.
+API's one error shape (docs/api.md, "Errors").
 """
 
 from __future__ import annotations

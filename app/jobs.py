@@ -102,7 +102,7 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
 def backoff(attempt: int, base: float = 30, cap: float = 3600) -> float:
     """Seconds before retry `attempt` (0 first): base, 2 base, 4 base ... at most cap, each
     spread by +-50% so retries of many jobs do not arrive together."""
-    return min(base * 2**attempt, cap) * random.uniform(0.5, 1.5)
+    return float(min(base * 2**attempt, cap)) * random.uniform(0.5, 1.5)
 
 
 class Jobs:
@@ -144,7 +144,7 @@ class Jobs:
             status = Job.fetch(job_id, connection=self.connection).get_status(refresh=False)
         except NoSuchJobError:
             return None
-        return status.value if status is not None else None
+        return str(status.value) if status is not None else None
 
     def waiting(self, job_id: str | None) -> bool:
         """Whether the job exists and has not started yet."""

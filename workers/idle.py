@@ -19,14 +19,11 @@ import signal
 import threading
 from datetime import datetime
 
-from sqlalchemy import select
-
 from app.errors import Conflict, NotFound
 from app.mail import MailAuthError, MailError
 from app.mail.imap import ImapSession
-from app.models import Account
+from app.services import accounts
 from app.services.sync import request_sync
-from app.states import AccountState
 from workers.runtime import context
 
 log = logging.getLogger(__name__)
@@ -71,8 +68,8 @@ class AccountWatcher(threading.Thread):
     def _watch(self) -> None:
         ctx = context()
         with ctx.work() as unit:
-            account = unit.session.get(Account, self.account_id)
-        if account is None or account.state != AccountState.ACTIVE:
+            account = accounts.active_account(unit, self.account_id)
+        if account is None:
             self.stopping.set()
             return
         with ctx.connector.imap(account) as imap:
@@ -110,13 +107,11 @@ class AccountWatcher(threading.Thread):
                 self.stopping.set()
 
 
-def active_accounts(index: int, count: int) -> dict[int, datetime]:
+def shard_accounts(index: int, count: int) -> dict[int, datetime]:
     """Active accounts of this shard, with when their settings last changed."""
     with context().work() as unit:
-        rows = unit.session.execute(
-            select(Account.id, Account.updated_at).where(Account.state == AccountState.ACTIVE)
-        ).all()
-    return {account_id: updated for account_id, updated in rows if account_id % count == index}
+        active = accounts.active_accounts(unit)
+    return {account_id: when for account_id, when in active.items() if account_id % count == index}
 
 
 def run_idle(index: int = 0, count: int = 1) -> None:
@@ -128,7 +123,7 @@ def run_idle(index: int = 0, count: int = 1) -> None:
     log.info("idle watcher started", extra={"shard": f"{index}/{count}"})
     while not stop.is_set():
         try:
-            wanted = active_accounts(index, count)
+            wanted = shard_accounts(index, count)
         except Exception:
             log.exception("could not read the accounts; retrying")
             stop.wait(REFRESH_SECONDS)

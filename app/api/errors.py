@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 def error_response(error: ServiceError, headers: dict[str, str] | None = None) -> Response:
     """Render a ServiceError in the contract's shape."""
-    body: dict = {"code": error.code, "message": error.message}
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
     if error.details is not None:
         body["details"] = error.details
     response = jsonify({"error": body})

@@ -11,6 +11,8 @@ import ssl
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from app.states import Security
+
 
 class MailError(Exception):
     """A mail server could not be used."""
@@ -28,7 +30,7 @@ class MailConnectionError(MailError):
 class ServerSettings:
     host: str
     port: int
-    security: str  # "ssl" | "starttls" | "none"
+    security: Security
     username: str
     password: str = field(repr=False)
 

@@ -31,36 +31,37 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.response_parser import parse_fetch_response
 
 from app.mail import MailAuthError, MailConnectionError, MailError, ServerSettings, tls_context
+from app.states import FolderRole
 
 TIMEOUT_SECONDS = 60
 # Servers send long lines (big FLAGS lists, long UID sets); imaplib's default 10 000 bytes
 # would abort the connection.
 imaplib._MAXLINE = 10_000_000  # type: ignore[attr-defined]  # private: typeshed omits it
 
-ROLE_ATTRIBUTES = {
-    b"\\sent": "sent",
-    b"\\drafts": "drafts",
-    b"\\trash": "trash",
-    b"\\junk": "junk",
-    b"\\archive": "archive",
+ROLE_ATTRIBUTES: dict[bytes, FolderRole] = {
+    b"\\sent": FolderRole.SENT,
+    b"\\drafts": FolderRole.DRAFTS,
+    b"\\trash": FolderRole.TRASH,
+    b"\\junk": FolderRole.JUNK,
+    b"\\archive": FolderRole.ARCHIVE,
 }
 # Servers without SPECIAL-USE: the common names.
-ROLE_NAMES = {
-    "sent": "sent",
-    "sent items": "sent",
-    "sent messages": "sent",
-    "sent mail": "sent",
-    "drafts": "drafts",
-    "draft": "drafts",
-    "trash": "trash",
-    "deleted items": "trash",
-    "deleted messages": "trash",
-    "bin": "trash",
-    "junk": "junk",
-    "spam": "junk",
-    "junk e-mail": "junk",
-    "archive": "archive",
-    "archives": "archive",
+ROLE_NAMES: dict[str, FolderRole] = {
+    "sent": FolderRole.SENT,
+    "sent items": FolderRole.SENT,
+    "sent messages": FolderRole.SENT,
+    "sent mail": FolderRole.SENT,
+    "drafts": FolderRole.DRAFTS,
+    "draft": FolderRole.DRAFTS,
+    "trash": FolderRole.TRASH,
+    "deleted items": FolderRole.TRASH,
+    "deleted messages": FolderRole.TRASH,
+    "bin": FolderRole.TRASH,
+    "junk": FolderRole.JUNK,
+    "spam": FolderRole.JUNK,
+    "junk e-mail": FolderRole.JUNK,
+    "archive": FolderRole.ARCHIVE,
+    "archives": FolderRole.ARCHIVE,
 }
 SYSTEM_FLAGS = {
     b"\\seen": "seen",
@@ -79,7 +80,7 @@ class RemoteFolder:
     name: str  # decoded, "/" as separator, INBOX upper-case
     remote_name: str  # as the server names it (decoded from modified UTF-7)
     delimiter: str | None
-    role: str | None
+    role: FolderRole | None
 
 
 @dataclass(frozen=True)
@@ -449,9 +450,9 @@ def display_name(remote: str, delimiter: str | None) -> str:
     return "/".join(parts)
 
 
-def _role(name: str, attributes: set[bytes]) -> str | None:
+def _role(name: str, attributes: set[bytes]) -> FolderRole | None:
     if name == "INBOX":
-        return "inbox"
+        return FolderRole.INBOX
     for attribute, role in ROLE_ATTRIBUTES.items():
         if attribute in attributes:
             return role

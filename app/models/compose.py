@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -34,9 +35,9 @@ class Draft(TenantScoped, Timestamps, Base):
         ForeignKey("accounts.id", ondelete="CASCADE"), index=True
     )
     # Addresses as the user gave them, normalised ("Name <addr>" or "addr").
-    to_addrs: Mapped[list] = mapped_column(JSONB, default=list)
-    cc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
-    bcc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
+    to_addrs: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    cc_addrs: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    bcc_addrs: Mapped[list[str]] = mapped_column(JSONB, default=list)
     subject: Mapped[str] = mapped_column(Text, default="")
     text_body: Mapped[str | None] = mapped_column(Text)
     html_body: Mapped[str | None] = mapped_column(Text)
@@ -46,7 +47,7 @@ class Draft(TenantScoped, Timestamps, Base):
     in_reply_to_header: Mapped[str | None] = mapped_column(Text)
     references_header: Mapped[str | None] = mapped_column(Text)
     # [{"filename", "content_type", "size"}], in order; the bytes are in draft_attachments.
-    attachments: Mapped[list] = mapped_column(JSONB, default=list)
+    attachments: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     size: Mapped[int] = mapped_column(BigInteger, default=0)  # bodies + attachment bytes
     version: Mapped[int] = mapped_column(Integer, default=1)
     state: Mapped[DraftState] = enum_column(DraftState, 8, DraftState.DRAFT)
@@ -95,7 +96,7 @@ class OutboxEntry(TenantScoped, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str] = mapped_column(Text)  # the Message-ID header, <...>
     envelope_from: Mapped[str] = mapped_column(Text)
-    recipients: Mapped[list] = mapped_column(JSONB)  # envelope: to + cc + bcc addresses
+    recipients: Mapped[list[str]] = mapped_column(JSONB)  # envelope: to + cc + bcc addresses
     # The message exactly as it is sent, built once (the same bytes on every attempt).
     mime: Mapped[bytes] = deferred(mapped_column(LargeBinary))
     next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -8,6 +8,7 @@ folders or refetched after a UIDVALIDITY change is not stored twice.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -126,19 +127,19 @@ class Message(TenantScoped, Base):
     from_name: Mapped[str | None] = mapped_column(Text)
     from_email: Mapped[str | None] = mapped_column(Text)
     # [{"name": ..., "email": ...}, ...]
-    to_addrs: Mapped[list] = mapped_column(JSONB, default=list)
-    cc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
-    bcc_addrs: Mapped[list] = mapped_column(JSONB, default=list)
+    to_addrs: Mapped[list[dict[str, str | None]]] = mapped_column(JSONB, default=list)
+    cc_addrs: Mapped[list[dict[str, str | None]]] = mapped_column(JSONB, default=list)
+    bcc_addrs: Mapped[list[dict[str, str | None]]] = mapped_column(JSONB, default=list)
     # "Name <addr>, addr, ..." over to, cc and bcc, for search (`to:` and words).
     recipients: Mapped[str | None] = mapped_column(Text)
-    reply_to: Mapped[list] = mapped_column(JSONB, default=list)
+    reply_to: Mapped[list[dict[str, str | None]]] = mapped_column(JSONB, default=list)
     message_id_header: Mapped[str | None] = mapped_column(Text)
     in_reply_to: Mapped[str | None] = mapped_column(Text)
     references: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
-    headers: Mapped[list] = mapped_column(JSONB, default=list)
+    headers: Mapped[list[list[str]]] = mapped_column(JSONB, default=list)
     text_body: Mapped[str | None] = mapped_column(Text)
     html_body: Mapped[str | None] = mapped_column(Text)
-    attachments: Mapped[list] = mapped_column(JSONB, default=list)
+    attachments: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     has_attachments: Mapped[bool] = mapped_column(Boolean, default=False)
     parse_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -53,11 +53,11 @@ class ServerReplace(Input):
 
 
 class ServerPatch(PatchInput):
-    host: Host = None
-    port: Port = None
-    security: Security = None
-    username: Username = None
-    password: Password = None
+    host: Host = None  # type: ignore[assignment]
+    port: Port = None  # type: ignore[assignment]
+    security: Security = None  # type: ignore[assignment]
+    username: Username = None  # type: ignore[assignment]
+    password: Password = None  # type: ignore[assignment]
 
 
 class AccountCreate(Input):
@@ -83,10 +83,10 @@ class AccountReplace(Input):
 
 
 class AccountPatch(PatchInput):
-    email: EmailAddress = None
+    email: EmailAddress = None  # type: ignore[assignment]
     display_name: DisplayName | None = None
-    imap: ServerPatch = None
-    smtp: ServerPatch = None
+    imap: ServerPatch = None  # type: ignore[assignment]
+    smtp: ServerPatch = None  # type: ignore[assignment]
     verify: bool = False
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -45,7 +45,7 @@ class Input(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _drop_null_defaults(schema: dict, model: type) -> None:
+def _drop_null_defaults(schema: dict[str, Any], model: type) -> None:
     for prop in schema.get("properties", {}).values():
         if "default" in prop and prop["default"] is None:
             del prop["default"]
@@ -55,7 +55,8 @@ class PatchInput(Input):
     """Base of PATCH bodies: every field optional; fields typed without None refuse null.
 
     Declared as `host: Host = None`: left out means unchanged (`model_fields_set`), while
-    an explicit null fails type validation, so the document and the code agree.
+    an explicit null fails type validation, so the document and the code agree. (mypy sees a
+    None default for a type without None: those lines say `type: ignore[assignment]`.)
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_drop_null_defaults)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -129,7 +129,7 @@ class DraftIn(Input):
         )
 
 
-def _save_schema(schema: dict, model: type) -> None:
+def _save_schema(schema: dict[str, Any], model: type) -> None:
     # id and version are left out, never null; with id, version is required.
     for name in ("id", "version"):
         schema["properties"][name].pop("default", None)
@@ -141,8 +141,10 @@ class DraftSave(DraftIn):
 
     model_config = ConfigDict(json_schema_extra=_save_schema)
 
-    id: Id = Field(None, description="The draft to update (leave out to create one).")
-    version: Annotated[int, Field(ge=1), BeforeValidator(integral)] = Field(
+    # Left out, never null (as PatchInput's fields): mypy sees a None default for a type
+    # without None.
+    id: Id = Field(None, description="The draft to update (leave out to create one).")  # type: ignore[assignment]
+    version: Annotated[int, Field(ge=1), BeforeValidator(integral)] = Field(  # type: ignore[assignment]
         None, description="The version this update is based on (required with id)."
     )
 

@@ -43,7 +43,7 @@ class MessageSummary(BaseModel):
     size: int
 
 
-def _addresses(values: list | None) -> list[AddressOut]:
+def _addresses(values: list[dict[str, str | None]] | None) -> list[AddressOut]:
     return [AddressOut(name=a.get("name"), email=a.get("email") or "") for a in values or []]
 
 
@@ -123,7 +123,12 @@ class MessageOut(MessageSummary):
             text=message.text_body,
             html=view.html,
             attachments=[
-                {k: a[k] for k in ("index", "filename", "content_type", "size")}
+                AttachmentOut(
+                    index=a["index"],
+                    filename=a["filename"],
+                    content_type=a["content_type"],
+                    size=a["size"],
+                )
                 for a in message.attachments
             ],
             parse_error=message.parse_error,
@@ -133,8 +138,8 @@ class MessageOut(MessageSummary):
 class FlagsIn(PatchInput):
     """Flags to set; a flag left out is unchanged."""
 
-    seen: bool = None
-    flagged: bool = None
+    seen: bool = None  # type: ignore[assignment]
+    flagged: bool = None  # type: ignore[assignment]
 
 
 class MoveIn(Input):

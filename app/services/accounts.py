@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -61,6 +62,20 @@ def list_accounts(unit: Unit, after_id: int | None, limit: int) -> list[Account]
     return list(unit.session.scalars(query))
 
 
+def active_account(unit: Unit, account_id: int) -> Account | None:
+    """The account when it exists and is active (a watcher stops otherwise)."""
+    account = unit.session.get(Account, account_id)
+    return account if account is not None and account.state == AccountState.ACTIVE else None
+
+
+def active_accounts(unit: Unit) -> dict[int, datetime]:
+    """Every active account's id, with when its settings last changed."""
+    rows = unit.session.execute(
+        select(Account.id, Account.updated_at).where(Account.state == AccountState.ACTIVE)
+    )
+    return {account_id: updated for account_id, updated in rows}
+
+
 def list_folders(unit: Unit, account_id: int, after: str | None, limit: int) -> list[Folder]:
     """An account's folders by name, after the name `after`."""
     account = get_account(unit, account_id)
@@ -99,7 +114,7 @@ def replace_account(unit: Unit, account_id: int, fields: AccountFields, *, verif
         _verify(unit, complete["imap"], complete["smtp"])
     changed_credentials = any(complete[kind] != _stored(account, box, kind) for kind in KINDS)
     account.email, account.display_name = fields.email, fields.display_name
-    account.updated_at = func.now()  # type: ignore[assignment]
+    account.updated_at = func.now()
     for kind, server in complete.items():
         _store(account, box, kind, server)
     # New credentials are the user's answer to an auth failure: try the account again.
@@ -119,7 +134,7 @@ def patch_account(
     servers = {}
     for kind in KINDS:
         stored = _stored(account, unit.ctx.secrets, kind)
-        current = ServerFields(stored.host, stored.port, stored.security, stored.username)
+        current = ServerFields(stored.host, stored.port, Security(stored.security), stored.username)
         servers[kind] = replace(current, **(changes.pop(kind, None) or {}))
     current_fields = AccountFields(account.email, account.display_name, **servers)
     return replace_account(unit, account_id, replace(current_fields, **changes), verify=verify)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Table, and_, literal, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, load_only
 
@@ -296,7 +296,8 @@ def _apply(
     s: Session, imap: ImapSession, change: MessageChange, message: Message, folder: Folder
 ) -> None:
     if change.kind == ChangeKind.FLAGS:
-        add, remove = [], []
+        add: list[bytes] = []
+        remove: list[bytes] = []
         for wanted, flag in ((change.seen, b"\\Seen"), (change.flagged, b"\\Flagged")):
             if wanted is not None:
                 (add if wanted else remove).append(flag)
@@ -320,13 +321,13 @@ def _apply(
 
 def _copy_to(s: Session, message: Message, target: Folder, uid: int) -> None:
     """The moved message's row in its new folder, under its new UID (no refetch needed)."""
-    table = Message.__table__
+    table = cast(Table, Message.__table__)
     columns = [c for c in table.columns if c.name not in _OWN_COLUMNS and c.computed is None]
     source = select(
         *columns,
-        func.cast(target.id, table.c.folder_id.type),
-        func.cast(target.uidvalidity, table.c.uidvalidity.type),
-        func.cast(uid, table.c.uid.type),
+        literal(target.id, table.c.folder_id.type),
+        literal(target.uidvalidity, table.c.uidvalidity.type),
+        literal(uid, table.c.uid.type),
     ).where(table.c.id == message.id)
     s.execute(
         insert(table)

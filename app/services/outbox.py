@@ -84,7 +84,7 @@ class Deliverer:
             if not locked:
                 return Outcome("busy")
             with self.sessions.begin() as s:
-                entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
                 if entry is None:
                     return Outcome("gone")
                 if entry.state == OutboxState.SENDING:
@@ -115,7 +115,7 @@ class Deliverer:
             except BaseException:
                 # A bug or a signal mid-send: settle as a dead worker would be, then re-raise.
                 with self.sessions.begin() as s:
-                    entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+                    entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
                     _settle_dead(entry, self.policy)
                     if entry.state == OutboxState.QUEUED:
                         entry.next_attempt_at = _now() + timedelta(
@@ -126,13 +126,13 @@ class Deliverer:
 
     def _mark_dot(self, outbox_id: int) -> None:
         with self.sessions.begin() as s:
-            s.get(OutboxEntry, outbox_id).dot_sent_at = _now()
+            s.get_one(OutboxEntry, outbox_id).dot_sent_at = _now()
 
     def _finish(
         self, outbox_id: int, state: OutboxState, error: str | None, reply: str | None = None
     ) -> Outcome:
         with self.sessions.begin() as s:
-            entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+            entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
             entry.state, entry.last_error, entry.updated_at = state, error, _now()
             entry.next_attempt_at = None
             if state == OutboxState.SENT:
@@ -146,7 +146,7 @@ class Deliverer:
 
     def _retry(self, outbox_id: int, error: str, delay: float) -> Outcome:
         with self.sessions.begin() as s:
-            entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+            entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
             entry.state, entry.last_error, entry.dot_sent_at = OutboxState.QUEUED, error, None
             entry.next_attempt_at = _now() + timedelta(seconds=delay)
             entry.updated_at = _now()
@@ -182,7 +182,7 @@ class Deliverer:
             except MailError as exc:
                 return self._copy_failed(outbox_id, str(exc))
             with self.sessions.begin() as s:
-                entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
                 entry.sent_copy, entry.sent_copy_error = SentCopy.DONE, None
                 entry.next_attempt_at = None
                 entry.updated_at = _now()
@@ -190,7 +190,7 @@ class Deliverer:
 
     def _copy_failed(self, outbox_id: int, error: str) -> Outcome:
         with self.sessions.begin() as s:
-            entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+            entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
             entry.sent_copy_attempts += 1
             entry.sent_copy_error = error
             entry.updated_at = _now()
@@ -243,7 +243,7 @@ class Deliverer:
             if not locked:
                 return False
             with self.sessions.begin() as s:
-                entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
                 if entry.state == OutboxState.SENDING:
                     _settle_dead(entry, self.policy)
                 return entry.state == OutboxState.QUEUED

@@ -17,6 +17,8 @@ D after a lone "-", O after OR) solved into: SEP* (Y X* END | TN | -)?, with
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.services.search.syntax import MAX_QUERY_CHARS
 
 _SEP = r"[ \t\n\r\f\v]"
@@ -68,4 +70,8 @@ _X = f"(?:{_SEP}|{_Y}|OR(?:{_PHRASE}|{_SEP}+{_Y}))"
 _END = f"(?:{_TN}|-|OR{_SEP}+(?:{_TN}|-))?"
 
 QUERY_PATTERN = f"^{_SEP}*(?:{_Y}{_X}*{_END}|{_TN}|-)?$"
-QUERY_SCHEMA = {"type": "string", "maxLength": MAX_QUERY_CHARS, "pattern": QUERY_PATTERN}
+QUERY_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_QUERY_CHARS,
+    "pattern": QUERY_PATTERN,
+}

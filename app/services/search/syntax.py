@@ -1,7 +1,7 @@
 """The search query language: web-search syntax plus field filters, parsed into terms.
 
-Grammar (shared/API.md, "Sync"; `grammar.QUERY_PATTERN` is the same language as a regular
-expression, published in the OpenAPI document):
+Grammar (docs/api.md, GET /api/sync/search; `grammar.QUERY_PATTERN` is the same language as a
+regular expression, published in the OpenAPI document):
   query   := group*                      groups are ANDed; an empty query lists all mail
   group   := term ("OR" term)*           OR (upper-case, a word of its own) binds tighter than
                                          the implicit AND: `a b OR c` is a AND (b OR c)

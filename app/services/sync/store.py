@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -196,7 +196,7 @@ class SyncStore:
             return
         with self.sessions.begin() as s:
             s.connection().execute(
-                update(Message.__table__)
+                update(cast(Table, Message.__table__))
                 .where(
                     Message.folder_id == folder_id,
                     Message.uidvalidity == validity,
