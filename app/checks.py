@@ -23,8 +23,7 @@ def _reason(exc: Exception) -> str:
 
 def run_checks(settings: Settings | None = None) -> Iterator[CheckResult]:
     """Yield one result per check; later checks are skipped when their prerequisite failed."""
-    from app.context import make_redis
-    from app.db import make_engine, ping
+    from app.context import ServiceContext
     from app.migrations import current_revisions, head_revisions
 
     if settings is None:
@@ -35,33 +34,30 @@ def run_checks(settings: Settings | None = None) -> Iterator[CheckResult]:
             return
     yield CheckResult("environment", True, "every required setting is present and valid")
 
-    engine = make_engine(settings.database_url)
+    ctx = ServiceContext.build(settings)
     try:
-        ping(engine)
-    except Exception as exc:
-        yield CheckResult("database", False, f"{settings.database_url_safe}: {_reason(exc)}")
-    else:
-        yield CheckResult("database", True, f"{settings.database_url_safe} answers")
-        current, heads = current_revisions(engine), head_revisions(settings.database_url)
-        if current == heads:
-            yield CheckResult("migrations", True, f"at head {', '.join(sorted(heads))}")
+        try:
+            ctx.check_database()
+        except Exception as exc:
+            yield CheckResult("database", False, f"{settings.database_url_safe}: {_reason(exc)}")
         else:
-            have = ", ".join(sorted(current)) or "none applied"
-            yield CheckResult(
-                "migrations",
-                False,
-                f"database at {have}, code expects {', '.join(sorted(heads))}: "
-                "run `emailservice db upgrade`",
-            )
+            yield CheckResult("database", True, f"{settings.database_url_safe} answers")
+            current, heads = current_revisions(ctx.engine), head_revisions(settings.database_url)
+            if current == heads:
+                yield CheckResult("migrations", True, f"at head {', '.join(sorted(heads))}")
+            else:
+                have = ", ".join(sorted(current)) or "none applied"
+                yield CheckResult(
+                    "migrations",
+                    False,
+                    f"database at {have}, code expects {', '.join(sorted(heads))}: "
+                    "run `emailservice db upgrade`",
+                )
+        try:
+            ctx.check_redis()
+        except Exception as exc:
+            yield CheckResult("redis", False, _reason(exc))
+        else:
+            yield CheckResult("redis", True, "answers PING")
     finally:
-        engine.dispose()
-
-    redis = make_redis(settings.redis_url)
-    try:
-        redis.ping()
-    except Exception as exc:
-        yield CheckResult("redis", False, _reason(exc))
-    else:
-        yield CheckResult("redis", True, "answers PING")
-    finally:
-        redis.close()
+        ctx.close()
