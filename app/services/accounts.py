@@ -104,15 +104,14 @@ def replace_account(unit: Unit, account_id: int, fields: AccountFields, *, verif
     """Replace the account's settings; passwords left out (None) keep their stored values."""
     account = get_account(unit, account_id)
     box = unit.ctx.secrets
+    before = {kind: unit.ctx.connector.server(account, kind) for kind in KINDS}
     complete = {
-        kind: getattr(fields, kind).with_password(
-            getattr(fields, kind).password or _stored(account, box, kind).password
-        )
-        for kind in KINDS
+        kind: server.with_password(server.password or before[kind].password)
+        for kind, server in (("imap", fields.imap), ("smtp", fields.smtp))
     }
     if verify:
         _verify(unit, complete["imap"], complete["smtp"])
-    changed_credentials = any(complete[kind] != _stored(account, box, kind) for kind in KINDS)
+    changed_credentials = complete != before
     account.email, account.display_name = fields.email, fields.display_name
     account.updated_at = func.now()
     for kind, server in complete.items():
@@ -133,7 +132,7 @@ def patch_account(
     changes = dict(changes)
     servers = {}
     for kind in KINDS:
-        stored = _stored(account, unit.ctx.secrets, kind)
+        stored = unit.ctx.connector.server(account, kind)
         current = ServerFields(stored.host, stored.port, Security(stored.security), stored.username)
         servers[kind] = replace(current, **(changes.pop(kind, None) or {}))
     current_fields = AccountFields(account.email, account.display_name, **servers)
@@ -180,16 +179,6 @@ def _required(kind: str, server: ServerFields) -> ServerSettings:
             f"{kind}.password is required.", [{"field": f"{kind}.password", "message": "required"}]
         )
     return server.with_password(server.password)
-
-
-def _stored(account: Account, box: SecretBox, kind: str) -> ServerSettings:
-    return ServerSettings(
-        host=getattr(account, f"{kind}_host"),
-        port=getattr(account, f"{kind}_port"),
-        security=getattr(account, f"{kind}_security"),
-        username=getattr(account, f"{kind}_username"),
-        password=box.decrypt(getattr(account, f"{kind}_password_encrypted")),
-    )
 
 
 def _store(account: Account, box: SecretBox, kind: str, server: ServerSettings) -> None:
