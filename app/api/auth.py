@@ -14,6 +14,7 @@ from app.api.openapi import operation
 from app.api.validation import parse_body
 from app.errors import Forbidden, Unauthorized
 from app.schemas.auth import LoginIn, TokenOut
+from app.schemas.errors import ErrorResponse
 from app.services import auth
 
 bp = Blueprint("auth", __name__)
@@ -24,8 +25,11 @@ bp = Blueprint("auth", __name__)
     "Exchange a tenant user's credentials for an access token",
     tags=("auth",),
     request=LoginIn,
-    responses={200: ("A bearer token.", TokenOut)},
-    errors=(401, 429),
+    responses={
+        200: ("A bearer token.", TokenOut),
+        401: ("Invalid credentials (which part was wrong is not said).", ErrorResponse),
+    },
+    errors=(429,),
     auth=False,
 )
 def login() -> Response:

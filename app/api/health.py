@@ -18,7 +18,10 @@ bp = Blueprint("health", __name__)
 @operation(
     "Service health: PostgreSQL and Redis reachable",
     tags=("service",),
-    responses={200: ("Every dependency answers.", HealthOut)},
+    responses={
+        200: ("Every dependency answers.", HealthOut),
+        503: ("A dependency does not answer; `checks` says which.", HealthOut),
+    },
     auth=False,
 )
 def health() -> Response:

@@ -138,11 +138,13 @@ def _operation(rule: Rule, spec: Operation, components: dict[str, Any]) -> dict[
         errors |= {401, 403, 429}
     if spec.request is not None:
         errors |= {400, 413, 415, 422}
-    for status in sorted(errors):
+    # A response the operation declares itself (GET /health's 503 carries the health body)
+    # wins over the generic error.
+    for status in sorted(errors - set(spec.responses)):
         result["responses"][str(status)] = _response(
             ERROR_DESCRIPTIONS[status], ErrorResponse, components
         )
-    return result
+    return dict(result, responses=dict(sorted(result["responses"].items())))
 
 
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
