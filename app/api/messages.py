@@ -55,9 +55,9 @@ def list_messages(account_id: int) -> Response:
     errors=(404,),
 )
 def get_message(message_id: int) -> Response:
-    messages.get_message(unit(), message_id)  # 404 before the parameters' checks
+    message, folder = messages.get_message(unit(), message_id)  # 404 before the parameters
     params = parse_query(MessageParams)
-    view = messages.read_message(unit(), message_id, remote_images=params.remote_images)
+    view = messages.read_message(unit(), message, folder, remote_images=params.remote_images)
     return respond(MessageOut.of(view))
 
 

@@ -85,9 +85,11 @@ def get_message(unit: Unit, message_id: int) -> tuple[Message, Folder]:
     return row[0], row[1]
 
 
-def read_message(unit: Unit, message_id: int, *, remote_images: bool = False) -> MessageView:
-    """A message in full; with `remote_images`, its HTML keeps remote images."""
-    message, folder = get_message(unit, message_id)
+def read_message(
+    unit: Unit, message: Message, folder: Folder, *, remote_images: bool = False
+) -> MessageView:
+    """A message (from get_message) in full; with `remote_images`, its HTML keeps remote
+    images."""
     html = message.html_body
     if html is not None and remote_images:
         # The stored HTML had remote loads removed; asking for them means sanitising the
