@@ -100,6 +100,16 @@ def _int(low: int, high: int | None = None) -> Callable[[str, str], int]:
     return parse
 
 
+def _host_list(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated entries, each HOST, HOST:PORT, CIDR, CIDR:PORT or [IPv6]:PORT; the
+    outbound host policy (app.mail.policy) gives them their meaning."""
+    entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+    for entry in entries:
+        if any(c.isspace() for c in entry) or entry.count("/") > 1:
+            raise ConfigError(name, f"has a malformed entry: {entry!r}")
+    return entries
+
+
 def _host(name: str, raw: str) -> str:
     if not raw or any(c.isspace() for c in raw):
         raise ConfigError(name, f"is not a host name or address: {raw!r}")
@@ -209,7 +219,10 @@ class Settings:
         "RATE_LIMIT_REQUESTS_PER_HOUR", _int(1), "1000", "API requests per tenant per hour"
     )
     login_rate_limit_per_minute: int = setting(
-        "LOGIN_RATE_LIMIT_PER_MINUTE", _int(1), "10", "Login attempts per client address per minute"
+        "LOGIN_RATE_LIMIT_PER_MINUTE",
+        _int(1),
+        "10",
+        "Login attempts per minute, per client address and per (tenant, username)",
     )
     sync_interval_seconds: int = setting(
         "SYNC_INTERVAL_SECONDS",
@@ -221,7 +234,65 @@ class Settings:
         "MAX_MESSAGE_BYTES",
         _int(1024),
         str(25 * MB),
-        "Largest message (with attachments) a draft may reach, in bytes",
+        "Largest message a draft may reach and a sync stores whole (larger: headers only), bytes",
+    )
+    allowed_private_hosts: tuple[str, ...] = setting(
+        "ALLOWED_PRIVATE_HOSTS",
+        _host_list,
+        "",
+        "Private mail servers accounts may use: HOST, HOST:PORT, CIDR, CIDR:PORT ([::1]:993), "
+        "comma-separated; empty: public hosts only",
+    )
+    verify_timeout_seconds: int = setting(
+        "VERIFY_TIMEOUT_SECONDS",
+        _int(1, 300),
+        "15",
+        "One deadline for verifying an account's IMAP and SMTP logins together, in seconds",
+    )
+    verify_max_in_flight: int = setting(
+        "VERIFY_MAX_IN_FLIGHT",
+        _int(1, 100),
+        "2",
+        "Verifications one tenant may run at once, across every API process",
+    )
+    verify_max_in_flight_total: int = setting(
+        "VERIFY_MAX_IN_FLIGHT_TOTAL",
+        _int(0, 256),
+        "0",
+        "Verifications one API process runs at once; 0: a quarter of WAITRESS_THREADS (at least 1)",
+    )
+    tenant_max_accounts: int = setting(
+        "TENANT_MAX_ACCOUNTS", _int(1), "100", "Mail accounts one tenant may connect"
+    )
+    tenant_max_storage_bytes: int = setting(
+        "TENANT_MAX_STORAGE_BYTES",
+        _int(0),
+        str(10 * 1024 * MB),
+        "Mail, drafts and outbox bytes one tenant may store (over it: new mail headers only)",
+    )
+    tenant_max_concurrent_jobs: int = setting(
+        "TENANT_MAX_CONCURRENT_JOBS",
+        _int(1, 1000),
+        "4",
+        "Workers one tenant's sync and send jobs may occupy at once (never all of them)",
+    )
+    imap_command_timeout_seconds: int = setting(
+        "IMAP_COMMAND_TIMEOUT_SECONDS",
+        _int(1, 3600),
+        "120",
+        "Longest an IMAP server may take to finish any one command's response, in seconds",
+    )
+    imap_max_line_bytes: int = setting(
+        "IMAP_MAX_LINE_BYTES",
+        _int(1024),
+        str(MB),
+        "Longest IMAP response line outside literals, in bytes",
+    )
+    max_folders_per_account: int = setting(
+        "MAX_FOLDERS_PER_ACCOUNT",
+        _int(1),
+        "2000",
+        "Folders synced per account; further ones are skipped and noted",
     )
     log_level: str = setting(
         "LOG_LEVEL",
@@ -292,6 +363,11 @@ class Settings:
             values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
         values.update(os.environ if environ is None else environ)
         return cls.from_mapping(values)
+
+    @property
+    def verify_in_flight_total(self) -> int:
+        """Verifications one API process runs at once (the setting, or its derived default)."""
+        return self.verify_max_in_flight_total or max(1, self.waitress_threads // 4)
 
     @property
     def database_url_safe(self) -> str:

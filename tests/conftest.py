@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import mail_pairs
+
 ROOT = Path(__file__).resolve().parent.parent
 CI = os.environ.get("CI", "").lower() == "true"
 
@@ -108,6 +110,9 @@ def env(stack) -> dict[str, str]:
         "ENCRYPTION_KEY": new_encryption_key(),
         "LOG_LEVEL": "INFO",
         "MAIL_TLS_CA_FILE": stack.ca_file,
+        # Exactly this stack's mail servers; a test with a peer of its own allows it too
+        # (tests.support.allowing).
+        "ALLOWED_PRIVATE_HOSTS": ",".join(mail_pairs(stack)),
         # Tests share one client address and make many requests per tenant; the limits
         # themselves are tested with apps built with low ones.
         "RATE_LIMIT_REQUESTS_PER_MINUTE": "100000",

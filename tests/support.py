@@ -47,6 +47,25 @@ def run_cli(
     )
 
 
+def mail_pairs(info) -> list[str]:
+    """The HOST:PORT of every mail listener of a devstack stack (what its settings allow)."""
+    ports = (
+        info.imap_port,
+        info.imaps_port,
+        info.submission_port,
+        info.submissions_port,
+        info.smtp_port,
+    )
+    return [f"{info.host}:{port}" for port in ports if port]
+
+
+def allowing(settings: dict[str, str], *pairs: str) -> dict[str, str]:
+    """`settings` whose ALLOWED_PRIVATE_HOSTS also allows `pairs` (HOST:PORT of a test's own
+    peer): the outbound host policy refuses every loopback address nothing allows."""
+    allowed = [e for e in settings.get("ALLOWED_PRIVATE_HOSTS", "").split(",") if e]
+    return dict(settings, ALLOWED_PRIVATE_HOSTS=",".join([*allowed, *pairs]))
+
+
 def free_port() -> int:
     """A loopback port with nothing listening (bound, then released)."""
     with socket.socket() as s:
