@@ -44,6 +44,9 @@ HEADER_MAX_BYTES = 256 * 1024
 # UID SEARCH answers one line per folder: above this many messages (without ESEARCH), it is
 # asked in UID ranges of this span, so the line stays far below IMAP_MAX_LINE_BYTES.
 SEARCH_SPAN = 50_000
+# LIST may go on past MAX_FOLDERS_PER_ACCOUNT (the rest are skipped and counted) up to this
+# many times as many again (plus 10 000): beyond, it is a stream, not a folder list.
+LIST_EXCESS_FACTOR = 10
 # Closing a session (LOGOUT) waits this long at most.
 LOGOUT_SECONDS = 5
 # In IDLE, a response that began must be whole within this (or the command timeout).
@@ -648,6 +651,10 @@ class ImapSession:
                         kept.append(folder)
                     else:
                         skipped += 1
+                        if skipped > LIST_EXCESS_FACTOR * limit + 10_000:
+                            # Not a mailbox any more but a stream: stop reading it.
+                            self.transport.drop()
+                            raise ResponseTooLong()
         self.folders_skipped = skipped
         return ([inbox] if inbox else []) + kept
 
