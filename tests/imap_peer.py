@@ -16,7 +16,8 @@ hostile step, then misbehaves as `mode` says:
   its body is sent as a literal of `huge_literal_bytes` (1 GiB by default), generated as it
   is sent, never held.
 
-`sessions` counts connections; `literal_bytes_sent` how much of huge literals went out.
+`sessions` counts connections; `literal_bytes_sent` how much of huge literals went out;
+`floods_ended` how many IDLE floods the client cut by hanging up.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class ImapPeer:
     def __post_init__(self) -> None:
         self.sessions = 0
         self.literal_bytes_sent = 0
+        self.floods_ended = 0
         self.commands: list[str] = []
         self._lock = threading.Lock()
         peer = self
@@ -188,9 +190,14 @@ class Session:
             self.say("+ idling")
             if peer.mode == "idle_flood":
                 n = 0
-                while True:
-                    self.say(f"* {n} EXISTS" if n % 2 else "* OK still here, flooding")
-                    n += 1
+                try:
+                    while True:
+                        self.say(f"* {n} EXISTS" if n % 2 else "* OK still here, flooding")
+                        n += 1
+                except OSError:
+                    with peer._lock:
+                        peer.floods_ended += 1  # the client hung up on the flood
+                    raise
             if self.file.readline(65536).strip().upper() != b"DONE":
                 return False
         else:

@@ -51,6 +51,8 @@ LIST_EXCESS_FACTOR = 10
 LOGOUT_SECONDS = 5
 # In IDLE, a response that began must be whole within this (or the command timeout).
 IDLE_READ_SECONDS = 30
+# IDLE wake-ups in a row cut at their bound before the connection is taken for a flood.
+IDLE_FLOOD_WAKEUPS = 10
 
 
 @dataclass(frozen=True)
@@ -569,6 +571,7 @@ class ImapSession:
         self._ca_file = ca_file
         self._examined: tuple[str, int] | None = None  # (folder, UIDVALIDITY) last EXAMINEd
         self.folders_skipped = 0  # by the last folders(): over MAX_FOLDERS_PER_ACCOUNT
+        self._idle_floods = 0  # IDLE wake-ups in a row that stopped at their bound
         self._greet()
 
     def _greet(self) -> None:
@@ -970,16 +973,20 @@ class ImapSession:
 
         One wake-up reads at most `idle_max_responses` responses and `idle_max_bytes` bytes,
         keeps none of them, and returns: a server flooding us cannot grow memory or hold the
-        watcher in here (what it sent beyond waits for the next wake-up).
+        watcher in here (what it sent beyond waits for the next wake-up). A server that fills
+        IDLE_FLOOD_WAKEUPS wake-ups in a row is flooding, not reporting: the connection is
+        dropped (the watcher reconnects later, backing off).
         """
         imap = self.transport
         changed = False
         with _boundary("IDLE"):
             if not imap.readable(timeout):
+                self._idle_floods = 0
                 return False
             # What woke us must be whole soon: a wake-up never waits a command's timeout.
             imap._arm(IDLE_READ_SECONDS)
             budget = imap.limits.idle_max_bytes
+            cut = True
             for _ in range(imap.limits.idle_max_responses):
                 line = imap._get_response() or b""
                 for name in ("EXISTS", "EXPUNGE", "RECENT"):
@@ -987,8 +994,15 @@ class ImapSession:
                 imap.untagged_responses.clear()
                 if b"BYE" in line[:8].upper():
                     raise MailConnectionError("IMAP server closed the connection")
-                if imap.response_bytes >= budget or not imap.pending():
+                if imap.response_bytes >= budget:
                     break
+                if not imap.pending():
+                    cut = False
+                    break
+            self._idle_floods = self._idle_floods + 1 if cut else 0
+            if self._idle_floods >= IDLE_FLOOD_WAKEUPS:
+                imap.drop()
+                raise ResponseTooLong()
         return changed
 
     def idle_stop(self) -> None:

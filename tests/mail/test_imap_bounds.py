@@ -131,14 +131,30 @@ def test_idle_wait_returns_after_a_bounded_read_under_a_flood():
         session = ImapSession.open(peer_server(peer), limits=limits(idle_max_responses=200))
         try:
             session.idle_start("INBOX")
-            for _ in range(20):
+            for _ in range(imap_module.IDLE_FLOOD_WAKEUPS - 1):
                 started = time.monotonic()
                 changed = session.idle_wait(5)
-                # The flood never stops, yet every wake-up comes back at once.
+                # The flood never stops, yet every wake-up comes back at once, keeping nothing.
                 assert time.monotonic() - started < 2
                 assert changed  # EXISTS among the flood
                 assert not session.transport.untagged_responses
-            # DONE is never answered: reading for it is bounded too.
+            # Wake-up after wake-up cut at its bound: a flood, and the connection is dropped.
+            with pytest.raises(MailConnectionError, match="response too long"):
+                session.idle_wait(5)
+        finally:
+            session.close()
+        deadline = time.monotonic() + 5
+        while not peer.floods_ended and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert peer.floods_ended == 1
+
+
+def test_done_unanswered_under_a_flood_is_bounded_too():
+    with ImapPeer(mode="idle_flood") as peer:
+        session = ImapSession.open(peer_server(peer), limits=limits(idle_max_responses=200))
+        try:
+            session.idle_start("INBOX")
+            assert session.idle_wait(5)
             with pytest.raises(MailConnectionError, match="response too long"):
                 session.idle_stop()
         finally:
