@@ -42,7 +42,7 @@ TIMEOUT_SECONDS = 60
 # Headers of a message stored headers-only: a partial fetch asks for at most this much.
 HEADER_MAX_BYTES = 256 * 1024
 # UID SEARCH answers one line per folder: above this many messages (without ESEARCH), it is
-# asked in UID ranges of this span, so the line stays far below IMAP_MAX_LINE_BYTES.
+# asked in message-number ranges of this span, so the line stays far below IMAP_MAX_LINE_BYTES.
 SEARCH_SPAN = 50_000
 # LIST may go on past MAX_FOLDERS_PER_ACCOUNT (the rest are skipped and counted) up to this
 # many times as many again (plus 10 000): beyond, it is a stream, not a folder list.
@@ -51,8 +51,8 @@ LIST_EXCESS_FACTOR = 10
 LOGOUT_SECONDS = 5
 # In IDLE, a response that began must be whole within this (or the command timeout).
 IDLE_READ_SECONDS = 30
-# IDLE wake-ups in a row cut at their bound before the connection is taken for a flood.
-IDLE_FLOOD_WAKEUPS = 10
+# One IDLE bringing more than this many times `idle_max_responses` responses is a flood.
+IDLE_FLOOD_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,14 @@ class BoundedIMAP4(imaplib.IMAP4):
         self.port = port
         self.sock = self._create_socket(timeout)
         self._arm()  # the greeting is the first response
+
+    def _command(self, name: str, *args: Any) -> Any:
+        # imaplib keeps every untagged response until someone pops it, across commands: what
+        # a server sends unasked would pile up command after command. Each command starts
+        # with none (READ-ONLY is kept: imaplib checks it before a command).
+        for kind in [k for k in self.untagged_responses if k != "READ-ONLY"]:
+            del self.untagged_responses[kind]
+        return imaplib.IMAP4._command(self, name, *args)  # type: ignore[attr-defined]
 
     def send(self, data: Any) -> None:
         self._arm()
@@ -571,7 +579,7 @@ class ImapSession:
         self._ca_file = ca_file
         self._examined: tuple[str, int] | None = None  # (folder, UIDVALIDITY) last EXAMINEd
         self.folders_skipped = 0  # by the last folders(): over MAX_FOLDERS_PER_ACCOUNT
-        self._idle_floods = 0  # IDLE wake-ups in a row that stopped at their bound
+        self._idle_responses = 0  # read during the current IDLE
         self._greet()
 
     def _greet(self) -> None:
@@ -701,8 +709,6 @@ class ImapSession:
         """Select `folder` read-only (EXAMINE)."""
         status = self._select(folder, readonly=True)
         self._examined = (folder, status.uidvalidity)
-        self._exists = status.messages
-        self._uidnext = status.uidnext
         return status
 
     def _select(self, folder: str, readonly: bool) -> FolderStatus:
@@ -714,35 +720,38 @@ class ImapSession:
                 raise
             except IMAPClientError as exc:
                 raise FolderGone(f"{command} {folder}: {_text(exc)}") from None
-        return FolderStatus(
+        status = FolderStatus(
             uidvalidity=int(found[b"UIDVALIDITY"]),
             uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
             messages=int(found[b"EXISTS"]),
             highestmodseq=int(found[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in found else None,
         )
+        self._exists = status.messages
+        return status
 
     def uids(self, from_uid: int | None = None) -> set[int]:
         """UIDs in the selected folder, all or those >= from_uid.
 
         A UID SEARCH answer is one line; for a folder with a million messages it would pass
         IMAP_MAX_LINE_BYTES. With ESEARCH (RFC 4731) the answer is a compact set; without it,
-        a large folder is searched in UID ranges of SEARCH_SPAN, each a short line.
+        a folder above SEARCH_SPAN messages is searched by message-number ranges of
+        SEARCH_SPAN (at most that many UIDs per line, however sparse the UIDs are; numbers
+        cannot shift in between: a server sends no EXPUNGE during SEARCH, RFC 3501 7.4.1).
         """
         start = from_uid or 1
-        uidnext = getattr(self, "_uidnext", None)
         exists = getattr(self, "_exists", 0)
         with _boundary("UID SEARCH"):
             if self.esearch:
                 found = self._esearch(f"{start}:*")
-            elif exists <= SEARCH_SPAN or not uidnext:
+            elif exists <= SEARCH_SPAN:
                 found = {int(u) for u in self.client.search(["UID", f"{start}:*"])}
             else:
                 found = set()
-                for low in range(start, uidnext, SEARCH_SPAN):
-                    high = min(low + SEARCH_SPAN - 1, uidnext - 1)
-                    found |= {int(u) for u in self.client.search(["UID", f"{low}:{high}"])}
-                # Mail that arrived since EXAMINE.
-                found |= {int(u) for u in self.client.search(["UID", f"{uidnext}:*"])}
+                for low in range(1, exists + 1, SEARCH_SPAN):
+                    # The last range ends at "*": mail that arrived since EXAMINE is in it.
+                    high = str(low + SEARCH_SPAN - 1) if low + SEARCH_SPAN <= exists else "*"
+                    criteria = [f"{low}:{high}", "UID", f"{start}:*"]
+                    found |= {int(u) for u in self.client.search(criteria)}
         # "n:*" always includes the highest UID, even below n (RFC 3501 6.4.8).
         return {u for u in found if u >= start}
 
@@ -964,6 +973,7 @@ class ImapSession:
 
     # IDLE (RFC 2177): the watcher holds it on INBOX and re-issues it before servers drop it.
     def idle_start(self, folder: str = "INBOX") -> None:
+        self._idle_responses = 0
         with _boundary("IDLE"):
             self.client.select_folder(folder, readonly=True)
             self.client.idle()
@@ -973,34 +983,29 @@ class ImapSession:
 
         One wake-up reads at most `idle_max_responses` responses and `idle_max_bytes` bytes,
         keeps none of them, and returns: a server flooding us cannot grow memory or hold the
-        watcher in here (what it sent beyond waits for the next wake-up). A server that fills
-        IDLE_FLOOD_WAKEUPS wake-ups in a row is flooding, not reporting: the connection is
-        dropped (the watcher reconnects later, backing off).
+        watcher in here (what it sent beyond waits for the next wake-up). An IDLE that brings
+        more than IDLE_FLOOD_FACTOR times `idle_max_responses` responses is a flood, not news:
+        the connection is dropped (the watcher reconnects later, backing off).
         """
         imap = self.transport
         changed = False
         with _boundary("IDLE"):
             if not imap.readable(timeout):
-                self._idle_floods = 0
                 return False
             # What woke us must be whole soon: a wake-up never waits a command's timeout.
             imap._arm(IDLE_READ_SECONDS)
             budget = imap.limits.idle_max_bytes
-            cut = True
             for _ in range(imap.limits.idle_max_responses):
                 line = imap._get_response() or b""
+                self._idle_responses += 1
                 for name in ("EXISTS", "EXPUNGE", "RECENT"):
                     changed |= bool(imap.untagged_responses.pop(name, None))
                 imap.untagged_responses.clear()
                 if b"BYE" in line[:8].upper():
                     raise MailConnectionError("IMAP server closed the connection")
-                if imap.response_bytes >= budget:
+                if imap.response_bytes >= budget or not imap.pending():
                     break
-                if not imap.pending():
-                    cut = False
-                    break
-            self._idle_floods = self._idle_floods + 1 if cut else 0
-            if self._idle_floods >= IDLE_FLOOD_WAKEUPS:
+            if self._idle_responses > IDLE_FLOOD_FACTOR * imap.limits.idle_max_responses:
                 imap.drop()
                 raise ResponseTooLong()
         return changed
