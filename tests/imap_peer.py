@@ -56,6 +56,8 @@ class ImapPeer:
     drip_seconds: float = 2.0
     long_line_bytes: int = 4 * 1024 * 1024
     uidvalidity: int = 777
+    esearch: bool = False  # advertise ESEARCH (RFC 4731) and answer UID SEARCH RETURN with it
+    esearch_answer: str | None = None  # the "ALL" set to claim instead of the real one
 
     def __post_init__(self) -> None:
         self.sessions = 0
@@ -112,7 +114,7 @@ class Session:
             while self.sock.recv(4096):
                 pass
             return
-        self.say("* OK [CAPABILITY IMAP4rev1 IDLE] peer ready")
+        self.say(f"* OK [CAPABILITY {self.capabilities()}] peer ready")
         while True:
             line = self.file.readline(65536)
             if not line:
@@ -132,6 +134,9 @@ class Session:
             if not self.answer(tag, command, args):
                 return
 
+    def capabilities(self) -> str:
+        return "IMAP4rev1 IDLE" + (" ESEARCH" if self.peer.esearch else "")
+
     def drip(self, data: bytes) -> None:
         for i in range(len(data)):
             self.sock.sendall(data[i : i + 1])
@@ -143,7 +148,7 @@ class Session:
             if peer.mode == "long_line":
                 self.sock.sendall(b"* CAPABILITY IMAP4rev1 " + b"X" * peer.long_line_bytes)
                 return False
-            self.say("* CAPABILITY IMAP4rev1 IDLE")
+            self.say(f"* CAPABILITY {self.capabilities()}")
         elif command in ("LOGIN", "NOOP", "ENABLE"):
             pass
         elif command == "LOGOUT":
@@ -182,8 +187,7 @@ class Session:
             self.say(f"{tag} OK [READ-ONLY] {command} done")
             return True
         elif command == "UID SEARCH":
-            mail = peer.folders.get(self.selected or "", {})
-            self.say("* SEARCH " + " ".join(str(u) for u in sorted(mail)))
+            self.search(tag, args)
         elif command == "UID FETCH":
             self.fetch(args)
         elif command == "IDLE":
@@ -205,6 +209,29 @@ class Session:
             return True
         self.say(f"{tag} OK {command} done")
         return True
+
+    def search(self, tag: str, args: str) -> None:
+        """UID SEARCH [RETURN (ALL)] [<message numbers>] [UID <uids>] (what the sync sends)."""
+        mail = self.peer.folders.get(self.selected or "", {})
+        uids = sorted(mail)
+        words = args.split()
+        esearch = words[:2] == ["RETURN", "(ALL)"]
+        if esearch:
+            words = words[2:]
+        wanted = set(uids)
+        while words:
+            word = words.pop(0)
+            if word.upper() == "UID" and words:
+                wanted &= _uids(words.pop(0), max(uids, default=0))
+            elif word[0].isdigit() or word[0] == "*":
+                numbers = _uids(word, len(uids))
+                wanted &= {uids[n - 1] for n in numbers if 0 < n <= len(uids)}
+        found = sorted(wanted)
+        if esearch:
+            claimed = self.peer.esearch_answer or ",".join(str(u) for u in found)
+            self.say(f'* ESEARCH (TAG "{tag}") UID ALL {claimed}' if claimed else "* ESEARCH")
+        else:
+            self.sock.sendall(("* SEARCH " + " ".join(map(str, found))).encode() + b"\r\n")
 
     def fetch(self, args: str) -> None:
         peer = self.peer

@@ -756,13 +756,20 @@ class ImapSession:
         return {u for u in found if u >= start}
 
     def _esearch(self, uid_range: str) -> set[int]:
+        # A compact set can name billions of UIDs in a few bytes: no more than the folder
+        # holds (and what may arrive meanwhile) are taken.
+        most = getattr(self, "_exists", 0) + 10_000
         found: set[int] = set()
         for items in self._stream("ESEARCH", "UID", "SEARCH", "RETURN", "(ALL)", "UID", uid_range):
             for item in items:
                 text = item if isinstance(item, bytes) else b""
                 match = re.search(rb"\bALL\s+([0-9:,]+)", text, re.IGNORECASE)
                 if match:
-                    found |= _sequence_set(match.group(1).decode())
+                    try:
+                        found |= _sequence_set(match.group(1).decode(), most - len(found))
+                    except ResponseTooLong:
+                        self.transport.drop()  # left mid-response
+                        raise
         return found
 
     def sizes(self, uids: Iterable[int]) -> dict[int, int]:
@@ -1075,13 +1082,16 @@ def _sequence(uids: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def _sequence_set(text: str) -> set[int]:
-    """The UIDs of a sequence set without "*" ("1:3,7" -> {1, 2, 3, 7})."""
+def _sequence_set(text: str, most: int) -> set[int]:
+    """The UIDs of a sequence set without "*" ("1:3,7" -> {1, 2, 3, 7}); more than `most`
+    of them is not a folder's answer (ResponseTooLong)."""
     found: set[int] = set()
     for part in text.split(","):
         low, _, high = part.partition(":")
         if low.isdigit() and (not high or high.isdigit()):
             a, b = sorted((int(low), int(high or low)))
+            if len(found) + b - a + 1 > most:
+                raise ResponseTooLong()
             found.update(range(a, b + 1))
     return found
 

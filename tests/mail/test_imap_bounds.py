@@ -210,3 +210,42 @@ def test_tls_is_verified_against_the_host_name_when_connecting_to_an_address(sta
     check_login(server("localhost"), stack.ca_file, limits())
     with pytest.raises(MailConnectionError, match="(?i)certificate|tls"):
         check_login(server("imap.example.invalid"), stack.ca_file, limits())
+
+
+def test_a_legitimate_huge_folder_is_listed_under_the_default_line_bound():
+    # 300 000 UIDs in one SEARCH line would be about 2 MiB, twice IMAP_MAX_LINE_BYTES.
+    count = 300_000
+    raw = message("one of many")
+    with ImapPeer(folders={"INBOX": dict.fromkeys(range(1, count + 1), raw)}) as peer:
+        with ImapSession.open(peer_server(peer), limits=ImapLimits()) as session:
+            assert not session.esearch
+            assert session.examine("INBOX").messages == count
+            assert session.uids() == set(range(1, count + 1))
+            assert session.uids(from_uid=count - 9) == set(range(count - 9, count + 1))
+            assert session.sizes([1, count]) == {1: len(raw), count: len(raw)}
+    searches = [c for c in peer.commands if c == "UID SEARCH"]
+    assert len(searches) >= count // imap_module.SEARCH_SPAN
+
+
+def test_esearch_claiming_more_uids_than_the_folder_holds_is_refused():
+    inbox = {1: message("one"), 2: message("two")}
+    with ImapPeer(folders={"INBOX": inbox}, esearch=True, esearch_answer="1:4294967295") as peer:
+        session = ImapSession.open(peer_server(peer), limits=limits())
+        try:
+            assert session.esearch
+            session.examine("INBOX")
+            started = time.monotonic()
+            with pytest.raises(MailConnectionError, match="response too long"):
+                session.uids()
+            assert time.monotonic() - started < 2  # refused, not expanded
+        finally:
+            session.close()
+
+
+def test_esearch_of_the_peer_answers_like_search():
+    inbox = {uid: message(f"m{uid}") for uid in (3, 4, 5, 9)}
+    with ImapPeer(folders={"INBOX": inbox}, esearch=True) as peer:
+        with ImapSession.open(peer_server(peer), limits=limits()) as session:
+            session.examine("INBOX")
+            assert session.uids() == {3, 4, 5, 9}
+            assert session.uids(from_uid=5) == {5, 9}
