@@ -12,6 +12,7 @@ hostile step, then misbehaves as `mode` says:
 - "endless_list": LIST never ends (a new folder line after another, until the client leaves);
 - "idle_flood": once in IDLE, sends untagged responses as fast as the client reads them,
   and never completes DONE;
+- any mode: `pile` more literals, each as large as the body, in every body's response;
 - any mode: a UID in `huge` is announced with a small RFC822.SIZE (its entry in `huge`) but
   its body is sent as a literal of `huge_literal_bytes` (1 GiB by default), generated as it
   is sent, never held.
@@ -58,6 +59,7 @@ class ImapPeer:
     uidvalidity: int = 777
     esearch: bool = False  # advertise ESEARCH (RFC 4731) and answer UID SEARCH RETURN with it
     esearch_answer: str | None = None  # the "ALL" set to claim instead of the real one
+    pile: int = 0  # extra literals (each as large as the body) in every body's response
 
     def __post_init__(self) -> None:
         self.sessions = 0
@@ -256,8 +258,10 @@ class Session:
                 self.stream(peer.huge_literal_bytes)
                 self.sock.sendall(b")\r\n")
             elif "BODY.PEEK[]" in items:
-                self.sock.sendall(f"{head} BODY[] {{{len(raw)}}}\r\n".encode())
-                self.sock.sendall(raw + b")\r\n")
+                self.sock.sendall(f"{head} BODY[] {{{len(raw)}}}\r\n".encode() + raw)
+                for part in range(1, peer.pile + 1):
+                    self.sock.sendall(f" BODY[{part}] {{{len(raw)}}}\r\n".encode() + raw)
+                self.sock.sendall(b")\r\n")
             else:
                 self.say(head + ")")
 

@@ -326,8 +326,17 @@ class BoundedIMAP4(imaplib.IMAP4):
             self._fail(ResponseTooLong())
         return line
 
+    def _get_response(self) -> Any:
+        self._response_literals = 0  # the literals of this one response, together
+        return imaplib.IMAP4._get_response(self)  # type: ignore[attr-defined]
+
     def read(self, size: int) -> bytes:
-        if size > self.literal_cap:
+        # One literal within the cap, and all of one response's literals together within the
+        # cap and a line (a response may carry several: never a body and then some).
+        self._response_literals = getattr(self, "_response_literals", 0) + size
+        if size > self.literal_cap or (
+            self._response_literals > self.literal_cap + self.limits.max_line_bytes
+        ):
             self._fail(LiteralTooLarge(size))
         # Straight into one buffer of the literal's size (no growing buffer, no slices):
         # a body costs its size twice at most while it is read, not three or four times.
@@ -773,14 +782,17 @@ class ImapSession:
         return found
 
     def sizes(self, uids: Iterable[int]) -> dict[int, int]:
-        """RFC822.SIZE of each UID (to bound batches by bytes before fetching bodies)."""
+        """RFC822.SIZE of each UID (to bound batches by bytes before fetching bodies).
+
+        Read as the answers arrive, keeping only the UIDs asked for."""
         result: dict[int, int] = {}
         for chunk in _chunks(sorted(uids), 1000):
+            wanted = set(chunk)
             with _boundary("UID FETCH RFC822.SIZE"):
-                found = self.client.fetch(chunk, [b"RFC822.SIZE"])
-            for uid, data in found.items():
-                if uid in chunk and b"RFC822.SIZE" in data:
-                    result[uid] = int(data[b"RFC822.SIZE"])
+                for found in self._fetch_stream(_sequence(chunk), ["RFC822.SIZE"]):
+                    for uid, data in found.items():
+                        if uid in wanted and b"RFC822.SIZE" in data:
+                            result[uid] = int(data[b"RFC822.SIZE"])
         return result
 
     def fetch(self, uids: list[int], max_bytes: int | None = None) -> list[FetchedMessage]:

@@ -249,3 +249,17 @@ def test_esearch_of_the_peer_answers_like_search():
             session.examine("INBOX")
             assert session.uids() == {3, 4, 5, 9}
             assert session.uids(from_uid=5) == {5, 9}
+
+
+def test_a_response_piling_literals_under_the_cap_is_cut_at_one_body():
+    # Each literal is under MAX_MESSAGE_BYTES; a hundred of them in one response are not.
+    inbox = {1: message("piled", size=40 * KIB), 2: message("after")}
+    with ImapPeer(folders={"INBOX": inbox}, pile=100) as peer:
+        session = ImapSession.open(peer_server(peer), limits=limits(max_line_bytes=16 * KIB))
+        try:
+            session.examine("INBOX")
+            with pytest.raises(BatchAbandoned) as caught:
+                session.fetch([1, 2])
+            assert caught.value.received == [] and caught.value.remaining == [1, 2]
+        finally:
+            session.close()
