@@ -373,7 +373,7 @@ class BoundedIMAP4(imaplib.IMAP4):
 
     def readable(self, timeout: float) -> bool:
         """Wait up to `timeout` s for the server to send something."""
-        if self._buffer:
+        if self._buffer or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return True
         poller = select.poll()
         poller.register(self.sock.fileno(), select.POLLIN)

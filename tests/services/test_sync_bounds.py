@@ -22,8 +22,8 @@ from app.models import Account
 from app.schemas.messages import summary_model
 from app.services import messages
 from app.services.accounts import AccountFields, ServerFields, create_account
-from app.services.sync import Syncer, SyncLimits
-from app.states import Security
+from app.services.sync import Syncer, SyncLimits, sync_status
+from app.states import Security, SyncState
 from tests.imap_peer import ImapPeer
 from tests.imap_peer import message as peer_message
 from tests.mailbox import add_account, message, stored
@@ -136,6 +136,9 @@ def test_a_stalling_server_ends_the_sync_within_its_deadline(make_ctx, tenant_a,
             syncer(ctx).sync_account(account_id)
         assert time.monotonic() - started < 3 + 5
     assert last_error(ctx, account_id) == "timed out"
+    with ctx.work(tenant_a.tenant_id) as unit:
+        status = sync_status(unit, account_id)
+    assert (status.state, status.last_error) == (SyncState.FAILED, "timed out")
 
 
 def test_an_endless_folder_list_fails_the_sync_with_a_clear_error(make_ctx, tenant_a):
