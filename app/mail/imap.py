@@ -123,7 +123,8 @@ class BoundedIMAP4(imaplib.IMAP4):
 
     - a line outside literals longer than `max_line_bytes` drops the connection;
     - a literal above `literal_cap` (by default the line bound; raised to MAX_MESSAGE_BYTES
-      while message bodies are fetched) is refused before a byte of it is read;
+      while message bodies are fetched) is refused before a byte of it is read, and so are
+      the literals of one response together past the cap and a line;
     - each command's response must be complete within `command_timeout` seconds from when
       the command was sent (every recv waits only for the time left), and never past the
       absolute `deadline` (time.monotonic()) the connection was opened with;
@@ -643,8 +644,9 @@ class ImapSession:
         """Send a command and yield the untagged `kind` responses one at a time, as they
         arrive, keeping none of them (imaplib would hold them all until the command ends).
 
-        Other untagged responses are kept only a few deep. The stream is bounded by the
-        command's deadline and `max_stream_bytes`; the caller bounds what it keeps.
+        Other untagged responses are dropped (BYE and READ-ONLY kept a few deep). The stream
+        is bounded by the command's deadline and `max_stream_bytes`; the caller bounds what it
+        keeps.
         """
         imap = self.transport
         with imap.bounds(max_bytes=self.limits.max_stream_bytes, max_lines=None):
@@ -657,8 +659,13 @@ class ImapSession:
                 imap._check_bye()
                 imap._get_response()
                 found = imap.untagged_responses.pop(kind, None)
-                for name in imap.untagged_responses:
-                    del imap.untagged_responses[name][:-4]
+                # Of the rest, only what imaplib itself looks at (a few deep): a server that
+                # invents a new response name per line must not grow the dict either.
+                for name in list(imap.untagged_responses):
+                    if name in ("BYE", "READ-ONLY"):
+                        del imap.untagged_responses[name][:-4]
+                    else:
+                        del imap.untagged_responses[name]
                 if found:
                     yield found
         typ, data = result
