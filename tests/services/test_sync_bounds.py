@@ -218,3 +218,34 @@ def test_a_sync_process_stays_small_while_a_peer_streams_a_gigabyte(
         3: False,
     }
     assert [m.subject for m in synced["Later"].values()] == ["next folder"]
+
+
+def test_the_headers_only_hook_stores_new_mail_headers_only_as_over_quota(
+    ctx, tenant_a, mailbox, db_sessionmaker
+):
+    """The storage quota's way in: asked before every batch, with the account's tenant."""
+    mailbox.append("INBOX", message(subject="before the quota", body="kept whole"))
+    account_id = add_account(ctx, tenant_a.tenant_id, mailbox)
+    asked: list[int] = []
+
+    def over_quota(tenant_id: int) -> bool:
+        asked.append(tenant_id)
+        return len(asked) > 1  # the first batch fits, everything after does not
+
+    limits = SyncLimits(max_messages=None, max_seconds=None, batch_messages=1)
+    assert Syncer(ctx, limits).sync_account(account_id).complete
+    mailbox.append("INBOX", message(subject="after the quota", body="never read"))
+    mailbox.append("INBOX", message(subject="also after", body="never read"))
+    assert Syncer(ctx, limits, headers_only=over_quota).sync_account(account_id).complete
+
+    inbox = {m.subject: m for m in stored(db_sessionmaker, account_id)["INBOX"].values()}
+    assert set(asked) == {tenant_a.tenant_id} and len(asked) == 2
+    assert not inbox["before the quota"].over_quota
+    flags = {(m.over_quota, m.too_large, m.text_body is None) for m in inbox.values()}
+    assert flags == {(False, False, False), (True, False, True)}
+    assert sum(m.over_quota for m in inbox.values()) == 1
+    with ctx.work(tenant_a.tenant_id) as unit:
+        late = next(m for m in inbox.values() if m.over_quota)
+        assert summary_model(late, "INBOX").over_quota is True
+        with pytest.raises(Conflict, match="quota"):
+            messages.raw_message(unit, late.id)
