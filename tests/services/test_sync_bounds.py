@@ -141,6 +141,15 @@ def test_a_stalling_server_ends_the_sync_within_its_deadline(make_ctx, tenant_a,
     assert (status.state, status.last_error) == (SyncState.FAILED, "timed out")
 
 
+def test_imap_max_line_bytes_reaches_the_sync(make_ctx, tenant_a):
+    with ImapPeer(mode="long_line", long_line_bytes=200 * KIB) as peer:
+        ctx = make_ctx(peer.pair, IMAP_MAX_LINE_BYTES=str(64 * KIB))
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        with pytest.raises(MailConnectionError, match="response too long"):
+            syncer(ctx).sync_account(account_id)
+    assert last_error(ctx, account_id) == "response too long"
+
+
 def test_an_endless_folder_list_fails_the_sync_with_a_clear_error(make_ctx, tenant_a):
     with ImapPeer(mode="endless_list") as peer:
         ctx = make_ctx(peer.pair, IMAP_COMMAND_TIMEOUT_SECONDS="60", MAX_FOLDERS_PER_ACCOUNT="5")
