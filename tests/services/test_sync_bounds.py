@@ -170,9 +170,12 @@ def test_folders_over_the_cap_are_skipped_and_noted(make_ctx, tenant_a, db_sessi
         assert syncer(ctx).sync_account(account_id).complete
     synced = stored(db_sessionmaker, account_id)
     assert len(synced) == 4 and "INBOX" in synced
-    assert last_error(ctx, account_id) == (
-        "6 folders not synced: more than MAX_FOLDERS_PER_ACCOUNT (4)"
-    )
+    note = "6 folders not synced: more than MAX_FOLDERS_PER_ACCOUNT (4)"
+    assert last_error(ctx, account_id) == note
+    # The round finished: the status is not a failure, it carries the note.
+    with ctx.work(tenant_a.tenant_id) as unit:
+        status = sync_status(unit, account_id)
+    assert (status.state, status.last_error) == (SyncState.IDLE, note)
 
 
 # Runs the real CLI (`emailservice sync ID`) and, as it exits, writes the peak resident set
