@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.mail import MailAuthError, MailConnectionError, ServerSettings, imap, smtp, tls_context
-from app.mail.imap import ImapSession
+from app.mail.imap import ImapLimits, ImapSession
 from app.models import Account
 from app.secrets import SecretBox
 from app.states import Security
@@ -30,9 +30,16 @@ class LoginProblem:
 class MailConnector:
     """Opens sessions with an account's servers."""
 
-    def __init__(self, secrets: SecretBox, ca_file: str | None = None) -> None:
+    def __init__(
+        self,
+        secrets: SecretBox,
+        ca_file: str | None = None,
+        imap_limits: ImapLimits | None = None,
+    ) -> None:
         self.secrets = secrets
         self.ca_file = ca_file
+        # How much and how long any IMAP server may make us read (app.mail.imap).
+        self.imap_limits = imap_limits or ImapLimits()
 
     def load_trust_store(self) -> None:
         """Load the CA certificates now (a worker does it once, before it forks per job)."""
@@ -50,7 +57,7 @@ class MailConnector:
 
     def imap(self, account: Account) -> ImapSession:
         """A logged-in IMAP session with the account's server (close it, or use `with`)."""
-        return ImapSession.open(self.server(account, "imap"), self.ca_file)
+        return ImapSession.open(self.server(account, "imap"), self.ca_file, self.imap_limits)
 
     def submit(
         self,
@@ -70,13 +77,16 @@ class MailConnector:
             ca_file=self.ca_file,
         )
 
+    def _check_imap(self, server: ServerSettings, ca_file: str | None) -> None:
+        imap.check_login(server, ca_file, self.imap_limits)
+
     def check_logins(
         self, imap_server: ServerSettings, smtp_server: ServerSettings
     ) -> list[LoginProblem]:
         """Log in to both servers with settings not stored yet; what each refused, if anything."""
         problems = []
         for kind, server, check in (
-            ("imap", imap_server, imap.check_login),
+            ("imap", imap_server, self._check_imap),
             ("smtp", smtp_server, smtp.check_login),
         ):
             try:

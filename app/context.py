@@ -28,6 +28,7 @@ from app.config import Settings
 from app.connector import MailConnector
 from app.db import make_engine, make_sessionmaker, ping
 from app.jobs import Jobs
+from app.mail.imap import ImapLimits
 from app.secrets import SecretBox
 from app.telemetry import Counters
 from app.tenancy import bind_tenant
@@ -48,6 +49,16 @@ def make_redis(redis_url: str) -> Redis:
         socket_connect_timeout=2,
         socket_timeout=10,
         health_check_interval=30,
+    )
+
+
+def imap_limits(settings: Settings) -> ImapLimits:
+    """The IMAP read bounds of the settings (app.mail knows nothing of app.config)."""
+    return ImapLimits(
+        command_timeout=settings.imap_command_timeout_seconds,
+        max_line_bytes=settings.imap_max_line_bytes,
+        max_message_bytes=settings.max_message_bytes,
+        max_folders=settings.max_folders_per_account,
     )
 
 
@@ -75,7 +86,9 @@ class ServiceContext:
             engine=engine,
             sessions=make_sessionmaker(engine),
             secrets=secrets,
-            connector=MailConnector(secrets, settings.mail_tls_ca_file or None),
+            connector=MailConnector(
+                secrets, settings.mail_tls_ca_file or None, imap_limits(settings)
+            ),
             redis=connection,
             jobs=Jobs(connection),
             counters=Counters(connection),

@@ -17,6 +17,7 @@ import logging
 import random
 import signal
 import threading
+import time
 from datetime import datetime
 
 from app.errors import Conflict, NotFound
@@ -81,10 +82,13 @@ class AccountWatcher(threading.Thread):
             while not self.stopping.is_set():
                 imap.idle_start("INBOX")
                 changed = False
-                waited = 0.0
-                while waited < REISSUE_SECONDS and not changed and not self.stopping.is_set():
+                # Real time, not wake-ups counted: a server answering every wake-up at once
+                # must not stretch an IDLE past its re-issue.
+                reissue_at = time.monotonic() + REISSUE_SECONDS
+                while time.monotonic() < reissue_at and not changed and not self.stopping.is_set():
+                    # Bounded per wake-up (app.mail.imap): a flood neither grows memory nor
+                    # keeps this thread from seeing `stopping`.
                     changed = imap.idle_wait(WAKE_SECONDS)
-                    waited += WAKE_SECONDS
                 imap.idle_stop()
                 if changed:
                     self._request_sync()

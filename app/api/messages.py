@@ -66,7 +66,7 @@ def get_message(message_id: int) -> Response:
     "The message exactly as the server sent it",
     tags=TAGS,
     responses={200: ("RFC 5322 bytes.", "message/rfc822")},
-    errors=(404,),
+    errors=(404, 409),
 )
 def get_raw(message_id: int) -> Response:
     return Response(messages.raw_message(unit(), message_id), mimetype="message/rfc822")
@@ -77,7 +77,7 @@ def get_raw(message_id: int) -> Response:
     "One attachment, decoded, with its content type",
     tags=TAGS,
     responses={200: ("The attachment's bytes.", "application/octet-stream")},
-    errors=(404,),
+    errors=(404, 409),
 )
 def get_attachment(message_id: int, index: int) -> Response:
     found, data = messages.attachment(unit(), message_id, index)

@@ -33,6 +33,9 @@ class ServerSettings:
     security: Security
     username: str
     password: str = field(repr=False)
+    # The checked address to connect to (the outbound host policy resolves `host` once);
+    # TLS is still verified against `host`. None: connect to `host`.
+    address: str | None = None
 
 
 @lru_cache(maxsize=8)

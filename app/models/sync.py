@@ -142,6 +142,10 @@ class Message(TenantScoped, Base):
     attachments: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     has_attachments: Mapped[bool] = mapped_column(Boolean, default=False)
     parse_error: Mapped[str | None] = mapped_column(Text)
+    # Stored headers-only (the raw bytes are the header): above MAX_MESSAGE_BYTES, or synced
+    # while the tenant was over its storage quota. The body was never read.
+    too_large: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    over_quota: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Kept by PostgreSQL; deferred: only search reads it, inside SQL.
     search_vector: Mapped[str | None] = mapped_column(

@@ -41,6 +41,14 @@ class MessageSummary(BaseModel):
     flags: FlagsOut
     has_attachments: bool
     size: int
+    too_large: bool = Field(
+        description="Above MAX_MESSAGE_BYTES: stored with its headers and size only (no body, "
+        "no raw bytes, no attachments)."
+    )
+    over_quota: bool = Field(
+        description="Synced while the tenant was over its storage quota: stored with its "
+        "headers and size only."
+    )
 
 
 def _addresses(values: list[dict[str, str | None]] | None) -> list[AddressOut]:
@@ -70,6 +78,8 @@ def summary_model(message: Message, folder_name: str) -> MessageSummary:
         ),
         has_attachments=message.has_attachments,
         size=message.size,
+        too_large=message.too_large,
+        over_quota=message.over_quota,
     )
 
 

@@ -53,6 +53,8 @@ SUMMARY_COLUMNS = (
     Message.draft,
     Message.has_attachments,
     Message.size,
+    Message.too_large,
+    Message.over_quota,
 )
 
 
@@ -91,7 +93,7 @@ def read_message(
     """A message (from get_message) in full; with `remote_images`, its HTML keeps remote
     images."""
     html = message.html_body
-    if html is not None and remote_images:
+    if html is not None and remote_images and not (message.too_large or message.over_quota):
         # The stored HTML had remote loads removed; asking for them means sanitising the
         # original again, from the raw bytes.
         html = parse_message(raw_bytes(unit, message), allow_remote=True).html
@@ -157,12 +159,28 @@ def raw_bytes(unit: Unit, message: Message) -> bytes:
 def raw_message(unit: Unit, message_id: int) -> bytes:
     """A message exactly as the server sent it."""
     message, _ = get_message(unit, message_id)
+    _require_body(message)
     return raw_bytes(unit, message)
+
+
+def _require_body(message: Message) -> None:
+    """A copy stored headers-only has no raw message and no attachments to give."""
+    if message.too_large:
+        raise Conflict(
+            f"Message {message.id} is larger than MAX_MESSAGE_BYTES: only its headers were "
+            "stored, not its body."
+        )
+    if message.over_quota:
+        raise Conflict(
+            f"Message {message.id} arrived while the storage quota was used up: only its "
+            "headers were stored, not its body."
+        )
 
 
 def attachment(unit: Unit, message_id: int, index: int) -> tuple[Attachment, bytes]:
     """One attachment of a message: its metadata and its decoded bytes."""
     message, _ = get_message(unit, message_id)
+    _require_body(message)
     found = attachment_content(raw_bytes(unit, message), index)
     if found is None:
         raise NotFound(f"Message {message.id} has no attachment {index}.")

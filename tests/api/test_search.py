@@ -83,6 +83,8 @@ def test_a_hit_is_a_summary_with_a_snippet(client, tenant_a, mail_of):
         "flags": {"seen": False, "flagged": True, "answered": False, "draft": False},
         "has_attachments": True,
         "size": hit["size"],
+        "too_large": False,
+        "over_quota": False,
         "snippet": "The &lt;b&gt;<mark>quarterly</mark>&lt;/b&gt; numbers &amp; more.",
     }
     assert hit["size"] > 0 and RFC3339_MS.match(hit["date"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -48,6 +49,15 @@ class SyncOutcome:
     messages_fetched: int = 0
 
 
+# Whether a tenant's new mail is stored headers-only now (its storage quota is spent); asked
+# before every batch of a sync. The storage quota plugs in here; by default, never.
+HeadersOnly = Callable[[int], bool]
+
+
+def never_headers_only(tenant_id: int) -> bool:
+    return False
+
+
 class Syncer:
     """Syncs accounts with the context's connector and database."""
 
@@ -56,11 +66,15 @@ class Syncer:
         ctx: ServiceContext,
         limits: SyncLimits | None = None,
         observer: SyncObserver | None = None,
+        headers_only: HeadersOnly = never_headers_only,
     ) -> None:
         self.ctx = ctx
         self.store = SyncStore(ctx.sessions)
         self.limits = limits or SyncLimits()
         self.observer = observer or SyncObserver()
+        self.headers_only = headers_only
+        # Folders the server listed beyond MAX_FOLDERS_PER_ACCOUNT in the last run.
+        self.folders_skipped = 0
 
     def sync_account(self, account_id: int) -> SyncOutcome:
         """One bounded run over the account's folders; safe to run twice or concurrently."""
@@ -98,7 +112,7 @@ class Syncer:
                     continue  # done earlier in this round
                 if budget.exhausted() or not self._sync_folder(imap, f, budget):
                     return SyncOutcome(complete=False, messages_fetched=budget.fetched)
-            self._finish_round(account_id)
+            self._finish_round(account_id, self._skipped_note(account_id))
             return SyncOutcome(complete=True, messages_fetched=budget.fetched)
         except MailConnectionError as exc:
             self._record_failure(account_id, str(exc))
@@ -111,8 +125,18 @@ class Syncer:
 
     def _sync_folder(self, imap: ImapSession, f: FolderState, budget: Budget) -> bool:
         """Sync one folder; False when the budget ran out before it was done."""
+        tenant_id = f.tenant_id
+        run = FolderRun(
+            imap,
+            self.store,
+            f,
+            self.limits,
+            budget,
+            self.observer,
+            headers_only=lambda: self.headers_only(tenant_id),
+        )
         try:
-            return FolderRun(imap, self.store, f, self.limits, budget, self.observer).run()
+            return run.run()
         except FolderGone as exc:
             # One bad folder never stops the account: note it and go on.
             self.store.update_folder(f.id, last_error=str(exc), last_synced_at=now())
@@ -125,12 +149,26 @@ class Syncer:
         with self.ctx.sessions.begin() as s:
             s.execute(update(Account).where(Account.id == account_id).values(**values))
 
-    def _finish_round(self, account_id: int) -> None:
+    def _skipped_note(self, account_id: int) -> str | None:
+        """What the account's status says of folders over MAX_FOLDERS_PER_ACCOUNT."""
+        if not self.folders_skipped:
+            return None
+        limit = self.ctx.connector.imap_limits.max_folders
+        log.warning(
+            "folders over the limit skipped",
+            extra={"account_id": account_id, "skipped": self.folders_skipped, "limit": limit},
+        )
+        return (
+            f"{self.folders_skipped} folders not synced: more than MAX_FOLDERS_PER_ACCOUNT "
+            f"({limit})"
+        )
+
+    def _finish_round(self, account_id: int, note: str | None = None) -> None:
         with self.ctx.sessions.begin() as s:
             s.execute(
                 update(Account)
                 .where(Account.id == account_id)
-                .values(last_synced_at=now(), sync_started_at=None, last_error=None)
+                .values(last_synced_at=now(), sync_started_at=None, last_error=note)
             )
             # Raw bytes no message refers to any more (expunged, moved and deduplicated away).
             used = select(Message.id).where(Message.raw_id == MessageRaw.id).exists()
@@ -141,6 +179,7 @@ class Syncer:
     def _reconcile_folders(self, imap: ImapSession, account_id: int, tenant_id: int) -> list[int]:
         """Make the folder rows match the server's list; return their ids in sync order."""
         remote = {f.remote_name: f for f in imap.folders()}
+        self.folders_skipped = imap.folders_skipped
         with self.ctx.sessions.begin() as s:
             rows = {
                 f.remote_name: f

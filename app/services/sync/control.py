@@ -126,6 +126,11 @@ def sync_status(unit: Unit, account_id: int) -> SyncStatus:
         state, error = SyncState.RUNNING, account.last_error
     elif unit.ctx.jobs.waiting(account.sync_job_id):
         state, error = SyncState.QUEUED, account.last_error
+    elif account.last_error and account.sync_started_at is None:
+        # Written by a round that finished (folders over MAX_FOLDERS_PER_ACCOUNT skipped, or
+        # mail stored headers-only over quota): a note, not a failure. A failure is recorded
+        # inside a round, which is still open then.
+        state, error = SyncState.IDLE, account.last_error
     elif account.last_error:
         state, error = SyncState.FAILED, account.last_error
     elif account.sync_started_at is not None and _recent(account.sync_started_at):

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.mail.imap import FolderStatus, ImapSession
+from app.mail.imap import BatchAbandoned, FetchedMessage, Flags, FolderStatus, ImapSession
 from app.services.sync.rows import FolderState
 from app.services.sync.store import SyncStore, now
 
@@ -83,6 +83,7 @@ class FolderRun:
         limits: SyncLimits,
         budget: Budget,
         observer: SyncObserver,
+        headers_only: Callable[[], bool] | None = None,
     ) -> None:
         self.imap = imap
         self.store = store
@@ -90,6 +91,8 @@ class FolderRun:
         self.limits = limits
         self.budget = budget
         self.observer = observer
+        # Asked before each batch: store new mail headers-only now (over quota)?
+        self.headers_only = headers_only or (lambda: False)
         self.scan_due = not imap.condstore and (
             f.last_flag_scan_at is None or now() - f.last_flag_scan_at >= limits.flag_scan_interval
         )
@@ -169,14 +172,76 @@ class FolderRun:
             return True
         self.store.add_progress(f.account_id, total=len(missing))
         sizes = self.imap.sizes(missing)
-        for batch in batches(missing, sizes, self.limits.batch_messages, self.limits.batch_bytes):
+        limit = self.imap.limits.max_message_bytes
+        # Above MAX_MESSAGE_BYTES by the server's word: headers only, the body never read.
+        large = [uid for uid in missing if sizes.get(uid, 0) > limit]
+        whole = [uid for uid in missing if sizes.get(uid, 0) <= limit]
+        # A size the server did not give counts as a whole batch: such a message goes alone.
+        known = {uid: sizes.get(uid, self.limits.batch_bytes) for uid in whole}
+        for batch in batches(whole, known, self.limits.batch_messages, self.limits.batch_bytes):
             if self.budget.exhausted():
                 return False
-            fetched = self.imap.fetch(batch)
-            self.store.store_batch(f, self.validity, fetched)
-            self.budget.fetched += len(fetched)
-            self.observer.batch_committed(f.name, [m.uid for m in fetched])
+            self._fetch(batch)
+        for batch in chunks(large, self.limits.batch_messages):
+            if self.budget.exhausted():
+                return False
+            self._store(self._headers(batch))
         return True
+
+    def _fetch(self, batch: list[int]) -> None:
+        """Fetch and store one batch of bodies (headers-only when over quota).
+
+        A server may lie about sizes: the transport refuses a body above MAX_MESSAGE_BYTES
+        when it is announced, and a batch that outgrows its bytes, dropping the connection
+        (`BatchAbandoned`). What came whole is stored; after reconnecting, the rest is
+        fetched one by one, and a message refused alone is the one too large: it is stored
+        headers-only, and the sync goes on.
+        """
+        if self.headers_only():
+            self._store(self._headers(batch), over_quota=True)
+            return
+        try:
+            self._store(self.imap.fetch(batch, self.limits.batch_bytes))
+            return
+        except BatchAbandoned as exc:
+            self._store(exc.received)
+            rest = exc.remaining
+        self.imap.reconnect()
+        if len(batch) == 1:
+            self._store(self._headers(rest))
+            return
+        for uid in rest:
+            try:
+                self._store(self.imap.fetch([uid], self.limits.batch_bytes))
+            except BatchAbandoned:
+                log.warning(
+                    "message above MAX_MESSAGE_BYTES despite its size; stored headers-only",
+                    extra={"folder": self.f.name, "uid": uid},
+                )
+                self.imap.reconnect()
+                self._store(self._headers([uid]))
+
+    def _headers(self, uids: list[int]) -> list[FetchedMessage]:
+        """Headers-only copies of `uids`; a header the server will not send within bounds
+        leaves a copy with none (never a retry forever)."""
+        try:
+            return self.imap.fetch_headers(uids)
+        except BatchAbandoned as exc:
+            found, rest = exc.received, exc.remaining
+        self.imap.reconnect()
+        for uid in rest:
+            try:
+                found += self.imap.fetch_headers([uid])
+            except BatchAbandoned:
+                self.imap.reconnect()
+                found.append(_bare(uid))
+        return found
+
+    def _store(self, fetched: list[FetchedMessage], over_quota: bool = False) -> None:
+        f = self.f
+        self.store.store_batch(f, self.validity, fetched, over_quota=over_quota)
+        self.budget.fetched += len(fetched)
+        self.observer.batch_committed(f.name, [m.uid for m in fetched])
 
     def delete_gone(self) -> None:
         """When the counts disagree, diff the UID sets and delete what the server no longer
@@ -225,6 +290,19 @@ class FolderRun:
         # After a reset the new copies are all in: the invalid ones go with the state change.
         self.store.advance(f.id, self.validity, values, drop_others=self.rebuild)
         self.store.folder_counted(f.id)
+
+
+def _bare(uid: int) -> FetchedMessage:
+    """A copy known only by its UID (a server that would not send even its header)."""
+    return FetchedMessage(
+        uid=uid,
+        flags=Flags.parse(()),
+        internal_date=None,
+        size=0,
+        raw=b"",
+        modseq=None,
+        too_large=True,
+    )
 
 
 def batches(

@@ -3,7 +3,7 @@ built from what the server sent (headers, addresses, bodies, attachment metadata
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -51,9 +51,19 @@ def _addresses(values: list[Address]) -> list[dict[str, str | None]]:
     return [{"name": a.name, "email": a.email} for a in values]
 
 
-def message_row(f: FolderState, validity: int, m: FetchedMessage, raw_id: int) -> dict[str, Any]:
-    """The `messages` row of one fetched copy (its raw bytes stored as `raw_id`)."""
+def message_row(
+    f: FolderState, validity: int, m: FetchedMessage, raw_id: int, over_quota: bool = False
+) -> dict[str, Any]:
+    """The `messages` row of one fetched copy (its raw bytes stored as `raw_id`).
+
+    A copy fetched headers-only (`m.too_large`, or `over_quota`) has its header as its raw
+    bytes: its text, HTML and attachments are unknown, so they stay empty.
+    """
     parsed = parse_message(m.raw)
+    headers_only = m.too_large or over_quota
+    if headers_only:
+        # Only the header was read: no body, so nothing to say about one.
+        parsed = replace(parsed, text=None, html=None, attachments=[], parse_error=None)
     flags = m.flags
     # What search's `to:` and words match (migration 0005 backfills the same format).
     recipients = ", ".join(
@@ -103,4 +113,6 @@ def message_row(f: FolderState, validity: int, m: FetchedMessage, raw_id: int) -
         ],
         "has_attachments": any(not a.inline for a in parsed.attachments),
         "parse_error": parsed.parse_error,
+        "too_large": m.too_large and not over_quota,
+        "over_quota": over_quota,
     }

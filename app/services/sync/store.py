@@ -105,7 +105,13 @@ class SyncStore:
                 .values(sync_messages_total=Account.sync_messages_total + total)
             )
 
-    def store_batch(self, f: FolderState, validity: int, fetched: list[FetchedMessage]) -> None:
+    def store_batch(
+        self,
+        f: FolderState,
+        validity: int,
+        fetched: list[FetchedMessage],
+        over_quota: bool = False,
+    ) -> None:
         """One batch, one transaction: raw bytes (deduplicated), parsed rows, progress.
 
         Inserts are idempotent (ON CONFLICT DO NOTHING): a batch stored by a run that then
@@ -139,7 +145,9 @@ class SyncStore:
                 ).all()
             }
             rows = [
-                message_row(f, validity, m, raw_ids[hashlib.sha256(m.raw).digest()])
+                message_row(
+                    f, validity, m, raw_ids[hashlib.sha256(m.raw).digest()], over_quota=over_quota
+                )
                 for m in fetched
             ]
             s.execute(

@@ -1,0 +1,263 @@
+"""The sync within its bounds: messages above MAX_MESSAGE_BYTES stored headers-only (the real
+Dovecot, and a peer that lies about sizes), hostile servers ended within their deadlines with a
+clear last_error, the folder cap, and a sync process's peak memory while a peer streams 1 GiB.
+
+Accounts on a peer of the tests' own are made and synced with a context whose settings allow
+that peer (tests.support.allowing): the session's `ctx` allows only the stack's servers.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.context import ServiceContext
+from app.errors import Conflict
+from app.mail import MailConnectionError
+from app.models import Account
+from app.schemas.messages import summary_model
+from app.services import messages
+from app.services.accounts import AccountFields, ServerFields, create_account
+from app.services.sync import Syncer, SyncLimits, sync_status
+from app.states import Security, SyncState
+from tests.imap_peer import ImapPeer
+from tests.imap_peer import message as peer_message
+from tests.mailbox import add_account, message, stored
+from tests.support import allowing, cli_env
+
+KIB = 1024
+MIB = 1024 * KIB
+# What a sync process may reach at its peak, its whole process tree together.
+PEAK_RSS_BOUND = 256 * MIB
+
+
+@pytest.fixture
+def make_ctx(env, migrated):
+    """Contexts on the session's stack with settings changed (and peers allowed)."""
+    built: list[ServiceContext] = []
+
+    def make(*pairs: str, **settings: str) -> ServiceContext:
+        ctx = ServiceContext.build(Settings.from_mapping(allowing(dict(env, **settings), *pairs)))
+        built.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in built:
+        ctx.close()
+
+
+def peer_account(ctx: ServiceContext, tenant_id: int, peer: ImapPeer) -> int:
+    server = ServerFields("127.0.0.1", peer.port, Security.NONE, "alice", "secret")
+    with ctx.work(tenant_id) as unit:
+        fields = AccountFields("alice@peer.test", None, server, server)
+        return create_account(unit, fields, verify=False).id
+
+
+def syncer(ctx: ServiceContext, **limits) -> Syncer:
+    return Syncer(ctx, SyncLimits(max_messages=None, max_seconds=None, **limits))
+
+
+def last_error(ctx: ServiceContext, account_id: int) -> str | None:
+    with ctx.sessions() as s:
+        return s.get_one(Account, account_id).last_error
+
+
+def test_a_message_over_max_message_bytes_is_stored_headers_only(
+    make_ctx, tenant_a, mailbox, db_sessionmaker
+):
+    ctx = make_ctx(MAX_MESSAGE_BYTES=str(64 * KIB))
+    mailbox.append("INBOX", message(subject="small before", body="first"))
+    big = message(
+        subject="too big to keep",
+        body="the body",
+        attachments=[("big.bin", "application/octet-stream", b"z" * 200 * KIB)],
+    )
+    mailbox.append("INBOX", big)
+    mailbox.append("INBOX", message(subject="small after", body="last"))
+    account_id = add_account(ctx, tenant_a.tenant_id, mailbox)
+
+    assert syncer(ctx).sync_account(account_id).complete
+    inbox = {m.subject: m for m in stored(db_sessionmaker, account_id)["INBOX"].values()}
+    assert set(inbox) == {"small before", "too big to keep", "small after"}
+    large = inbox["too big to keep"]
+    assert large.too_large and not large.over_quota
+    assert large.size >= len(big)  # the size the server gave, not the header's
+    assert large.from_email == "sender@example.test"
+    assert ("Subject", "too big to keep") in [tuple(h) for h in large.headers]
+    assert large.text_body is None and large.attachments == []
+    for name in ("small before", "small after"):
+        assert not inbox[name].too_large and inbox[name].text_body.strip() in ("first", "last")
+
+    with ctx.work(tenant_a.tenant_id) as unit:
+        message_row, folder = messages.get_message(unit, large.id)
+        summary = summary_model(message_row, folder.name).model_dump(by_alias=True)
+        assert summary["too_large"] is True and summary["over_quota"] is False
+        with pytest.raises(Conflict, match="MAX_MESSAGE_BYTES"):
+            messages.raw_message(unit, large.id)
+        with pytest.raises(Conflict):
+            messages.attachment(unit, large.id, 0)
+        assert messages.raw_message(unit, inbox["small after"].id).startswith(b"Subject")
+
+
+def test_a_server_lying_about_a_size_costs_that_message_its_body_not_the_sync(
+    make_ctx, tenant_a, db_sessionmaker
+):
+    folders = {
+        "INBOX": {1: peer_message("one"), 2: peer_message("liar"), 3: peer_message("three")},
+        "Archive": {1: peer_message("archived")},
+    }
+    with ImapPeer(folders=folders, huge={2: 900}) as peer:
+        ctx = make_ctx(peer.pair, IMAP_COMMAND_TIMEOUT_SECONDS="10")
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        assert syncer(ctx).sync_account(account_id).complete
+        assert peer.literal_bytes_sent < 64 * MIB  # dropped at the announcement, not read
+        assert peer.sessions >= 2  # it reconnected and went on
+
+    synced = stored(db_sessionmaker, account_id)
+    inbox = synced["INBOX"]
+    assert {uid: m.too_large for uid, m in inbox.items()} == {1: False, 2: True, 3: False}
+    assert inbox[2].subject == "liar" and inbox[2].text_body is None
+    assert inbox[3].text_body.strip() == "hello"
+    assert [m.subject for m in synced["Archive"].values()] == ["archived"]
+    assert last_error(ctx, account_id) is None
+
+
+@pytest.mark.parametrize("mode", ["silent", "drip"])
+def test_a_stalling_server_ends_the_sync_within_its_deadline(make_ctx, tenant_a, mode: str):
+    with ImapPeer(mode=mode, drip_seconds=1) as peer:
+        ctx = make_ctx(peer.pair, IMAP_COMMAND_TIMEOUT_SECONDS="3")
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        started = time.monotonic()
+        with pytest.raises(MailConnectionError, match="timed out"):
+            syncer(ctx).sync_account(account_id)
+        assert time.monotonic() - started < 3 + 5
+    assert last_error(ctx, account_id) == "timed out"
+    with ctx.work(tenant_a.tenant_id) as unit:
+        status = sync_status(unit, account_id)
+    assert (status.state, status.last_error) == (SyncState.FAILED, "timed out")
+
+
+def test_imap_max_line_bytes_reaches_the_sync(make_ctx, tenant_a):
+    with ImapPeer(mode="long_line", long_line_bytes=200 * KIB) as peer:
+        ctx = make_ctx(peer.pair, IMAP_MAX_LINE_BYTES=str(64 * KIB))
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        with pytest.raises(MailConnectionError, match="response too long"):
+            syncer(ctx).sync_account(account_id)
+    assert last_error(ctx, account_id) == "response too long"
+
+
+def test_an_endless_folder_list_fails_the_sync_with_a_clear_error(make_ctx, tenant_a):
+    with ImapPeer(mode="endless_list") as peer:
+        ctx = make_ctx(peer.pair, IMAP_COMMAND_TIMEOUT_SECONDS="60", MAX_FOLDERS_PER_ACCOUNT="5")
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        started = time.monotonic()
+        with pytest.raises(MailConnectionError, match="response too long"):
+            syncer(ctx).sync_account(account_id)
+        assert time.monotonic() - started < 30  # the entry count, not the 60 s deadline
+    assert last_error(ctx, account_id) == "response too long"
+
+
+def test_folders_over_the_cap_are_skipped_and_noted(make_ctx, tenant_a, db_sessionmaker):
+    folders = {"INBOX": {1: peer_message("in inbox")}}
+    folders.update({f"Project {n}": {1: peer_message(f"p{n}")} for n in range(9)})
+    with ImapPeer(folders=folders) as peer:
+        ctx = make_ctx(peer.pair, MAX_FOLDERS_PER_ACCOUNT="4")
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        assert syncer(ctx).sync_account(account_id).complete
+    synced = stored(db_sessionmaker, account_id)
+    assert len(synced) == 4 and "INBOX" in synced
+    note = "6 folders not synced: more than MAX_FOLDERS_PER_ACCOUNT (4)"
+    assert last_error(ctx, account_id) == note
+    # The round finished: the status is not a failure, it carries the note.
+    with ctx.work(tenant_a.tenant_id) as unit:
+        status = sync_status(unit, account_id)
+    assert (status.state, status.last_error) == (SyncState.IDLE, note)
+
+
+# Runs the real CLI (`emailservice sync ID`) and, as it exits, writes the peak resident set
+# of its whole process tree: its own VmHWM plus the largest of its waited-for children.
+PEAK_WRAPPER = """
+import atexit, resource, sys
+
+out = sys.argv.pop(1)
+
+def peak():
+    with open("/proc/self/status") as status:
+        own = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with open(out, "w") as f:
+        f.write(str((own + children) * 1024))
+
+atexit.register(peak)
+from app.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_a_sync_process_stays_small_while_a_peer_streams_a_gigabyte(
+    env, make_ctx, tenant_a, db_sessionmaker, tmp_path: Path
+):
+    import subprocess
+
+    folders = {
+        "INBOX": {1: peer_message("before"), 2: peer_message("gigabyte"), 3: peer_message("after")},
+        "Later": {1: peer_message("next folder")},
+    }
+    with ImapPeer(folders=folders, huge={2: 1000}, huge_literal_bytes=1024 * MIB) as peer:
+        settings = allowing(dict(env, IMAP_COMMAND_TIMEOUT_SECONDS="20"), peer.pair)
+        account_id = peer_account(make_ctx(peer.pair), tenant_a.tenant_id, peer)
+        out = tmp_path / "peak"
+        done = subprocess.run(
+            [sys.executable, "-c", PEAK_WRAPPER, str(out), "sync", str(account_id)],
+            env=cli_env(settings),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+    peak = int(out.read_text())
+    assert 0 < peak <= PEAK_RSS_BOUND, f"peak RSS {peak / MIB:.0f} MiB"
+    synced = stored(db_sessionmaker, account_id)
+    assert {uid: m.too_large for uid, m in synced["INBOX"].items()} == {
+        1: False,
+        2: True,
+        3: False,
+    }
+    assert [m.subject for m in synced["Later"].values()] == ["next folder"]
+
+
+def test_the_headers_only_hook_stores_new_mail_headers_only_as_over_quota(
+    ctx, tenant_a, mailbox, db_sessionmaker
+):
+    """The storage quota's way in: asked before every batch, with the account's tenant."""
+    mailbox.append("INBOX", message(subject="before the quota", body="kept whole"))
+    account_id = add_account(ctx, tenant_a.tenant_id, mailbox)
+    asked: list[int] = []
+
+    def over_quota(tenant_id: int) -> bool:
+        asked.append(tenant_id)
+        return len(asked) > 1  # the first batch fits, everything after does not
+
+    limits = SyncLimits(max_messages=None, max_seconds=None, batch_messages=1)
+    assert Syncer(ctx, limits).sync_account(account_id).complete
+    mailbox.append("INBOX", message(subject="after the quota", body="never read"))
+    mailbox.append("INBOX", message(subject="also after", body="never read"))
+    assert Syncer(ctx, limits, headers_only=over_quota).sync_account(account_id).complete
+
+    inbox = {m.subject: m for m in stored(db_sessionmaker, account_id)["INBOX"].values()}
+    assert set(asked) == {tenant_a.tenant_id} and len(asked) == 2
+    assert not inbox["before the quota"].over_quota
+    flags = {(m.over_quota, m.too_large, m.text_body is None) for m in inbox.values()}
+    assert flags == {(False, False, False), (True, False, True)}
+    assert sum(m.over_quota for m in inbox.values()) == 1
+    with ctx.work(tenant_a.tenant_id) as unit:
+        late = next(m for m in inbox.values() if m.over_quota)
+        assert summary_model(late, "INBOX").over_quota is True
+        with pytest.raises(Conflict, match="quota"):
+            messages.raw_message(unit, late.id)
