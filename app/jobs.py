@@ -31,6 +31,13 @@ class QueueName(StrEnum):
     SYNC = "sync"
 
 
+class Owner(StrEnum):
+    """What the first argument of a tenant's job names, so a worker can tell whose it is."""
+
+    ACCOUNT = "account"
+    OUTBOX = "outbox"
+
+
 QUEUES: tuple[QueueName, ...] = (QueueName.SEND, QueueName.DEFAULT, QueueName.SYNC)
 # RQ's states of a job that has not started yet.
 WAITING_STATES = ("queued", "scheduled", "deferred")
@@ -48,6 +55,9 @@ class JobSpec:
     retry_intervals: tuple[int, ...] = ()
     result_ttl: int | None = None  # seconds a finished job's record is kept (RQ's default: 500)
     failure_ttl: int | None = None  # seconds a failed job's record is kept
+    # A tenant's work (its first argument names this): it runs only in one of the tenant's
+    # TENANT_MAX_CONCURRENT_JOBS slots (TenantSlots). None: the service's own work.
+    owner: Owner | None = None
 
 
 # One bounded sync run of an account (SyncLimits.max_seconds is well below its timeout).
@@ -57,13 +67,20 @@ SYNC_ACCOUNT = JobSpec(
     timeout=900,
     result_ttl=3600,
     failure_ttl=7 * 86400,
+    owner=Owner.ACCOUNT,
 )
 # Flags, moves and deletions a user asked for, written back over IMAP.
-APPLY_MESSAGE_CHANGES = JobSpec("workers.jobs.apply_message_changes", QueueName.DEFAULT, 600)
+APPLY_MESSAGE_CHANGES = JobSpec(
+    "workers.jobs.apply_message_changes", QueueName.DEFAULT, 600, owner=Owner.ACCOUNT
+)
 # Above one SMTP session's worst case: connecting and each command (30 s), the payload, and
 # the server's reply to the final "." (app.mail.smtp.FINAL_REPLY_TIMEOUT, 300 s).
-SEND_MESSAGE = JobSpec("workers.jobs.send_message", QueueName.SEND, 900, (10, 30, 60))
-FILE_SENT_COPY = JobSpec("workers.jobs.file_sent_copy", QueueName.SEND, 900, (10, 30, 60))
+SEND_MESSAGE = JobSpec(
+    "workers.jobs.send_message", QueueName.SEND, 900, (10, 30, 60), owner=Owner.OUTBOX
+)
+FILE_SENT_COPY = JobSpec(
+    "workers.jobs.file_sent_copy", QueueName.SEND, 900, (10, 30, 60), owner=Owner.OUTBOX
+)
 HEARTBEAT = JobSpec("workers.jobs.heartbeat", QueueName.DEFAULT, 60)
 SYNC_ALL_ACCOUNTS = JobSpec("workers.jobs.sync_all_accounts", QueueName.DEFAULT, 600)
 SWEEP_OUTBOX = JobSpec("workers.jobs.sweep_outbox", QueueName.SEND, 600)
@@ -153,3 +170,4 @@ class Jobs:
     def depths(self) -> dict[str, int]:
         """Jobs waiting in each queue."""
         return {name.value: self.queue(name).count for name in QUEUES}
+
