@@ -144,4 +144,3 @@ def job_tenant(ctx: ServiceContext, owner: Owner, object_id: int) -> int | None:
     model = Account if owner == Owner.ACCOUNT else OutboxEntry
     with ctx.sessions() as session:
         return session.scalar(select(model.tenant_id).where(model.id == object_id))
-
