@@ -26,6 +26,7 @@ from rq import Queue, Worker
 from rq.executions import Execution
 from rq.job import Job
 
+from app.context import DEPENDENCY_ERRORS
 from app.jobs import CATALOGUE, QUEUES, JobSpec, QueueName, TenantSlots
 from app.logs import request_id_var
 from app.services import outbox, usage
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # A job refused a slot runs again after this many seconds (random, so refused jobs spread).
 RETRY_SLOT_SECONDS = (1.0, 3.0)
+# ... and a job whose tenant could not be looked up (the database is down), after these.
+DEPENDENCY_RETRY_SECONDS = (10.0, 20.0)
 _BY_FUNC: dict[str, JobSpec] = {spec.func: spec for spec in CATALOGUE}
 
 
@@ -72,7 +75,14 @@ class ServiceWorker(Worker):
         super().main_work_horse(job, queue)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        tenant_id = self._tenant_of(job)
+        try:
+            tenant_id = self._tenant_of(job)
+        except DEPENDENCY_ERRORS:
+            # PostgreSQL is down: the job cannot run now either. Kept for later, not lost
+            # (an exception here would stop the worker with the dequeued job in its hands).
+            log.warning("cannot tell the tenant of job %s now; it waits", job.id)
+            self._put_back(job, queue, None, DEPENDENCY_RETRY_SECONDS)
+            return
         if tenant_id is None:
             super().execute_job(job, queue)
             return
@@ -103,8 +113,19 @@ class ServiceWorker(Worker):
     def cap(self) -> int:
         """Slots per tenant: TENANT_MAX_CONCURRENT_JOBS, and always one worker fewer than
         there are (at least one: a single worker runs everything, one job at a time)."""
-        workers = Worker.count(connection=self.connection)
-        return max(1, min(runtime.context().settings.tenant_max_concurrent_jobs, workers - 1))
+        setting = runtime.context().settings.tenant_max_concurrent_jobs
+        return max(1, min(setting, self.live_workers() - 1))
+
+    def live_workers(self) -> int:
+        """Registered workers, less those of this host whose process is gone: a killed
+        worker stays registered until its registration expires (minutes), and counting it
+        would let one tenant take every worker that is left."""
+        host, count = socket.gethostname(), 0
+        for worker in Worker.all(connection=self.connection):
+            if worker.hostname == host and worker.pid and not _alive(worker.pid):
+                continue
+            count += 1
+        return count
 
     def _tenant_of(self, job: Job) -> int | None:
         """The tenant a job works for, or None for the service's own jobs. Looked up once
@@ -115,7 +136,11 @@ class ServiceWorker(Worker):
         known = job.meta.get("tenant_id")
         if isinstance(known, int):
             return known
-        tenant_id = usage.job_tenant(runtime.context(), spec.owner, int(job.args[0]))
+        try:
+            object_id = int(job.args[0])
+        except (TypeError, ValueError):
+            return None  # not an id: the job fails by itself, it needs no slot for that
+        tenant_id = usage.job_tenant(runtime.context(), spec.owner, object_id)
         if tenant_id is not None:
             job.meta["tenant_id"] = tenant_id
             job.save_meta()  # type: ignore[no-untyped-call]
@@ -136,9 +161,15 @@ class ServiceWorker(Worker):
                 stale = True
         return stale and slots.acquire(tenant_id, holder, cap)
 
-    def _put_back(self, job: Job, queue: Queue, tenant_id: int) -> None:
+    def _put_back(
+        self,
+        job: Job,
+        queue: Queue,
+        tenant_id: int | None,
+        within: tuple[float, float] = RETRY_SLOT_SECONDS,
+    ) -> None:
         """Run the job later, at the end of its queue: its tenant's slots are all in use."""
-        delay = random.uniform(*RETRY_SLOT_SECONDS)
+        delay = random.uniform(*within)
         queue.schedule_job(job, datetime.now(timezone.utc) + timedelta(seconds=delay))
         if len(self.queues) == 1:
             # A worker of one queue dequeues through RQ's intermediate list, which the
