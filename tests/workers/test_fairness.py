@@ -240,3 +240,22 @@ def test_with_the_database_down_a_tenants_job_waits_and_the_worker_goes_on(
         wait_for(lambda: Jobs(redis_client).state(heartbeat) == "finished", timeout=30)
     finally:
         workers.stop_all()
+
+
+def test_every_job_working_for_a_tenant_names_its_owner():
+    """A job taking an account or an outbox entry is a tenant's work and must go through the
+    tenant's slots: the catalogue says so by its `owner`, checked against the function."""
+    import importlib
+    import inspect
+
+    from app.jobs import CATALOGUE, Owner
+
+    expected = {"account_id": Owner.ACCOUNT, "outbox_id": Owner.OUTBOX}
+    gated = set()
+    for spec in CATALOGUE:
+        module, _, name = spec.func.rpartition(".")
+        params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        assert spec.owner == (expected.get(params[0]) if params else None), spec.func
+        if spec.owner:
+            gated.add(name)
+    assert gated == {"sync_account", "apply_message_changes", "send_message", "file_sent_copy"}
