@@ -18,8 +18,10 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import cache
 from typing import Any
 
 from rq import Queue, Worker
@@ -38,9 +40,12 @@ log = logging.getLogger(__name__)
 RETRY_SLOT_SECONDS = (1.0, 3.0)
 # ... and a job whose tenant could not be looked up (the database is down), after these.
 DEPENDENCY_RETRY_SECONDS = (10.0, 20.0)
+# How long a count of the workers is used before counting again.
+WORKERS_COUNTED_SECONDS = 5.0
 _BY_FUNC: dict[str, JobSpec] = {spec.func: spec for spec in CATALOGUE}
 
 
+@cache
 def _this_machine() -> str:
     """This machine, for telling whether a slot's holder is a process here: the host name and
     the kernel's boot id (so two containers with one host name are told apart)."""
@@ -68,6 +73,7 @@ class ServiceWorker(Worker):
 
     _slot: tuple[int, str] | None = None  # (tenant, holder) of the job running now
     _tenant_slots: TenantSlots | None = None
+    _workers_counted: tuple[float, int] = (0.0, 0)  # (when, how many), see live_workers
 
     def main_work_horse(self, job: Any, queue: Any) -> None:
         runtime.after_fork()
@@ -120,11 +126,15 @@ class ServiceWorker(Worker):
         """Registered workers, less those of this host whose process is gone: a killed
         worker stays registered until its registration expires (minutes), and counting it
         would let one tenant take every worker that is left."""
+        when, count = self._workers_counted
+        if time.monotonic() - when < WORKERS_COUNTED_SECONDS:
+            return count  # a long backlog is refused job after job: count once in a while
         host, count = socket.gethostname(), 0
         for worker in Worker.all(connection=self.connection):
             if worker.hostname == host and worker.pid and not _alive(worker.pid):
                 continue
             count += 1
+        self._workers_counted = (time.monotonic(), count)
         return count
 
     def _tenant_of(self, job: Job) -> int | None:
