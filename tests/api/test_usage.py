@@ -110,7 +110,7 @@ def test_parallel_creates_at_the_limit_never_pass_it_together(
 
     def create() -> None:
         client = app.test_client()
-        start.wait()
+        start.wait(30)
         response = client.post("/api/accounts", json=mail_account_body(), headers=tenant_a.headers)
         statuses.append(response.status_code)
 
