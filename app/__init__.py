@@ -28,6 +28,7 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
         ratelimit,
         search,
         sync,
+        usage,
     )
     from app.api.ids import IdConverter
     from app.context import ServiceContext
@@ -64,4 +65,5 @@ def create_app(config: Settings | Mapping[str, str] | None = None) -> Flask:
     app.register_blueprint(search.bp)
     app.register_blueprint(messages.bp)
     app.register_blueprint(compose.bp)
+    app.register_blueprint(usage.bp)
     return app

@@ -31,6 +31,15 @@ class Forbidden(ServiceError):
     code, status = "forbidden", 403
 
 
+class QuotaExceeded(ServiceError):
+    """One of the tenant's limits (accounts, storage) would be passed: nothing was changed.
+
+    A 403 like Forbidden, with its own code, so a client can tell "not allowed" from "full"
+    (it is left out of BY_STATUS, which maps a bare HTTP status to the generic error)."""
+
+    code, status = "quota_exceeded", 403
+
+
 class NotFound(ServiceError):
     code, status = "not_found", 404
 

@@ -31,6 +31,13 @@ class QueueName(StrEnum):
     SYNC = "sync"
 
 
+class Owner(StrEnum):
+    """What the first argument of a tenant's job names, so a worker can tell whose it is."""
+
+    ACCOUNT = "account"
+    OUTBOX = "outbox"
+
+
 QUEUES: tuple[QueueName, ...] = (QueueName.SEND, QueueName.DEFAULT, QueueName.SYNC)
 # RQ's states of a job that has not started yet.
 WAITING_STATES = ("queued", "scheduled", "deferred")
@@ -48,6 +55,9 @@ class JobSpec:
     retry_intervals: tuple[int, ...] = ()
     result_ttl: int | None = None  # seconds a finished job's record is kept (RQ's default: 500)
     failure_ttl: int | None = None  # seconds a failed job's record is kept
+    # A tenant's work (its first argument names this): it runs only in one of the tenant's
+    # TENANT_MAX_CONCURRENT_JOBS slots (TenantSlots). None: the service's own work.
+    owner: Owner | None = None
 
 
 # One bounded sync run of an account (SyncLimits.max_seconds is well below its timeout).
@@ -57,13 +67,20 @@ SYNC_ACCOUNT = JobSpec(
     timeout=900,
     result_ttl=3600,
     failure_ttl=7 * 86400,
+    owner=Owner.ACCOUNT,
 )
 # Flags, moves and deletions a user asked for, written back over IMAP.
-APPLY_MESSAGE_CHANGES = JobSpec("workers.jobs.apply_message_changes", QueueName.DEFAULT, 600)
+APPLY_MESSAGE_CHANGES = JobSpec(
+    "workers.jobs.apply_message_changes", QueueName.DEFAULT, 600, owner=Owner.ACCOUNT
+)
 # Above one SMTP session's worst case: connecting and each command (30 s), the payload, and
 # the server's reply to the final "." (app.mail.smtp.FINAL_REPLY_TIMEOUT, 300 s).
-SEND_MESSAGE = JobSpec("workers.jobs.send_message", QueueName.SEND, 900, (10, 30, 60))
-FILE_SENT_COPY = JobSpec("workers.jobs.file_sent_copy", QueueName.SEND, 900, (10, 30, 60))
+SEND_MESSAGE = JobSpec(
+    "workers.jobs.send_message", QueueName.SEND, 900, (10, 30, 60), owner=Owner.OUTBOX
+)
+FILE_SENT_COPY = JobSpec(
+    "workers.jobs.file_sent_copy", QueueName.SEND, 900, (10, 30, 60), owner=Owner.OUTBOX
+)
 HEARTBEAT = JobSpec("workers.jobs.heartbeat", QueueName.DEFAULT, 60)
 SYNC_ALL_ACCOUNTS = JobSpec("workers.jobs.sync_all_accounts", QueueName.DEFAULT, 600)
 SWEEP_OUTBOX = JobSpec("workers.jobs.sweep_outbox", QueueName.SEND, 600)
@@ -153,3 +170,76 @@ class Jobs:
     def depths(self) -> dict[str, int]:
         """Jobs waiting in each queue."""
         return {name.value: self.queue(name).count for name in QUEUES}
+
+
+# Slots of the tenants' running jobs: one sorted set per tenant, members the holders, scores
+# when each lease ends (Redis's own clock, so the workers' clocks need not agree).
+SLOTS_KEY = "emailservice:tenant-jobs:{tenant_id}"
+# A holder renews its lease while its job runs (RQ's monitoring interval is 30 s); a worker
+# that died without releasing frees its slots when they end.
+LEASE_SECONDS = 90
+
+_NOW = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+"""
+# KEYS[1]: the tenant's slots; ARGV: holder, cap, lease seconds. 1: taken, 0: all in use.
+_ACQUIRE = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], t + tonumber(ARGV[3]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
+return 1
+"""
+)
+# KEYS[1]: the tenant's slots; ARGV: holder, lease seconds. 1: renewed, 0: it had lapsed.
+_RENEW = (
+    _NOW
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
+return 1
+"""
+)
+
+
+class TenantSlots:
+    """How many of a tenant's jobs run at once, across every worker: a slot per running job.
+
+    A worker takes a slot for a tenant's job before running it and gives it back after
+    (workers/worker.py); a job that finds its tenant's slots all taken is not run but put
+    back for later. Each slot is a lease: its holder renews it while the job runs, so the slot
+    of a worker that died (killed, its host gone) frees itself within LEASE_SECONDS.
+    """
+
+    def __init__(self, connection: Redis, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.connection = connection
+        self.lease_seconds = lease_seconds
+        self._acquire = connection.register_script(_ACQUIRE)
+        self._renew = connection.register_script(_RENEW)
+
+    @staticmethod
+    def key(tenant_id: int) -> str:
+        return SLOTS_KEY.format(tenant_id=tenant_id)
+
+    def acquire(self, tenant_id: int, holder: str, cap: int) -> bool:
+        """Take a slot for `holder` unless `cap` slots of the tenant are held already."""
+        taken = self._acquire(keys=[self.key(tenant_id)], args=[holder, cap, self.lease_seconds])
+        return bool(taken)
+
+    def renew(self, tenant_id: int, holder: str) -> bool:
+        """Extend the holder's lease; False when it had lapsed (and someone may use it)."""
+        return bool(self._renew(keys=[self.key(tenant_id)], args=[holder, self.lease_seconds]))
+
+    def release(self, tenant_id: int, holder: str) -> None:
+        self.connection.zrem(self.key(tenant_id), holder)
+
+    def holders(self, tenant_id: int) -> list[str]:
+        """Who holds the tenant's slots (lapsed leases included until the next acquire)."""
+        found: list[bytes | str] = self.connection.zrange(  # type: ignore[assignment]
+            self.key(tenant_id), 0, -1
+        )
+        return [h.decode() if isinstance(h, bytes) else h for h in found]

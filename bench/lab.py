@@ -112,6 +112,8 @@ class Lab:
             "RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000000",
             "RATE_LIMIT_REQUESTS_PER_HOUR": "1000000000",
             "LOGIN_RATE_LIMIT_PER_MINUTE": "1000000000",
+            # B6 connects 1000 accounts to one tenant (the quota itself is tested elsewhere).
+            "TENANT_MAX_ACCOUNTS": "100000",
             "WAITRESS_THREADS": "8",
             "LOG_LEVEL": "INFO",
         }

@@ -30,6 +30,11 @@ UNDECLARED_MEANINGS = {
     405: "The path exists, but not with this method; `Allow` lists the methods it has.",
     500: "A bug in the service, never expected: report it with the response's `X-Request-ID`.",
 }
+# Codes that share their status with another code, by what they mean.
+CODE_MEANINGS = {
+    "quota_exceeded": "A limit of the tenant would be passed (TENANT_MAX_ACCOUNTS, "
+    "TENANT_MAX_STORAGE_BYTES): nothing was changed; `GET /api/usage` shows usage and limits.",
+}
 
 INTRO = """\
 # API reference
@@ -195,7 +200,9 @@ def _errors(out: _Markdown, document: dict[str, Any], codes: list[tuple[int, str
                 declared.setdefault(int(status), response.get("description", ""))
     rows = []
     for status, code in codes:
-        meaning = declared.get(status) or UNDECLARED_MEANINGS.get(status)
+        meaning = (
+            CODE_MEANINGS.get(code) or declared.get(status) or UNDECLARED_MEANINGS.get(status)
+        )
         if meaning is None:
             meaning = http.HTTPStatus(status).phrase + "."
         rows.append([str(status), _code(code), _cell(meaning)])

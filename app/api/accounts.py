@@ -29,6 +29,7 @@ TAGS = ("accounts",)
     tags=TAGS,
     request=AccountCreate,
     responses={201: ("The account.", AccountOut)},
+    quota=True,
 )
 def create_account() -> Response:
     body = parse_body(AccountCreate)

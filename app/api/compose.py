@@ -32,6 +32,7 @@ TAGS = ("compose",)
     request=DraftIn,
     responses={201: ("The draft, version 1.", DraftOut)},
     errors=(404, 413),
+    quota=True,
 )
 def create_draft() -> Response:
     view = compose.create_draft(unit(), parse_body(DraftIn).content())
@@ -48,6 +49,7 @@ def create_draft() -> Response:
         201: ("The new draft.", DraftOut),
     },
     errors=(404, 409, 413),
+    quota=True,
 )
 def save_draft() -> Response:
     body = parse_body(DraftSave)
@@ -82,6 +84,7 @@ def delete_draft(draft_id: int) -> Response:
     tags=TAGS,
     responses={202: ("The outbox entry.", OutboxOut)},
     errors=(404, 409, 422),
+    quota=True,
     headers=(
         {
             "name": "Idempotency-Key",

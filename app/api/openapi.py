@@ -43,6 +43,11 @@ ERROR_DESCRIPTIONS = {
     429: "Rate limit exceeded; see Retry-After.",
     503: "A dependency (PostgreSQL, Redis) is unavailable.",
 }
+# The 403 of an operation that stores something: a tenant's limit is one more reason.
+QUOTA_403 = (
+    "X-Tenant-ID does not match the token (`forbidden`), or the tenant's limit would be "
+    "passed (`quota_exceeded`: TENANT_MAX_ACCOUNTS, TENANT_MAX_STORAGE_BYTES)."
+)
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Operation:
     auth: bool = True
     params: type[BaseModel] | None = None  # the query string's parameters
     headers: tuple[dict[str, Any], ...] = ()  # header parameters (OpenAPI Parameter objects)
+    quota: bool = False  # may answer 403 quota_exceeded
 
 
 def operation(
@@ -67,13 +73,14 @@ def operation(
     auth: bool = True,
     params: type[BaseModel] | None = None,
     headers: tuple[dict[str, Any], ...] = (),
+    quota: bool = False,
 ) -> Callable[[View], View]:
     """Describe a view for the OpenAPI document."""
 
     def decorate(view: View) -> View:
         # A function attribute (read by build_document), through vars(): Callable has none.
         vars(view)["openapi"] = Operation(
-            summary, tags, request, responses or {}, errors, auth, params, headers
+            summary, tags, request, responses or {}, errors, auth, params, headers, quota
         )
         return view
 
@@ -140,10 +147,11 @@ def _operation(rule: Rule, spec: Operation, components: dict[str, Any]) -> dict[
         errors |= {400, 413, 415, 422}
     # A response the operation declares itself (GET /health's 503 carries the health body)
     # wins over the generic error.
+    if spec.quota:
+        errors.add(403)
     for status in sorted(errors - set(spec.responses)):
-        result["responses"][str(status)] = _response(
-            ERROR_DESCRIPTIONS[status], ErrorResponse, components
-        )
+        description = QUOTA_403 if status == 403 and spec.quota else ERROR_DESCRIPTIONS[status]
+        result["responses"][str(status)] = _response(description, ErrorResponse, components)
     return dict(result, responses=dict(sorted(result["responses"].items())))
 
 

@@ -3,7 +3,7 @@
 from app.models.accounts import Account
 from app.models.compose import Draft, DraftAttachment, OutboxEntry
 from app.models.sync import Folder, Message, MessageChange, MessageRaw
-from app.models.tenants import Tenant, User
+from app.models.tenants import Tenant, TenantUsage, User
 
 __all__ = [
     "Account",
@@ -15,5 +15,6 @@ __all__ = [
     "MessageChange",
     "MessageRaw",
     "Tenant",
+    "TenantUsage",
     "User",
 ]

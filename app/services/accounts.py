@@ -18,6 +18,7 @@ from app.errors import NotFound, ValidationFailed
 from app.mail import ServerSettings
 from app.models import Account, Folder
 from app.secrets import SecretBox
+from app.services import usage
 from app.states import AccountState, Security
 
 KINDS = ("imap", "smtp")
@@ -88,8 +89,10 @@ def list_folders(unit: Unit, account_id: int, after: str | None, limit: int) -> 
 def create_account(unit: Unit, fields: AccountFields, *, verify: bool) -> Account:
     """A new account; with `verify`, only once both servers accepted the settings."""
     complete = {kind: _required(kind, getattr(fields, kind)) for kind in KINDS}
+    usage.claim_account(unit, lock=False)  # full: refused before spending a verification
     if verify:
         _verify(unit, complete["imap"], complete["smtp"])
+    usage.claim_account(unit)  # TENANT_MAX_ACCOUNTS, counted under the tenant's lock
     account = Account(
         email=fields.email, display_name=fields.display_name, state=AccountState.ACTIVE
     )

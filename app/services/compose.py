@@ -21,6 +21,7 @@ from app.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from app.jobs import SEND_MESSAGE
 from app.mail.compose import Address, Outgoing, OutgoingAttachment, build, parse_address
 from app.models import Account, Draft, DraftAttachment, Message, OutboxEntry
+from app.services import usage
 from app.services.accounts import get_account
 from app.states import DraftState, OutboxState
 
@@ -84,6 +85,7 @@ def create_draft(unit: Unit, content: DraftContent) -> DraftView:
     session = unit.session
     draft = Draft(version=1, state=DraftState.DRAFT)
     _fill(unit, draft, content)
+    usage.claim_storage(unit, draft.size, "The draft")
     session.add(draft)
     session.flush()
     _store_attachments(session, draft, content)
@@ -117,7 +119,9 @@ def update_draft(unit: Unit, draft_id: int, version: int, content: DraftContent)
             f"Draft {draft.id} is at version {draft.version}, not {version}: it changed "
             "since it was read. Read it again and reapply the change."
         )
+    stored = draft.size
     _fill(unit, draft, content)
+    usage.claim_storage(unit, draft.size - stored, "The draft's new content")
     draft.version = version + 1
     draft.updated_at = datetime.now(timezone.utc)
     session.execute(delete(DraftAttachment).where(DraftAttachment.draft_id == draft.id))
@@ -214,12 +218,12 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
     without its key, is a Conflict naming the entry.
     """
     try:
-        entry, created = _queue(unit.session, draft_id, idempotency_key)
+        entry, created = _queue(unit, draft_id, idempotency_key)
         unit.commit()
     except IntegrityError:
         # The same key arrived twice at once: the other request's entry is the answer.
         unit.session.rollback()
-        entry, created = _queue(unit.session, draft_id, idempotency_key)
+        entry, created = _queue(unit, draft_id, idempotency_key)
         unit.commit()
     if created:
         # Should Redis fail here, the entry is stored: the scheduler's sweep queues it.
@@ -227,10 +231,9 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
     return entry
 
 
-def _queue(
-    session: Session, draft_id: int, idempotency_key: str | None
-) -> tuple[OutboxEntry, bool]:
+def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[OutboxEntry, bool]:
     """The draft's outbox entry, queued; (entry, True) when this call created it."""
+    session = unit.session
     draft = _draft(session, draft_id, for_update=True)
     if idempotency_key is not None:
         earlier = session.scalars(
@@ -272,6 +275,8 @@ def _queue(
             "The draft has no recipients.", [{"field": "to", "message": "at least one needed"}]
         )
     built = build(outgoing)
+    # The outbox keeps the built message until the entry is deleted: it counts.
+    usage.claim_storage(unit, len(built.mime), "Sending this draft")
     entry = OutboxEntry(
         account_id=account.id,
         draft_id=draft.id,

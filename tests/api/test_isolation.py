@@ -117,3 +117,13 @@ def test_a_tenant_bound_session_cannot_write_another_tenants_row(
         merged.display_name = "hijacked"
         with pytest.raises(CrossTenantWrite):
             session.flush()
+
+
+def test_routes_without_an_id_report_only_the_callers_tenant(
+    client, tenant_a, tenant_b, other_tenant_ids
+):
+    """GET /api/usage names no resource: it must count the caller's rows, never B's."""
+    mine = client.get("/api/usage", headers=tenant_a.headers).get_json()
+    assert (mine["accounts"], mine["storage_bytes"]) == (0, 0)
+    theirs = client.get("/api/usage", headers=tenant_b.headers).get_json()
+    assert theirs["accounts"] == 1 and theirs["storage_bytes"] > 0
