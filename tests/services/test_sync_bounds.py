@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,44 @@ def test_the_headers_only_hook_stores_new_mail_headers_only_as_over_quota(
         assert summary_model(late, "INBOX").over_quota is True
         with pytest.raises(Conflict, match="quota"):
             messages.raw_message(unit, late.id)
+
+
+def test_a_sync_past_the_storage_quota_goes_on_headers_only_until_mail_is_deleted(
+    make_ctx, tenant_a, mailbox, db_sessionmaker
+):
+    """TENANT_MAX_STORAGE_BYTES reached during a sync: later mail is stored with its headers
+    only (over_quota) and the status says why, flags still apply, and deleting mail on the
+    server brings the tenant back under, so new mail is stored whole again."""
+    ctx = make_ctx(TENANT_MAX_STORAGE_BYTES="6000")
+    run = syncer(ctx, batch_messages=1, flag_scan_interval=timedelta(0)).sync_account
+    for n in range(3):
+        mailbox.append("INBOX", message(subject=f"big {n}", body=f"line {n}\n" * 400))
+    account_id = add_account(ctx, tenant_a.tenant_id, mailbox)
+    assert run(account_id).complete
+
+    inbox = {m.subject: m for m in stored(db_sessionmaker, account_id)["INBOX"].values()}
+    whole = {s for s, m in inbox.items() if not m.over_quota}
+    assert len(whole) == 2 and all(inbox[s].text_body for s in whole)  # ~3.4 kB each
+    (late,) = (m for m in inbox.values() if m.over_quota)
+    assert late.text_body is None and not late.too_large and late.subject.startswith("big")
+    with ctx.work(tenant_a.tenant_id) as unit:
+        status = sync_status(unit, account_id)
+    assert status.state == SyncState.IDLE
+    assert status.last_error is not None and "TENANT_MAX_STORAGE_BYTES" in status.last_error
+
+    # Flags and expunges still apply over quota.
+    with mailbox.client() as c:
+        c.select_folder("INBOX")
+        c.add_flags([late.uid], [b"\\Flagged"])
+        c.delete_messages([inbox[s].uid for s in whole])
+        c.expunge()
+    assert run(account_id).complete
+    inbox = {m.subject: m for m in stored(db_sessionmaker, account_id)["INBOX"].values()}
+    assert set(inbox) == {late.subject}
+    assert inbox[late.subject].flagged and inbox[late.subject].over_quota
+    # The bytes of deleted mail leave the tenant's total with the round that saw them go.
+    mailbox.append("INBOX", message(subject="after deleting", body="back under the quota"))
+    assert run(account_id).complete
+    inbox = {m.subject: m for m in stored(db_sessionmaker, account_id)["INBOX"].values()}
+    assert not inbox["after deleting"].over_quota and inbox["after deleting"].text_body
+    assert last_error(ctx, account_id) is None

@@ -15,6 +15,7 @@ from app.errors import NotFound
 from app.mail import MailAuthError, MailConnectionError
 from app.mail.imap import FolderGone, ImapSession, RemoteFolder
 from app.models import Account, Folder, Message, MessageRaw
+from app.services import usage
 from app.services.sync.folder import Budget, FolderRun, SyncLimits, SyncObserver
 from app.services.sync.rows import FolderState
 from app.services.sync.store import SyncStore, now
@@ -50,12 +51,8 @@ class SyncOutcome:
 
 
 # Whether a tenant's new mail is stored headers-only now (its storage quota is spent); asked
-# before every batch of a sync. The storage quota plugs in here; by default, never.
+# before every batch of a sync. By default the tenant's storage quota decides.
 HeadersOnly = Callable[[int], bool]
-
-
-def never_headers_only(tenant_id: int) -> bool:
-    return False
 
 
 class Syncer:
@@ -66,13 +63,15 @@ class Syncer:
         ctx: ServiceContext,
         limits: SyncLimits | None = None,
         observer: SyncObserver | None = None,
-        headers_only: HeadersOnly = never_headers_only,
+        headers_only: HeadersOnly | None = None,
     ) -> None:
         self.ctx = ctx
         self.store = SyncStore(ctx.sessions)
         self.limits = limits or SyncLimits()
         self.observer = observer or SyncObserver()
-        self.headers_only = headers_only
+        self.headers_only = headers_only or self._over_quota
+        # Whether a batch of the last run was stored headers-only because of the quota.
+        self.quota_reached = False
         # Folders the server listed beyond MAX_FOLDERS_PER_ACCOUNT in the last run.
         self.folders_skipped = 0
 
@@ -97,6 +96,7 @@ class Syncer:
                 account.sync_messages_synced = account.sync_messages_total = 0
             round_started = account.sync_started_at
         budget = Budget(self.limits)
+        self.quota_reached = False
         try:
             imap = self.ctx.connector.imap(account)
         except MailAuthError as exc:
@@ -112,7 +112,7 @@ class Syncer:
                     continue  # done earlier in this round
                 if budget.exhausted() or not self._sync_folder(imap, f, budget):
                     return SyncOutcome(complete=False, messages_fetched=budget.fetched)
-            self._finish_round(account_id, self._skipped_note(account_id))
+            self._finish_round(account_id, self._round_note(account_id))
             return SyncOutcome(complete=True, messages_fetched=budget.fetched)
         except MailConnectionError as exc:
             self._record_failure(account_id, str(exc))
@@ -149,19 +149,36 @@ class Syncer:
         with self.ctx.sessions.begin() as s:
             s.execute(update(Account).where(Account.id == account_id).values(**values))
 
-    def _skipped_note(self, account_id: int) -> str | None:
-        """What the account's status says of folders over MAX_FOLDERS_PER_ACCOUNT."""
-        if not self.folders_skipped:
-            return None
-        limit = self.ctx.connector.imap_limits.max_folders
-        log.warning(
-            "folders over the limit skipped",
-            extra={"account_id": account_id, "skipped": self.folders_skipped, "limit": limit},
-        )
-        return (
-            f"{self.folders_skipped} folders not synced: more than MAX_FOLDERS_PER_ACCOUNT "
-            f"({limit})"
-        )
+    def _over_quota(self, tenant_id: int) -> bool:
+        """The storage quota's answer for this batch (one primary-key read)."""
+        with self.ctx.sessions() as session:
+            reached = usage.over_quota(session, self.ctx.settings, tenant_id)
+        self.quota_reached = self.quota_reached or reached
+        return reached
+
+    def _round_note(self, account_id: int) -> str | None:
+        """What the account's status says of a finished round that left something out:
+        folders over MAX_FOLDERS_PER_ACCOUNT, mail stored headers-only over the quota."""
+        notes = []
+        if self.folders_skipped:
+            limit = self.ctx.connector.imap_limits.max_folders
+            log.warning(
+                "folders over the limit skipped",
+                extra={"account_id": account_id, "skipped": self.folders_skipped, "limit": limit},
+            )
+            notes.append(
+                f"{self.folders_skipped} folders not synced: more than MAX_FOLDERS_PER_ACCOUNT "
+                f"({limit})"
+            )
+        if self.quota_reached:
+            log.warning(
+                "storage quota reached: new mail headers only", extra={"account_id": account_id}
+            )
+            notes.append(
+                "storage quota reached (TENANT_MAX_STORAGE_BYTES): new mail stored with its "
+                "headers only; delete mail to make room"
+            )
+        return "; ".join(notes) or None
 
     def _finish_round(self, account_id: int, note: str | None = None) -> None:
         with self.ctx.sessions.begin() as s:
