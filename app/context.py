@@ -75,7 +75,12 @@ class ServiceContext:
             engine=engine,
             sessions=make_sessionmaker(engine),
             secrets=secrets,
-            connector=MailConnector(secrets, settings.mail_tls_ca_file or None),
+            connector=MailConnector(
+                secrets,
+                settings.mail_tls_ca_file or None,
+                allowed_hosts=settings.allowed_private_hosts,
+                verify_slots=settings.verify_in_flight_total,
+            ),
             redis=connection,
             jobs=Jobs(connection),
             counters=Counters(connection),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import imaplib
 import socket
 import ssl
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,10 +28,20 @@ from datetime import datetime, timezone
 from typing import Any
 
 import imapclient
+from imapclient import imap4, tls
 from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.response_parser import parse_fetch_response
 
-from app.mail import MailAuthError, MailConnectionError, MailError, ServerSettings, tls_context
+from app.mail import (
+    Category,
+    MailAuthError,
+    MailConnectionError,
+    MailError,
+    ServerSettings,
+    failure,
+    network_category,
+    tls_context,
+)
 from app.states import FolderRole
 
 TIMEOUT_SECONDS = 60
@@ -131,34 +142,115 @@ class FlagChange:
 
 
 @contextmanager
-def _boundary(what: str) -> Iterator[None]:
-    """Translate every library and socket error into the service's own mail errors."""
+def _boundary(what: str, greeted: bool = True) -> Iterator[None]:
+    """Translate every library and socket error into the service's own mail errors, with a
+    category; the server's own words only once it `greeted` as an IMAP server."""
     try:
         yield
     except MailError:
         raise
     except LoginError as exc:
-        raise MailAuthError(f"IMAP login refused: {_text(exc)}") from None
-    except (OSError, ssl.SSLError, socket.timeout, IMAPClientError, imaplib.IMAP4.error) as exc:
-        raise MailConnectionError(f"IMAP {what} failed: {_text(exc)}") from None
+        raise failure(MailAuthError, Category.LOGIN_REFUSED, exc, peer_text=_text(exc)) from None
+    except OSError as exc:  # socket errors, timeouts and TLS (ssl.SSLError is an OSError)
+        raise failure(MailConnectionError, network_category(exc), f"{what}: {exc}") from None
+    except imaplib.IMAP4.abort as exc:  # the connection broke, or the peer spoke no IMAP
+        if "socket error" in str(exc):
+            category, peer = Category.CONNECTION_LOST, None
+        elif not greeted:
+            category, peer = Category.NOT_IMAP, None
+        else:
+            category, peer = Category.PROTOCOL_ERROR, f"{what}: {_text(exc)}"
+        raise failure(MailConnectionError, category, f"{what}: {exc}", peer_text=peer) from None
+    except (IMAPClientError, imaplib.IMAP4.error) as exc:
+        if not greeted:  # no "* OK" or "* PREAUTH" greeting: none of its words go further
+            raise failure(MailConnectionError, Category.NOT_IMAP, f"{what}: {exc}") from None
+        raise failure(
+            MailConnectionError,
+            Category.COMMAND_FAILED,
+            f"{what}: {exc}",
+            peer_text=f"{what}: {_text(exc)}",
+        ) from None
 
 
-def connect(server: ServerSettings, ca_file: str | None = None) -> imapclient.IMAPClient:
-    """A logged-in client; `security` chooses implicit TLS, STARTTLS or (loopback tests) none."""
+class _PlainTransport(imap4.IMAP4WithTimeout):  # type: ignore[misc]  # untyped library
+    """imapclient's plain transport, connecting to the checked address; `host` stays the
+    tenant's name, which STARTTLS verifies."""
+
+    def __init__(self, address: str, host: str, port: int, timeout: float | None) -> None:
+        self.address = address
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return socket.create_connection(
+            (self.address, self.port), timeout if timeout is not None else self._timeout
+        )
+
+
+class _TlsTransport(tls.IMAP4_TLS):  # type: ignore[misc]  # untyped library
+    """imapclient's implicit-TLS transport, connecting to the checked address and verifying
+    the tenant's name."""
+
+    def __init__(
+        self, address: str, host: str, port: int, context: ssl.SSLContext, timeout: float | None
+    ) -> None:
+        self.address = address
+        super().__init__(host, port, context, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        sock = socket.create_connection(
+            (self.address, self.port), timeout if timeout is not None else self._timeout
+        )
+        try:
+            wrapped: socket.socket = tls.wrap_socket(sock, self.ssl_context, self.host)
+            return wrapped
+        except BaseException:
+            sock.close()
+            raise
+
+
+class _Client(imapclient.IMAPClient):  # type: ignore[misc]  # untyped library
+    """IMAPClient whose connection goes to `address` (the checked one) while TLS, implicit
+    or STARTTLS, verifies `host`."""
+
+    def __init__(self, address: str, host: str, **kwargs: Any) -> None:
+        self._address = address
+        super().__init__(host, **kwargs)
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        timeout = getattr(self._timeout, "connect", None)
+        if self.ssl:
+            return _TlsTransport(self._address, self.host, self.port, self.ssl_context, timeout)
+        return _PlainTransport(self._address, self.host, self.port, timeout)
+
+
+def connect(
+    server: ServerSettings, ca_file: str | None = None, *, deadline: float | None = None
+) -> imapclient.IMAPClient:
+    """A logged-in client; `security` chooses implicit TLS, STARTTLS or (allowed private
+    servers only) none. With a `deadline` (time.monotonic()), the socket waits at most until
+    it (each wait, for now: the IMAP reader bounds whole commands)."""
     # Built (and cached) only when used: loading the CA store costs milliseconds.
     context = tls_context(ca_file) if server.security != "none" else None
-    with _boundary(f"connection to {server.host}:{server.port}"):
-        client = imapclient.IMAPClient(
+    timeout: float = TIMEOUT_SECONDS
+    if deadline is not None:
+        timeout = min(timeout, deadline - time.monotonic())
+        if timeout <= 0:
+            raise failure(MailConnectionError, Category.TIMED_OUT, "no time left to connect")
+    with _boundary(f"connection to {server.host}:{server.port}", greeted=False):
+        client = _Client(
+            server.address or server.host,
             server.host,
             port=server.port,
             ssl=server.security == "ssl",
             ssl_context=context if server.security == "ssl" else None,
-            timeout=TIMEOUT_SECONDS,
+            timeout=timeout,
         )
     try:
         with _boundary(f"session with {server.host}:{server.port}"):
             if server.security == "starttls":
+                _remaining(client, deadline)
                 client.starttls(context)
+            _remaining(client, deadline)
             client.login(server.username, server.password)
     except MailError:
         _close(client)
@@ -168,9 +260,27 @@ def connect(server: ServerSettings, ca_file: str | None = None) -> imapclient.IM
     return client
 
 
-def check_login(server: ServerSettings, ca_file: str | None = None) -> None:
+def _remaining(client: imapclient.IMAPClient, deadline: float | None) -> None:
+    """Let the next waits of `client` last at most until `deadline`."""
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout("deadline reached")
+    client.socket().settimeout(left)
+
+
+def check_login(
+    server: ServerSettings, ca_file: str | None = None, *, deadline: float | None = None
+) -> None:
     """Log in and out; raise MailAuthError or MailConnectionError on failure."""
-    _close(connect(server, ca_file))
+    client = connect(server, ca_file, deadline=deadline)
+    if deadline is not None and deadline - time.monotonic() <= 0:
+        client.shutdown()  # logged in; a LOGOUT could wait on the server again
+        return
+    if deadline is not None:
+        client.socket().settimeout(deadline - time.monotonic())
+    _close(client)
 
 
 class ImapSession:
@@ -488,6 +598,8 @@ def _close(client: imapclient.IMAPClient) -> None:
 
 
 def _text(exc: Exception) -> str:
+    """An error's text without imaplib's b'...' wrapping (the caller decides whether the
+    peer's words may be shown at all; MailError keeps them printable and short)."""
     text = str(exc)
     if text.startswith(("b'", 'b"')):
         text = text[2:-1]
