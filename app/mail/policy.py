@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -30,6 +30,7 @@ from app.mail import Category, MailConnectionError, failure
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int, float], "list[Address]"]
 
 # Everything a tenant's mail server can never legitimately be, with why.
 REFUSED: tuple[tuple[Network, str], ...] = tuple(
@@ -90,9 +91,10 @@ def unmapped(address: Address) -> Address:
 class HostPolicy:
     """Resolves a tenant's host once and says which address the connection may go to."""
 
-    def __init__(self, entries: Iterable[str] = ()) -> None:
+    def __init__(self, entries: Iterable[str] = (), resolver: Resolver | None = None) -> None:
         # Already validated when the settings were read; parsed here into their meaning.
         self.entries: tuple[HostEntry, ...] = tuple(parse_host_entry(e) for e in entries)
+        self.resolve: Resolver = resolver or resolve  # another resolver: tests of the logic
 
     def check(self, host: str, port: int, deadline: float, *, clear_text: bool = False) -> str:
         """The address to connect to for `host`:`port`, or MailConnectionError with the
@@ -102,7 +104,7 @@ class HostPolicy:
         `clear_text` (security "none"): every address must be allowed by an entry, public
         ones too, so a password is sent unencrypted only to a private server the operator
         named, never across the internet."""
-        addresses = resolve(host, port, deadline)
+        addresses = self.resolve(host, port, deadline)
         for address in addresses:
             why = refused_range(address)
             if why is None and not clear_text:
@@ -127,7 +129,7 @@ class HostPolicy:
                     return True
             elif entry.name is not None:
                 try:
-                    found = resolve(entry.name, port, deadline)
+                    found = self.resolve(entry.name, port, deadline)
                 except MailConnectionError:
                     continue  # an entry that does not resolve allows nothing
                 if address in {unmapped(a) for a in found}:
