@@ -86,6 +86,7 @@ class _Client(smtplib.SMTP):
         self.deadline = deadline
         self.reader: _DeadlineReader | None = None
         super().__init__(timeout=TIMEOUT_SECONDS)
+        self._host = server.host  # what STARTTLS verifies (smtplib sets it only from __init__)
 
     def remaining(self) -> float:
         if self.deadline is None:
