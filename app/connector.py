@@ -98,9 +98,8 @@ class MailConnector:
         try:
             self.policy.check(server.host, server.port, deadline)
         except MailConnectionError as exc:
-            if exc.category == Category.ADDRESS_NOT_ALLOWED:
-                return "host"
-            return "security" if server.security == Security.NONE else None
+            # Not resolved (yet): every connection checks again, clear text included.
+            return "host" if exc.category == Category.ADDRESS_NOT_ALLOWED else None
         if server.security == Security.NONE:
             try:
                 self.policy.check(server.host, server.port, deadline, clear_text=True)
