@@ -2,8 +2,10 @@
 
 `Listener` accepts connections, sends `greeting` (or nothing at all: a server that never
 greets), then holds each connection open, reading and discarding what the client sends,
-until the test ends. It counts the connections it saw, so a test can show that a refused
-connection was never attempted.
+until the test ends; with `drip`, it sends those bytes one at a time every `interval`
+seconds, over and over, never ending a line (a tarpit each of whose waits is short). It
+counts the connections it saw, so a test can show that a refused connection was never
+attempted.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ REDIS_ERROR = b"-ERR unknown command 'SECRETREDIS', with args beginning with:\r\
 
 
 class Listener:
-    def __init__(self, greeting: bytes | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        greeting: bytes | None = None,
+        host: str = "127.0.0.1",
+        drip: bytes | None = None,
+        interval: float = 0.3,
+    ) -> None:
         self.greeting = greeting
+        self.drip = drip
+        self.interval = interval
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.server = socket.create_server((host, 0), family=family, backlog=128)
         self.host = host
@@ -63,6 +73,10 @@ class Listener:
         try:
             if self.greeting is not None:
                 conn.sendall(self.greeting)
+            position = 0
+            while self.drip and not self._stopped.wait(self.interval):
+                conn.sendall(self.drip[position : position + 1])
+                position = (position + 1) % len(self.drip)
             while not self._stopped.is_set() and conn.recv(4096):
                 pass
         except OSError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import imaplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -172,18 +173,62 @@ def _boundary(what: str, greeted: bool = True) -> Iterator[None]:
         ) from None
 
 
+class _DeadlineGuard:
+    """Shuts a connection's socket at its deadline: no wait of the IMAP reader outlives it,
+    not even against a server that drips a byte every few seconds (each wait alone would be
+    within the socket's timeout)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket) -> None:
+        self._timer = threading.Timer(
+            max(self.deadline - time.monotonic(), 0), self._fire, args=(sock,)
+        )
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self, sock: socket.socket) -> None:
+        self.fired = True
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _open_socket(
+    address: str, port: int, timeout: float | None, guard: _DeadlineGuard | None
+) -> socket.socket:
+    sock = socket.create_connection((address, port), timeout)
+    if guard is not None:
+        guard.watch(sock)
+    return sock
+
+
 class _PlainTransport(imap4.IMAP4WithTimeout):  # type: ignore[misc]  # untyped library
     """imapclient's plain transport, connecting to the checked address; `host` stays the
     tenant's name, which STARTTLS verifies."""
 
-    def __init__(self, address: str, host: str, port: int, timeout: float | None) -> None:
-        self.address = address
+    def __init__(
+        self,
+        address: str,
+        host: str,
+        port: int,
+        timeout: float | None,
+        guard: _DeadlineGuard | None,
+    ) -> None:
+        self.address, self.guard = address, guard
         super().__init__(host, port, timeout)
 
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
-        return socket.create_connection(
-            (self.address, self.port), timeout if timeout is not None else self._timeout
-        )
+        timeout = timeout if timeout is not None else self._timeout
+        return _open_socket(self.address, self.port, timeout, self.guard)
 
 
 class _TlsTransport(tls.IMAP4_TLS):  # type: ignore[misc]  # untyped library
@@ -191,15 +236,20 @@ class _TlsTransport(tls.IMAP4_TLS):  # type: ignore[misc]  # untyped library
     the tenant's name."""
 
     def __init__(
-        self, address: str, host: str, port: int, context: ssl.SSLContext, timeout: float | None
+        self,
+        address: str,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        timeout: float | None,
+        guard: _DeadlineGuard | None,
     ) -> None:
-        self.address = address
+        self.address, self.guard = address, guard
         super().__init__(host, port, context, timeout)
 
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
-        sock = socket.create_connection(
-            (self.address, self.port), timeout if timeout is not None else self._timeout
-        )
+        timeout = timeout if timeout is not None else self._timeout
+        sock = _open_socket(self.address, self.port, timeout, self.guard)
         try:
             wrapped: socket.socket = tls.wrap_socket(sock, self.ssl_context, self.host)
             return wrapped
@@ -212,52 +262,74 @@ class _Client(imapclient.IMAPClient):  # type: ignore[misc]  # untyped library
     """IMAPClient whose connection goes to `address` (the checked one) while TLS, implicit
     or STARTTLS, verifies `host`."""
 
-    def __init__(self, address: str, host: str, **kwargs: Any) -> None:
-        self._address = address
+    def __init__(
+        self, address: str, host: str, guard: _DeadlineGuard | None, **kwargs: Any
+    ) -> None:
+        self._address, self._guard = address, guard
         super().__init__(host, **kwargs)
 
     def _create_IMAP4(self) -> imaplib.IMAP4:
         timeout = getattr(self._timeout, "connect", None)
         if self.ssl:
-            return _TlsTransport(self._address, self.host, self.port, self.ssl_context, timeout)
-        return _PlainTransport(self._address, self.host, self.port, timeout)
+            return _TlsTransport(
+                self._address, self.host, self.port, self.ssl_context, timeout, self._guard
+            )
+        return _PlainTransport(self._address, self.host, self.port, timeout, self._guard)
 
 
 def connect(
     server: ServerSettings, ca_file: str | None = None, *, deadline: float | None = None
 ) -> imapclient.IMAPClient:
     """A logged-in client; `security` chooses implicit TLS, STARTTLS or (allowed private
-    servers only) none. With a `deadline` (time.monotonic()), the socket waits at most until
-    it (each wait, for now: the IMAP reader bounds whole commands)."""
+    servers only) none. With a `deadline` (time.monotonic()), nothing waits past it: every
+    socket wait is bounded by what is left, and the socket is shut at the deadline (the
+    caller ends the guard with `release()`)."""
     # Built (and cached) only when used: loading the CA store costs milliseconds.
     context = tls_context(ca_file) if server.security != "none" else None
     timeout: float = TIMEOUT_SECONDS
+    guard = None
     if deadline is not None:
         timeout = min(timeout, deadline - time.monotonic())
         if timeout <= 0:
             raise failure(MailConnectionError, Category.TIMED_OUT, "no time left to connect")
-    with _boundary(f"connection to {server.host}:{server.port}", greeted=False):
-        client = _Client(
-            server.address or server.host,
-            server.host,
-            port=server.port,
-            ssl=server.security == "ssl",
-            ssl_context=context if server.security == "ssl" else None,
-            timeout=timeout,
-        )
+        guard = _DeadlineGuard(deadline)
     try:
-        with _boundary(f"session with {server.host}:{server.port}"):
-            if server.security == "starttls":
+        with _boundary(f"connection to {server.host}:{server.port}", greeted=False):
+            client = _Client(
+                server.address or server.host,
+                server.host,
+                guard,
+                port=server.port,
+                ssl=server.security == "ssl",
+                ssl_context=context if server.security == "ssl" else None,
+                timeout=timeout,
+            )
+        try:
+            with _boundary(f"session with {server.host}:{server.port}"):
+                if server.security == "starttls":
+                    _remaining(client, deadline)
+                    client.starttls(context)
                 _remaining(client, deadline)
-                client.starttls(context)
-            _remaining(client, deadline)
-            client.login(server.username, server.password)
-    except MailError:
-        _close(client)
+                client.login(server.username, server.password)
+        except MailError:
+            _close(client)
+            raise
+    except MailError as exc:
+        if guard is not None:
+            guard.cancel()
+            if guard.fired and not isinstance(exc, MailAuthError):
+                raise failure(MailConnectionError, Category.TIMED_OUT, exc) from None
         raise
     # Aware datetimes for INTERNALDATE, not local-time naive ones.
     client.normalise_times = False
     return client
+
+
+def release(client: imapclient.IMAPClient) -> None:
+    """End the deadline guard of a client made with one (connect's `deadline`)."""
+    guard = getattr(client, "_guard", None)
+    if guard is not None:
+        guard.cancel()
 
 
 def _remaining(client: imapclient.IMAPClient, deadline: float | None) -> None:
@@ -275,12 +347,15 @@ def check_login(
 ) -> None:
     """Log in and out; raise MailAuthError or MailConnectionError on failure."""
     client = connect(server, ca_file, deadline=deadline)
-    if deadline is not None and deadline - time.monotonic() <= 0:
-        client.shutdown()  # logged in; a LOGOUT could wait on the server again
-        return
-    if deadline is not None:
-        client.socket().settimeout(deadline - time.monotonic())
-    _close(client)
+    try:
+        if deadline is not None and deadline - time.monotonic() <= 0:
+            client.shutdown()  # logged in; a LOGOUT could wait on the server again
+            return
+        if deadline is not None:
+            client.socket().settimeout(deadline - time.monotonic())
+        _close(client)
+    finally:
+        release(client)
 
 
 class ImapSession:

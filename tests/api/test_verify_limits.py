@@ -134,3 +134,34 @@ def test_the_tenant_cap_is_shared_by_api_processes_and_each_process_has_its_own(
                 assert_timed_out(held.result(), deadline)
             # Leases are given back: A verifies again (and times out again).
             assert_timed_out(post(second, "/api/accounts", body, a.headers), deadline)
+
+
+def test_a_server_dripping_bytes_cannot_stretch_the_deadline(env, tenant_a, mail_account_body):
+    """Each byte comes well within any socket timeout; only the one deadline ends it, and the
+    process's verification slot is free again right after."""
+    from app import create_app
+
+    deadline = 2
+    with (
+        Listener(drip=b"* OK slow") as imap_peer,
+        Listener(drip=b"220-slow") as smtp_peer,
+    ):
+        settings = allowing(env, imap_peer.pair, smtp_peer.pair) | {
+            "VERIFY_TIMEOUT_SECONDS": str(deadline),
+            "VERIFY_MAX_IN_FLIGHT_TOTAL": "1",
+        }
+        client = create_app(settings).test_client()
+        body = mail_account_body(verify=True)
+        body["imap"].update(host="127.0.0.1", port=imap_peer.port, security="none")
+        body["smtp"].update(host="127.0.0.1", port=smtp_peer.port, security="none")
+        for _ in range(2):  # the second would be a 429 if the first still held the slot
+            started = time.monotonic()
+            response = client.post("/api/accounts", json=body, headers=tenant_a.headers)
+            seconds = time.monotonic() - started
+            assert response.status_code == 422, response.get_json()
+            details = response.get_json()["error"]["details"]
+            assert {d["field"]: d["message"] for d in details} == {
+                "imap": "timed out",
+                "smtp": "timed out",
+            }
+            assert seconds < deadline + 1.5
