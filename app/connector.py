@@ -17,10 +17,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from app.mail import (
     Category,
+    LoginProblem,
     MailConnectionError,
     MailError,
     ServerSettings,
@@ -30,7 +31,7 @@ from app.mail import (
     tls_context,
 )
 from app.mail.imap import ImapSession
-from app.mail.policy import HostPolicy
+from app.mail.policy import REFUSALS, HostPolicy
 from app.models import Account
 from app.secrets import SecretBox
 from app.states import Security
@@ -42,14 +43,6 @@ RESOLVE_SECONDS = 30
 # A verification's threads end by themselves at the deadline (their sockets wait no longer);
 # the caller waits this much more so that a thread's own category arrives in time.
 VERIFY_GRACE_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class LoginProblem:
-    """Why a server refused settings: `server` is "imap" or "smtp"."""
-
-    server: str
-    message: str
 
 
 class MailConnector:
@@ -92,19 +85,14 @@ class MailConnector:
         return replace(server, address=address)
 
     def host_problem(self, server: ServerSettings, deadline: float) -> str | None:
-        """What the policy refuses in settings a tenant submits: "host" (its address is not
-        allowed), "security" (clear text to a host no entry allows), or None. A name that
-        does not resolve now is no problem here: a verify, or the first connection, says so."""
+        """What the policy refuses in settings a tenant submits: `address not allowed`,
+        `clear text not allowed`, or None. A name that does not resolve now is no problem
+        here: a verify, or the first connection, checks again."""
         try:
-            self.policy.check(server.host, server.port, deadline)
+            self.checked(server, deadline)
         except MailConnectionError as exc:
-            # Not resolved (yet): every connection checks again, clear text included.
-            return "host" if exc.category == Category.ADDRESS_NOT_ALLOWED else None
-        if server.security == Security.NONE:
-            try:
-                self.policy.check(server.host, server.port, deadline, clear_text=True)
-            except MailConnectionError:
-                return "security"
+            if exc.category in REFUSALS:
+                return exc.category
         return None
 
     def imap(self, account: Account) -> ImapSession:
@@ -135,8 +123,9 @@ class MailConnector:
         self, imap_server: ServerSettings, smtp_server: ServerSettings, deadline: float
     ) -> list[LoginProblem]:
         """Log in to both servers with settings not stored yet, at once, both within
-        `deadline` (time.monotonic(); resolution included); what each refused, if anything.
-        VerifyBusy when this process already runs as many verifications as it may."""
+        `deadline` (time.monotonic(); resolution and the host policy included); what each
+        refused, if anything. VerifyBusy when this process already runs as many
+        verifications as it may."""
         if not self.verify_slots.acquire(blocking=False):
             raise VerifyBusy()
         results: dict[str, LoginProblem | None] = {}
@@ -148,10 +137,11 @@ class MailConnector:
                 check(self.checked(server, deadline), self.ca_file, deadline=deadline)
                 results[kind] = None
             except MailError as exc:
-                results[kind] = LoginProblem(kind, str(exc))
+                results[kind] = LoginProblem(kind, str(exc), exc.category)
             except Exception:  # a bug, not the server: logged, reported without detail
                 log.exception("verifying the %s server failed", kind)
-                results[kind] = LoginProblem(kind, Category.CONNECTION_FAILED)
+                failed = Category.CONNECTION_FAILED
+                results[kind] = LoginProblem(kind, failed, failed)
             finally:
                 with lock:
                     pending[0] -= 1
@@ -175,7 +165,7 @@ class MailConnector:
         problems = []
         for kind in ("imap", "smtp"):
             if kind not in results:
-                problems.append(LoginProblem(kind, Category.TIMED_OUT))
+                problems.append(LoginProblem(kind, Category.TIMED_OUT, Category.TIMED_OUT))
             elif (problem := results[kind]) is not None:
                 problems.append(problem)
         return problems

@@ -31,6 +31,7 @@ class Category:
     """The short words a mail failure is reported with."""
 
     ADDRESS_NOT_ALLOWED = "address not allowed"
+    CLEAR_TEXT_NOT_ALLOWED = "clear text not allowed"  # security "none", host not listed
     NAME_NOT_RESOLVED = "name not resolved"
     CONNECTION_REFUSED = "connection refused"
     HOST_UNREACHABLE = "host unreachable"
@@ -74,6 +75,16 @@ class MailAuthError(MailError):
 
 class MailConnectionError(MailError):
     """The server could not be reached or spoke unexpectedly (network, TLS, protocol)."""
+
+
+@dataclass(frozen=True)
+class LoginProblem:
+    """Why a server refused settings being verified: `server` is "imap" or "smtp";
+    `category` is the short word of `message` (Category)."""
+
+    server: str
+    message: str
+    category: str
 
 
 class VerifyBusy(Exception):

@@ -65,6 +65,9 @@ REFUSED: tuple[tuple[Network, str], ...] = tuple(
     )
 )
 
+# What the policy refuses in settings, as opposed to what a server answered.
+REFUSALS = (Category.ADDRESS_NOT_ALLOWED, Category.CLEAR_TEXT_NOT_ALLOWED)
+
 # Resolutions run in a few threads of their own, so a slow resolver never holds the caller
 # past its deadline; the pool bounds how many slow lookups can pile up.
 RESOLVER_THREADS = 8
@@ -102,8 +105,8 @@ class HostPolicy:
         included, nothing here outlives `deadline`, a time.monotonic() value).
 
         `clear_text` (security "none"): every address must be allowed by an entry, public
-        ones too, so a password is sent unencrypted only to a private server the operator
-        named, never across the internet."""
+        ones too (else `clear text not allowed`), so a password is sent unencrypted only to a
+        private server the operator named, never across the internet."""
         addresses = self.resolve(host, port, deadline)
         for address in addresses:
             why = refused_range(address)
@@ -112,8 +115,8 @@ class HostPolicy:
             if not self.listed(address, port, deadline):
                 raise failure(
                     MailConnectionError,
-                    Category.ADDRESS_NOT_ALLOWED,
-                    f"{host}:{port} resolves to {address} ({why or 'clear text, public'}); "
+                    Category.ADDRESS_NOT_ALLOWED if why else Category.CLEAR_TEXT_NOT_ALLOWED,
+                    f"{host}:{port} resolves to {address} ({why or 'public, in clear text'}); "
                     "no entry of ALLOWED_PRIVATE_HOSTS allows it",
                 )
         return str(unmapped(addresses[0]))

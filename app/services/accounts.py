@@ -29,15 +29,17 @@ from sqlalchemy import func, select
 
 from app.context import Unit
 from app.errors import NotFound, RateLimited, ValidationFailed
-from app.mail import ServerSettings, VerifyBusy
+from app.mail import Category, LoginProblem, ServerSettings, VerifyBusy
+from app.mail.policy import REFUSALS
 from app.models import Account, Folder
 from app.secrets import SecretBox
 from app.states import AccountState, Security
 from app.tenancy import bound_tenant
 
 KINDS = ("imap", "smtp")
-# How long checking a submitted host (resolving it) may take when nothing is verified.
-HOST_CHECK_SECONDS = 5.0
+# How long checking a submitted host (resolving it) may take when nothing is verified: a
+# resolver answers in milliseconds; an unanswered name is checked again at connection time.
+HOST_CHECK_SECONDS = 2.0
 # A tenant's verification lease outlives the deadline by this much (a crashed process's
 # lease then frees itself soon after the verification could have ended).
 LEASE_MARGIN_SECONDS = 5
@@ -108,9 +110,7 @@ def list_folders(unit: Unit, account_id: int, after: str | None, limit: int) -> 
 def create_account(unit: Unit, fields: AccountFields, *, verify: bool) -> Account:
     """A new account; with `verify`, only once both servers accepted the settings."""
     complete = {kind: _required(kind, getattr(fields, kind)) for kind in KINDS}
-    _check_hosts(unit, complete)
-    if verify:
-        _verify(unit, complete["imap"], complete["smtp"])
+    _check(unit, complete, verify)
     account = Account(
         email=fields.email, display_name=fields.display_name, state=AccountState.ACTIVE
     )
@@ -132,9 +132,7 @@ def replace_account(unit: Unit, account_id: int, fields: AccountFields, *, verif
         kind: server.with_password(server.password or before[kind].password)
         for kind, server in (("imap", fields.imap), ("smtp", fields.smtp))
     }
-    _check_hosts(unit, complete)
-    if verify:
-        _verify(unit, complete["imap"], complete["smtp"])
+    _check(unit, complete, verify)
     changed_credentials = complete != before
     account.email, account.display_name = fields.email, fields.display_name
     account.updated_at = func.now()
@@ -214,14 +212,36 @@ def _require_password_for_a_new_server(
         raise ValidationFailed("The password is required when the server changes.", details)
 
 
-def _check_hosts(unit: Unit, servers: Mapping[str, ServerSettings]) -> None:
-    """422 on `imap.host`/`smtp.host` when the policy refuses the address, and on
-    `*.security` for clear text to a host the operator does not allow."""
-    deadline = time.monotonic() + min(HOST_CHECK_SECONDS, unit.ctx.settings.verify_timeout_seconds)
+def _check(unit: Unit, servers: Mapping[str, ServerSettings], verify: bool) -> None:
+    """The host policy's verdict on the submitted servers, and with `verify` their logins:
+    ValidationFailed naming the refused fields, RateLimited when verifying too much at once.
+
+    Without verify, resolving is bounded by HOST_CHECK_SECONDS; with it, the policy is
+    checked inside the verification, under its deadline and its limits."""
+    if not verify:
+        deadline = time.monotonic() + HOST_CHECK_SECONDS
+        refusals = [
+            (kind, refusal)
+            for kind in KINDS
+            if (refusal := unit.ctx.connector.host_problem(servers[kind], deadline))
+        ]
+        _refuse(refusals)
+        return
+    problems = _verify(unit, servers["imap"], servers["smtp"])
+    _refuse([(p.server, p.category) for p in problems if p.category in REFUSALS])
+    if problems:
+        raise ValidationFailed(
+            "The mail servers did not accept these settings.",
+            [{"field": p.server, "message": p.message} for p in problems],
+        )
+
+
+def _refuse(refusals: list[tuple[str, str]]) -> None:
+    """422 on `imap.host`/`smtp.host` for an address the policy refuses, on `*.security` for
+    clear text to a host the operator does not allow."""
     details = []
-    for kind in KINDS:
-        problem = unit.ctx.connector.host_problem(servers[kind], deadline)
-        if problem == "host":
+    for kind, refusal in refusals:
+        if refusal == Category.ADDRESS_NOT_ALLOWED:
             details.append(
                 {
                     "field": f"{kind}.host",
@@ -229,7 +249,7 @@ def _check_hosts(unit: Unit, servers: Mapping[str, ServerSettings]) -> None:
                     "service does not connect to (loopback, private, link-local or reserved)",
                 }
             )
-        elif problem == "security":
+        else:
             details.append(
                 {
                     "field": f"{kind}.security",
@@ -241,25 +261,20 @@ def _check_hosts(unit: Unit, servers: Mapping[str, ServerSettings]) -> None:
         raise ValidationFailed("These servers are not allowed.", details)
 
 
-def _verify(unit: Unit, imap: ServerSettings, smtp: ServerSettings) -> None:
-    """ValidationFailed carrying each server's reason, unless both accept the login within
-    the deadline; RateLimited when the tenant or this process verifies too much at once."""
+def _verify(unit: Unit, imap: ServerSettings, smtp: ServerSettings) -> list[LoginProblem]:
+    """Each server's problem, if any, once both were tried within the deadline; RateLimited
+    when the tenant or this process already verifies as much as it may."""
     settings = unit.ctx.settings
     with _tenant_lease(unit):
         deadline = time.monotonic() + settings.verify_timeout_seconds
         try:
-            problems = unit.ctx.connector.check_logins(imap, smtp, deadline)
+            return unit.ctx.connector.check_logins(imap, smtp, deadline)
         except VerifyBusy:
             seconds = settings.verify_timeout_seconds
             raise RateLimited(
                 f"Too many verifications at once on this server; retry in {seconds} s.",
                 retry_after=seconds,
             ) from None
-    if problems:
-        raise ValidationFailed(
-            "The mail servers did not accept these settings.",
-            [{"field": p.server, "message": p.message} for p in problems],
-        )
 
 
 # A tenant's verifications in flight, shared by every API process: a sorted set of leases

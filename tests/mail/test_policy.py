@@ -141,7 +141,7 @@ def test_an_entrys_name_is_resolved_too():
 
 
 def test_clear_text_needs_an_entry_even_for_a_public_address():
-    assert refused(HostPolicy(), "8.8.8.8", 143, clear_text=True) == "address not allowed"
+    assert refused(HostPolicy(), "8.8.8.8", 143, clear_text=True) == "clear text not allowed"
     assert HostPolicy(["8.8.8.8:143"]).check("8.8.8.8", 143, soon(), clear_text=True)
     policy = HostPolicy(["127.0.0.1:1143"])
     assert policy.check("127.0.0.1", 1143, soon(), clear_text=True) == "127.0.0.1"
