@@ -305,10 +305,18 @@ def connect(
                 timeout=timeout,
             )
         try:
-            with _boundary(f"session with {server.host}:{server.port}"):
-                if server.security == "starttls":
-                    _remaining(client, deadline)
-                    client.starttls(context)
+            # The step's name is what a tenant may read with the server's words: no address.
+            if server.security == "starttls":
+                try:
+                    with _boundary("STARTTLS"):
+                        _remaining(client, deadline)
+                        client.starttls(context)
+                except MailConnectionError as exc:
+                    # Refused or not offered: no TLS, so no login (never a fallback).
+                    if exc.category in (Category.PROTOCOL_ERROR, Category.COMMAND_FAILED):
+                        raise failure(MailConnectionError, Category.TLS_FAILED, exc) from None
+                    raise
+            with _boundary("LOGIN"):
                 _remaining(client, deadline)
                 client.login(server.username, server.password)
         except MailError:
