@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -100,13 +102,60 @@ def _int(low: int, high: int | None = None) -> Callable[[str, str], int]:
     return parse
 
 
+@dataclass(frozen=True)
+class HostEntry:
+    """One entry of ALLOWED_PRIVATE_HOSTS: a network (an address is a /32 or /128) or a host
+    name (resolved when a connection is checked), and the one port it allows, or any."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    name: str | None
+    port: int | None
+
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9_][A-Za-z0-9_-]{0,62}(?:\.[A-Za-z0-9_-]{1,63})*\.?$"
+)
+_BRACKETED = re.compile(r"^\[([^\]]+)\](?::([^:]*))?$")
+
+
+def parse_host_entry(text: str) -> HostEntry:
+    """HOST, HOST:PORT, CIDR, CIDR:PORT, IPv6 (bare, no port) or [IPv6 or IPv6 CIDR]:PORT;
+    ValueError saying what is wrong. Kept with the setting so a bad entry stops start-up."""
+    bracketed = _BRACKETED.match(text)
+    if bracketed:
+        host, port_text = bracketed.group(1), bracketed.group(2)
+        if ":" not in host:
+            raise ValueError("brackets are for IPv6 addresses only")
+    elif text.count(":") > 1:  # a bare IPv6 address or network: no port possible
+        host, port_text = text, None
+    elif ":" in text:
+        host, port_text = text.rsplit(":", 1)
+    else:
+        host, port_text = text, None
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+        port = int(port_text)
+    try:
+        return HostEntry(ipaddress.ip_network(host, strict=False), None, port)
+    except ValueError:
+        if "/" in host or ":" in host:
+            raise ValueError(f"{host!r} is not an address or network") from None
+    if not _HOST_NAME.match(host):
+        raise ValueError(f"{host!r} is not a host name")
+    return HostEntry(None, host.rstrip(".").lower(), port)
+
+
 def _host_list(name: str, raw: str) -> tuple[str, ...]:
     """Comma-separated entries, each HOST, HOST:PORT, CIDR, CIDR:PORT or [IPv6]:PORT; the
     outbound host policy (app.mail.policy) gives them their meaning."""
     entries = tuple(e.strip() for e in raw.split(",") if e.strip())
     for entry in entries:
-        if any(c.isspace() for c in entry) or entry.count("/") > 1:
-            raise ConfigError(name, f"has a malformed entry: {entry!r}")
+        try:
+            parse_host_entry(entry)
+        except ValueError as exc:
+            raise ConfigError(name, f"has a malformed entry {entry!r}: {exc}") from None
     return entries
 
 

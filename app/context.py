@@ -87,7 +87,11 @@ class ServiceContext:
             sessions=make_sessionmaker(engine),
             secrets=secrets,
             connector=MailConnector(
-                secrets, settings.mail_tls_ca_file or None, imap_limits(settings)
+                secrets,
+                settings.mail_tls_ca_file or None,
+                allowed_hosts=settings.allowed_private_hosts,
+                verify_slots=settings.verify_in_flight_total,
+                imap_limits=imap_limits(settings),
             ),
             redis=connection,
             jobs=Jobs(connection),

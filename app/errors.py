@@ -67,6 +67,16 @@ class ValidationFailed(ServiceError):
 class RateLimited(ServiceError):
     code, status = "rate_limited", 429
 
+    def __init__(
+        self,
+        message: str,
+        details: list[dict[str, str]] | None = None,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, details)
+        self.retry_after = retry_after  # seconds, sent as Retry-After
+
 
 class Unavailable(ServiceError):
     code, status = "unavailable", 503

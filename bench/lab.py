@@ -95,6 +95,7 @@ class Lab:
 
     def start(self) -> None:
         from devstack import Stack
+        from devstack.dev import mail_pairs
 
         self.work.mkdir(parents=True, exist_ok=True)
         self.stack = Stack(
@@ -107,6 +108,8 @@ class Lab:
             "JWT_SECRET": secrets.token_urlsafe(48),
             "ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "MAIL_TLS_CA_FILE": self.info.ca_file,
+            # Exactly the stack's mail servers, as `make dev` allows them.
+            "ALLOWED_PRIVATE_HOSTS": ",".join(mail_pairs(self.info)),
             "JWT_TTL_SECONDS": "172800",
             # The limits are tested elsewhere; here they must never answer 429, yet still run.
             "RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000000",

@@ -38,10 +38,27 @@ PROCESSES = {
 }
 
 
+def mail_pairs(info: StackInfo) -> list[str]:
+    """The HOST:PORT of every mail listener of a stack: exactly what its settings allow in
+    ALLOWED_PRIVATE_HOSTS (never all of loopback, where its PostgreSQL and Redis listen)."""
+    ports = (
+        info.imap_port,
+        info.imaps_port,
+        info.submission_port,
+        info.submissions_port,
+        info.smtp_port,
+    )
+    return [f"{info.host}:{port}" for port in ports if port]
+
+
 def dev_settings(info: StackInfo) -> dict[str, str]:
     """Settings the dev stack adds to its env file: secrets made once, then kept (tokens
-    survive restarts), and the stack's CA so accounts on its Dovecot/Postfix verify over TLS."""
-    settings = {"MAIL_TLS_CA_FILE": info.ca_file}
+    survive restarts), the stack's CA so accounts on its Dovecot/Postfix verify over TLS, and
+    its own mail servers as the only private hosts accounts may use."""
+    settings = {
+        "MAIL_TLS_CA_FILE": info.ca_file,
+        "ALLOWED_PRIVATE_HOSTS": ",".join(mail_pairs(info)),
+    }
     if "JWT_SECRET" not in info.extra_env or "ENCRYPTION_KEY" not in info.extra_env:
         settings["JWT_SECRET"] = secrets.token_urlsafe(48)
         settings["ENCRYPTION_KEY"] = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import mail_pairs
+from tests.support import allowing, mail_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 CI = os.environ.get("CI", "").lower() == "true"
@@ -187,6 +187,26 @@ def ctx(env, migrated):
     context.close()
 
 
+@pytest.fixture
+def ctx_allowing(env, ctx):
+    """Service contexts whose host policy allows what `ctx`'s does and some HOST:PORT pairs
+    more (a test's own peer): `ctx_allowing("127.0.0.1:PORT")`; closed at the test's end."""
+    from app.config import Settings
+    from app.context import ServiceContext
+
+    base = dict(env, ALLOWED_PRIVATE_HOSTS=",".join(ctx.settings.allowed_private_hosts))
+    built = []
+
+    def build(*pairs: str):
+        context = ServiceContext.build(Settings.from_mapping(allowing(base, *pairs)))
+        built.append(context)
+        return context
+
+    yield build
+    for context in built:
+        context.close()
+
+
 @pytest.fixture(scope="session")
 def db_sessionmaker(ctx):
     return ctx.sessions
@@ -342,9 +362,9 @@ def make_syncer(ctx):
 
     from app.services.sync import Syncer, SyncLimits
 
-    def make(observer=None, **limits) -> Syncer:
+    def make(observer=None, context=None, **limits) -> Syncer:
         defaults = dict(max_messages=None, max_seconds=None, flag_scan_interval=timedelta(0))
         defaults.update(limits)
-        return Syncer(ctx, SyncLimits(**defaults), observer)
+        return Syncer(context or ctx, SyncLimits(**defaults), observer)
 
     return make

@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from app.config import SETTINGS
+from devstack.dev import mail_pairs
+
+__all__ = ["mail_pairs"]  # the stack's own allow list, for tests' settings
 
 # The installed console script, beside the interpreter running the tests.
 EMAILSERVICE = str(Path(sys.executable).with_name("emailservice"))
@@ -45,18 +48,6 @@ def run_cli(
         timeout=timeout,
         input=input,
     )
-
-
-def mail_pairs(info) -> list[str]:
-    """The HOST:PORT of every mail listener of a devstack stack (what its settings allow)."""
-    ports = (
-        info.imap_port,
-        info.imaps_port,
-        info.submission_port,
-        info.submissions_port,
-        info.smtp_port,
-    )
-    return [f"{info.host}:{port}" for port in ports if port]
 
 
 def allowing(settings: dict[str, str], *pairs: str) -> dict[str, str]:

@@ -62,7 +62,8 @@ def get_account(account_id: int) -> Response:
 
 @bp.put("/<int:account_id>")
 @operation(
-    "Replace an account's settings (passwords left out keep their stored values)",
+    "Replace an account's settings (a password left out keeps its stored value while its "
+    "server stays the same)",
     tags=TAGS,
     request=AccountReplace,
     responses={200: ("The account.", AccountOut)},

@@ -31,7 +31,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(ServiceError)
     def service_error(error: ServiceError) -> Response:
-        return error_response(error)
+        retry_after = getattr(error, "retry_after", None)
+        return error_response(error, {"Retry-After": str(retry_after)} if retry_after else None)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -33,7 +33,16 @@ import imapclient
 from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.response_parser import parse_fetch_response
 
-from app.mail import MailAuthError, MailConnectionError, MailError, ServerSettings, tls_context
+from app.mail import (
+    Category,
+    MailAuthError,
+    MailConnectionError,
+    MailError,
+    ServerSettings,
+    failure,
+    network_category,
+    tls_context,
+)
 from app.states import FolderRole
 
 MB = 1024 * 1024
@@ -518,16 +527,34 @@ class FlagChange:
 
 
 @contextmanager
-def _boundary(what: str) -> Iterator[None]:
-    """Translate every library and socket error into the service's own mail errors."""
+def _boundary(what: str, greeted: bool = True) -> Iterator[None]:
+    """Translate every library and socket error into the service's own mail errors, with a
+    category; the server's own words only once it `greeted` as an IMAP server."""
     try:
         yield
     except MailError:
         raise
     except LoginError as exc:
-        raise MailAuthError(f"IMAP login refused: {_text(exc)}") from None
-    except (OSError, ssl.SSLError, socket.timeout, IMAPClientError, imaplib.IMAP4.error) as exc:
-        raise MailConnectionError(f"IMAP {what} failed: {_text(exc)}") from None
+        raise failure(MailAuthError, Category.LOGIN_REFUSED, exc, peer_text=_text(exc)) from None
+    except OSError as exc:  # socket errors, timeouts and TLS (ssl.SSLError is an OSError)
+        raise failure(MailConnectionError, network_category(exc), f"{what}: {exc}") from None
+    except imaplib.IMAP4.abort as exc:  # the connection broke, or the peer spoke no IMAP
+        if "socket error" in str(exc):
+            category, peer = Category.CONNECTION_LOST, None
+        elif not greeted:
+            category, peer = Category.NOT_IMAP, None
+        else:
+            category, peer = Category.PROTOCOL_ERROR, f"{what}: {_text(exc)}"
+        raise failure(MailConnectionError, category, f"{what}: {exc}", peer_text=peer) from None
+    except (IMAPClientError, imaplib.IMAP4.error) as exc:
+        if not greeted:  # no "* OK" or "* PREAUTH" greeting: none of its words go further
+            raise failure(MailConnectionError, Category.NOT_IMAP, f"{what}: {exc}") from None
+        raise failure(
+            MailConnectionError,
+            Category.COMMAND_FAILED,
+            f"{what}: {exc}",
+            peer_text=f"{what}: {_text(exc)}",
+        ) from None
 
 
 def connect(
@@ -536,7 +563,9 @@ def connect(
     limits: ImapLimits | None = None,
     deadline: float | None = None,
 ) -> BoundedClient:
-    """A logged-in client; `security` chooses implicit TLS, STARTTLS or (loopback tests) none.
+    """A logged-in client; `security` chooses implicit TLS, STARTTLS or (allowed private
+    servers only) none. The connection goes to `server.address` (the address the host policy
+    checked) while TLS verifies `server.host`.
 
     Every read is bounded (`BoundedIMAP4`, with `limits`); `deadline` (time.monotonic()) ends
     everything, connecting and logging in included, at that moment (an account's
@@ -544,7 +573,7 @@ def connect(
     """
     # Built (and cached) only when used: loading the CA store costs milliseconds.
     context = tls_context(ca_file) if server.security != "none" else None
-    with _boundary(f"connection to {server.host}:{server.port}"):
+    with _boundary(f"connection to {server.host}:{server.port}", greeted=False):
         client = BoundedClient(
             server,
             limits or ImapLimits(),
@@ -552,9 +581,17 @@ def connect(
             deadline,
         )
     try:
-        with _boundary(f"session with {server.host}:{server.port}"):
-            if server.security == "starttls":
-                client.starttls(context)
+        # The step's name is what a tenant may read with the server's words: no address.
+        if server.security == "starttls":
+            try:
+                with _boundary("STARTTLS"):
+                    client.starttls(context)
+            except MailConnectionError as exc:
+                # Refused or not offered: no TLS, so no login (never a fallback).
+                if exc.category in (Category.PROTOCOL_ERROR, Category.COMMAND_FAILED):
+                    raise failure(MailConnectionError, Category.TLS_FAILED, exc) from None
+                raise
+        with _boundary("LOGIN"):
             client.login(server.username, server.password)
     except MailError:
         _close(client)
@@ -713,7 +750,9 @@ class ImapSession:
             except imaplib.IMAP4.abort:
                 raise  # the connection broke: not the folder's fault
             except IMAPClientError as exc:  # a NO or BAD answer for this folder
-                raise FolderGone(f"STATUS {folder}: {_text(exc)}") from None
+                raise FolderGone(
+                    Category.COMMAND_FAILED, peer_text=f"STATUS {folder}: {_text(exc)}"
+                ) from None
         return FolderStatus(
             uidvalidity=int(found[b"UIDVALIDITY"]),
             uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
@@ -735,7 +774,9 @@ class ImapSession:
             except imaplib.IMAP4.abort:
                 raise
             except IMAPClientError as exc:
-                raise FolderGone(f"{command} {folder}: {_text(exc)}") from None
+                raise FolderGone(
+                    Category.COMMAND_FAILED, peer_text=f"{command} {folder}: {_text(exc)}"
+                ) from None
         status = FolderStatus(
             uidvalidity=int(found[b"UIDVALIDITY"]),
             uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
@@ -940,7 +981,10 @@ class ImapSession:
                     self.client._imap.untagged_responses.pop("MODIFIED", None)
                     typ, data = self.client._imap.uid("STORE", str(uid), item, names)
                     if typ != "OK":
-                        raise MailConnectionError(f"UID STORE {uid}: {_text(Exception(data))}")
+                        raise MailConnectionError(
+                            Category.COMMAND_FAILED,
+                            peer_text=f"UID STORE {uid}: {_text(Exception(data))}",
+                        )
                     conflicted = bool(self.client._imap.untagged_responses.pop("MODIFIED", None))
                 if conflicted:
                     break
@@ -1051,7 +1095,9 @@ class ImapSession:
                     del imap.tagged_commands[tag]
                     self.client._idle_tag = None
                     if result[0] != "OK":
-                        raise MailConnectionError(f"IDLE ended with {result[0]}")
+                        raise MailConnectionError(
+                            Category.COMMAND_FAILED, peer_text=f"IDLE ended with {result[0]!r}"
+                        )
                     return
             imap.drop()
             raise ResponseTooLong()
@@ -1157,6 +1203,8 @@ def _close(client: imapclient.IMAPClient) -> None:
 
 
 def _text(exc: Exception) -> str:
+    """An error's text without imaplib's b'...' wrapping (the caller decides whether the
+    peer's words may be shown at all; MailError keeps them printable and short)."""
     text = str(exc)
     if text.startswith(("b'", 'b"')):
         text = text[2:-1]

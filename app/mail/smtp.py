@@ -1,56 +1,232 @@
-"""SMTP submission over smtplib, without any knowledge of the database."""
+"""SMTP submission over smtplib, without any knowledge of the database.
+
+Connections go to the address the host policy checked (`ServerSettings.address`) while TLS,
+implicit or after STARTTLS, verifies the name the tenant gave. Every reply is bounded in bytes
+(REPLY_MAX_BYTES: smtplib bounds a line, not the number of continuation lines), and with a
+`deadline` every read and write waits at most until it, so a server that drips a byte every
+few seconds cannot stretch a verification past its deadline.
+"""
 
 from __future__ import annotations
 
 import functools
+import io
 import re
 import smtplib
+import socket
 import ssl
+import time
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from app.mail import MailAuthError, MailConnectionError, MailError, ServerSettings, tls_context
+from app.mail import (
+    Category,
+    MailAuthError,
+    MailConnectionError,
+    MailError,
+    ServerSettings,
+    failure,
+    network_category,
+    tls_context,
+)
 
 TIMEOUT_SECONDS = 30
+REPLY_MAX_BYTES = 64 * 1024
+_MAXLINE = 8192  # one reply line, as smtplib bounds it
 
 
-def connect(server: ServerSettings, ca_file: str | None = None) -> smtplib.SMTP:
-    """An authenticated SMTP session (implicit TLS, STARTTLS, or plain for loopback tests)."""
+_REPLY_LINE = re.compile(rb"^[2-5][0-9][0-9]([ -]|\r?\n)")
+
+
+class _ReplyTooLong(smtplib.SMTPException):
+    """A reply grew past REPLY_MAX_BYTES."""
+
+
+class _NotSmtp(smtplib.SMTPException):
+    """The peer sent something that is no SMTP reply."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads the socket with each wait bounded by the deadline (when there is one) and the
+    bytes of one reply bounded by REPLY_MAX_BYTES."""
+
+    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.budget = REPLY_MAX_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.budget <= 0:
+            raise _ReplyTooLong(f"a reply longer than {REPLY_MAX_BYTES} bytes")
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("deadline reached")
+            self.sock.settimeout(remaining)
+        view = memoryview(buffer)[: self.budget]
+        count = self.sock.recv_into(view)
+        self.budget -= count
+        return count
+
+
+class _Client(smtplib.SMTP):
+    """smtplib's client, connecting to the checked address and verifying the tenant's name."""
+
+    def __init__(
+        self,
+        server: ServerSettings,
+        context: ssl.SSLContext | None,
+        deadline: float | None,
+    ) -> None:
+        self.server = server
+        self.context = context
+        self.deadline = deadline
+        self.reader: _DeadlineReader | None = None
+        super().__init__(timeout=TIMEOUT_SECONDS)
+        self._host = server.host  # what STARTTLS verifies (smtplib sets it only from __init__)
+
+    def remaining(self) -> float:
+        if self.deadline is None:
+            return TIMEOUT_SECONDS
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("deadline reached")
+        return min(left, TIMEOUT_SECONDS)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # `host` is the tenant's name: smtplib keeps it as `_host` for STARTTLS's
+        # server_hostname. The connection itself goes to the checked address only.
+        sock = socket.create_connection(
+            (self.server.address or host, port), self.remaining(), self.source_address
+        )
+        if self.server.security == "ssl":
+            assert self.context is not None
+            try:
+                sock.settimeout(self.remaining())
+                sock = self.context.wrap_socket(sock, server_hostname=self.server.host)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    def getreply(self) -> tuple[int, bytes]:
+        """smtplib's reply reader, stricter: a line that is no SMTP reply ends the session at
+        once (an SSH or Redis banner is not read on), socket errors keep their kind (smtplib
+        turns a timeout into "disconnected"), and a reply is bounded in bytes."""
+        if self.sock is None:
+            raise smtplib.SMTPServerDisconnected("not connected")
+        if self.file is None or self.reader is None:
+            # A new socket (connected, or wrapped by STARTTLS, which drops `file`).
+            self.reader = _DeadlineReader(self.sock, self.deadline)
+            self.file = io.BufferedReader(self.reader)
+        self.reader.budget = REPLY_MAX_BYTES
+        lines = []
+        while True:
+            line = self.file.readline(_MAXLINE + 1)
+            if not line:
+                self.close()
+                raise smtplib.SMTPServerDisconnected("connection closed")
+            if not _REPLY_LINE.match(line) or len(line) > _MAXLINE:
+                self.close()
+                raise _NotSmtp(f"not an SMTP reply: {line[:80]!r}")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                return int(line[:3]), b"\n".join(lines)
+
+    def send(self, s: Any) -> None:
+        if self.sock is not None and self.deadline is not None:
+            self.sock.settimeout(self.remaining())
+        super().send(s)
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        if self.sock is not None:
+            self.sock.settimeout(self.remaining())  # the handshake's waits
+        result = super().starttls(*args, **kwargs)
+        self.reader = None
+        return result
+
+
+def connect(
+    server: ServerSettings, ca_file: str | None = None, *, deadline: float | None = None
+) -> smtplib.SMTP:
+    """An authenticated SMTP session (implicit TLS, STARTTLS, or plain for allowed private
+    servers); MailAuthError or MailConnectionError with a category, details in the log."""
     # Built (and cached) only when used: loading the CA store costs milliseconds.
     context = tls_context(ca_file) if server.security != "none" else None
+    client = _Client(server, context, deadline)
     try:
-        if server.security == "ssl":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                server.host, server.port, timeout=TIMEOUT_SECONDS, context=context
-            )
-        else:
-            client = smtplib.SMTP(server.host, server.port, timeout=TIMEOUT_SECONDS)
+        code, greeting = client.connect(server.host, server.port)
+    except (OSError, smtplib.SMTPException) as exc:
+        client.close()
+        category = Category.NOT_SMTP if isinstance(exc, _NotSmtp) else _category(exc)
+        raise failure(MailConnectionError, category, exc, server=server) from None
+    if code != 220:
+        # Whatever answered is not an SMTP server ready for us: none of its words go further.
+        client.close()
+        raise failure(
+            MailConnectionError, Category.NOT_SMTP, f"greeting {code} {greeting!r}", server=server
+        )
+    try:
         client.ehlo()
         if server.security == "starttls":
             client.starttls(context=context)
             client.ehlo()
-    except (OSError, ssl.SSLError, smtplib.SMTPException) as exc:
-        raise MailConnectionError(
-            f"SMTP connection to {server.host}:{server.port} failed: {exc}"
-        ) from None
-    try:
         client.login(server.username, server.password)
     except smtplib.SMTPAuthenticationError as exc:
-        _close(client)
-        raise MailAuthError(
-            f"SMTP login refused: {exc.smtp_code} {_reply(exc.smtp_error)}"
+        client.close()
+        raise failure(
+            MailAuthError,
+            Category.LOGIN_REFUSED,
+            exc.smtp_code,
+            peer_text=f"{exc.smtp_code} {_reply(exc.smtp_error)}",
+            server=server,
+        ) from None
+    except smtplib.SMTPNotSupportedError as exc:
+        client.close()
+        # STARTTLS or AUTH not offered: for STARTTLS that is a TLS failure, never a fallback.
+        tls = server.security == "starttls" and "STARTTLS" in str(exc)
+        raise failure(
+            MailConnectionError if tls else MailAuthError,
+            Category.TLS_FAILED if tls else Category.LOGIN_REFUSED,
+            exc,
+            peer_text=None if tls else "the server offers no login",
+            server=server,
+        ) from None
+    except smtplib.SMTPResponseException as exc:
+        client.close()
+        raise failure(
+            MailConnectionError,
+            Category.COMMAND_FAILED,
+            exc,
+            peer_text=f"{exc.smtp_code} {_reply(exc.smtp_error)}",
+            server=server,
         ) from None
     except (OSError, smtplib.SMTPException) as exc:
-        _close(client)
-        raise MailConnectionError(
-            f"SMTP session with {server.host}:{server.port} failed: {exc}"
-        ) from None
+        client.close()
+        raise failure(MailConnectionError, _category(exc), exc, server=server) from None
     return client
 
 
-def check_login(server: ServerSettings, ca_file: str | None = None) -> None:
+def check_login(
+    server: ServerSettings, ca_file: str | None = None, *, deadline: float | None = None
+) -> None:
     """Authenticate and quit; raise MailAuthError or MailConnectionError on failure."""
-    _close(connect(server, ca_file))
+    client = connect(server, ca_file, deadline=deadline)
+    if deadline is not None and deadline - time.monotonic() <= 0:
+        client.close()  # the login went through; a QUIT could wait on the server again
+        return
+    _close(client)
+
+
+def _category(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return network_category(exc)
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return Category.CONNECTION_LOST
+    return Category.PROTOCOL_ERROR
 
 
 def _close(client: smtplib.SMTP) -> None:
@@ -78,6 +254,7 @@ class SendUncertain(MailError):
     """The whole message went out but no reply came: the server may have accepted it."""
 
 
+NO_FINAL_REPLY = "no reply after the message was sent; the server may have accepted it"
 FINAL_REPLY_TIMEOUT = 300  # RFC 5321 4.5.3.2.6 allows 10 minutes; we wait 5
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
@@ -103,7 +280,7 @@ def submit(
     try:
         client = connect(server, ca_file)
     except MailConnectionError as exc:
-        raise SendDeferred(str(exc)) from None
+        raise SendDeferred(exc.category, exc.peer_text) from None
     try:
         refused = _envelope(client, sender, recipients)
         code, reply = _command("DATA", lambda: client.docmd("DATA"))
@@ -115,21 +292,19 @@ def submit(
         try:
             client.send(payload)
         except (OSError, smtplib.SMTPException) as exc:
-            raise SendDeferred(f"connection lost while sending the message: {exc}") from None
+            raise _lost(SendDeferred, "while sending the message", exc, server) from None
         before_dot()
         try:
             client.send(b".\r\n")
         except (OSError, smtplib.SMTPException) as exc:
             # The write itself failed: the "." never left, the server discards the message.
-            raise SendDeferred(f"connection lost before the end of the message: {exc}") from None
+            raise _lost(SendDeferred, "before the end of the message", exc, server) from None
         try:
             assert client.sock is not None  # the send()s above succeeded: still connected
             client.sock.settimeout(FINAL_REPLY_TIMEOUT)
             code, reply_bytes = client.getreply()
         except (OSError, smtplib.SMTPException) as exc:
-            raise SendUncertain(
-                f"no reply after the message was sent ({exc}); the server may have accepted it"
-            ) from None
+            raise failure(SendUncertain, NO_FINAL_REPLY, exc, server=server) from None
         reply = _reply(reply_bytes)
         if code // 100 != 2:
             _fail(code, reply, "the end of the message")
@@ -152,11 +327,11 @@ def _envelope(client: smtplib.SMTP, sender: str, recipients: list[str]) -> dict[
         if code // 100 == 4:
             # Sending now would deliver to some recipients and never to this one: try the
             # whole message again later instead.
-            raise SendDeferred(f"RCPT TO {recipient}: {code} {reply}")
+            raise SendDeferred(Category.DEFERRED, f"RCPT TO {recipient}: {code} {reply}")
         if code // 100 != 2:
             refused[recipient] = f"{code} {reply}"
     if len(refused) == len(recipients):
-        raise SendRejected("every recipient was refused: " + "; ".join(refused.values()))
+        raise SendRejected(Category.REJECTED, "every recipient: " + "; ".join(refused.values()))
     return refused
 
 
@@ -164,11 +339,18 @@ def _command(step: str, call: Callable[[], tuple[int, bytes]]) -> tuple[int, str
     try:
         code, reply = call()
     except (OSError, smtplib.SMTPException) as exc:
-        raise SendDeferred(f"{step} failed: {exc}") from None
+        raise _lost(SendDeferred, step, exc, None) from None
     return code, _reply(reply)
 
 
 def _fail(code: int, reply: str, step: str) -> NoReturn:
     if code // 100 == 4 or code < 200:
-        raise SendDeferred(f"{step}: {code} {reply}")
-    raise SendRejected(f"{step}: {code} {reply}")
+        raise SendDeferred(Category.DEFERRED, f"{step}: {code} {reply}")
+    raise SendRejected(Category.REJECTED, f"{step}: {code} {reply}")
+
+
+def _lost(
+    cls: type[MailError], step: str, exc: BaseException, server: ServerSettings | None
+) -> MailError:
+    """A session that broke after the greeting: its category, the step in the log."""
+    return failure(cls, _category(exc), f"{step}: {exc}", server=server)

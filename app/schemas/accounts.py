@@ -28,10 +28,25 @@ Port = Annotated[int, Field(ge=1, le=65535), BeforeValidator(integral)]
 DisplayName = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
+HOST_HELP = (
+    "Refused (422) when it resolves to a loopback, private, link-local or reserved address "
+    "the operator does not allow (ALLOWED_PRIVATE_HOSTS)."
+)
+SECURITY_HELP = '"none" (clear text) only for private hosts the operator allows.'
+PASSWORD_HELP = (
+    "Left out: the stored one, unless this server's host, port, username or security "
+    "changes (then it is required)."
+)
+VERIFY_HELP = (
+    "Log in to both servers first, within one deadline (VERIFY_TIMEOUT_SECONDS); a failure "
+    "is a 422 naming the server with a short reason; too many at once: 429."
+)
+
+
 class ServerCreate(Input):
-    host: Host
+    host: Host = Field(description=HOST_HELP)
     port: Port
-    security: Security
+    security: Security = Field(description=SECURITY_HELP)
     username: Username
     password: Password
 
@@ -40,24 +55,24 @@ class ServerCreate(Input):
 
 
 class ServerReplace(Input):
-    """As on create, but a password left out keeps the stored one."""
+    """As on create, but a password left out keeps the stored one (same server only)."""
 
-    host: Host
+    host: Host = Field(description=HOST_HELP)
     port: Port
-    security: Security
+    security: Security = Field(description=SECURITY_HELP)
     username: Username
-    password: Password | None = None
+    password: Password | None = Field(None, description=PASSWORD_HELP)
 
     def fields(self) -> ServerFields:
         return ServerFields(self.host, self.port, self.security, self.username, self.password)
 
 
 class ServerPatch(PatchInput):
-    host: Host = None  # type: ignore[assignment]
+    host: Host = Field(None, description=HOST_HELP)  # type: ignore[assignment]
     port: Port = None  # type: ignore[assignment]
-    security: Security = None  # type: ignore[assignment]
+    security: Security = Field(None, description=SECURITY_HELP)  # type: ignore[assignment]
     username: Username = None  # type: ignore[assignment]
-    password: Password = None  # type: ignore[assignment]
+    password: Password = Field(None, description=PASSWORD_HELP)  # type: ignore[assignment]
 
 
 class AccountCreate(Input):
@@ -65,7 +80,7 @@ class AccountCreate(Input):
     display_name: DisplayName | None = None
     imap: ServerCreate
     smtp: ServerCreate
-    verify: bool = False
+    verify: bool = Field(False, description=VERIFY_HELP)
 
     def fields(self) -> AccountFields:
         return AccountFields(self.email, self.display_name, self.imap.fields(), self.smtp.fields())
@@ -76,7 +91,7 @@ class AccountReplace(Input):
     display_name: DisplayName | None = None
     imap: ServerReplace
     smtp: ServerReplace
-    verify: bool = False
+    verify: bool = Field(False, description=VERIFY_HELP)
 
     def fields(self) -> AccountFields:
         return AccountFields(self.email, self.display_name, self.imap.fields(), self.smtp.fields())
@@ -87,7 +102,7 @@ class AccountPatch(PatchInput):
     display_name: DisplayName | None = None
     imap: ServerPatch = None  # type: ignore[assignment]
     smtp: ServerPatch = None  # type: ignore[assignment]
-    verify: bool = False
+    verify: bool = Field(False, description=VERIFY_HELP)
 
 
 class ServerOut(BaseModel):

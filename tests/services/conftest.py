@@ -5,6 +5,20 @@ from __future__ import annotations
 import pytest
 
 from tests.mailbox import UserPool
+from tests.support import allowing, mail_pairs
+
+
+@pytest.fixture(scope="session")
+def ctx(env, migrated, plain_stack_control):
+    """The service context of these tests: its host policy allows the mail servers of both
+    stacks (the second one's ports differ), and nothing else."""
+    from app.config import Settings
+    from app.context import ServiceContext
+
+    settings = allowing(env, *mail_pairs(plain_stack_control.info))
+    context = ServiceContext.build(Settings.from_mapping(settings))
+    yield context
+    context.close()
 
 
 @pytest.fixture(params=["condstore", "plain"])

@@ -9,8 +9,7 @@ from sqlalchemy import insert
 
 from app.context import ServiceContext
 from app.mail.imap import FetchedMessage, Flags
-from app.models import Folder, Message, MessageRaw
-from app.services.accounts import AccountFields, ServerFields, create_account
+from app.models import Account, Folder, Message, MessageRaw
 from app.services.search import search
 from app.services.sync.rows import FolderState, message_row
 from app.states import Security
@@ -30,10 +29,19 @@ class Mailboxes:
         self.uids: dict[int, int] = {}
 
     def account(self, email: str) -> int:
-        server = ServerFields("127.0.0.1", 1, Security.NONE, email, "secret")
+        """An account row no one ever connects to (written as it is stored, bypassing the
+        host policy, which refuses its dead loopback port as it must)."""
+        secret = self.ctx.secrets.encrypt("secret")
+        server = {"host": "127.0.0.1", "port": 1, "security": Security.NONE, "username": email}
         with self.ctx.work(self.tenant_id) as unit:
-            fields = AccountFields(email, None, server, server)
-            return create_account(unit, fields, verify=False).id
+            account = Account(email=email, display_name=None)
+            for kind in ("imap", "smtp"):
+                for name, value in server.items():
+                    setattr(account, f"{kind}_{name}", value)
+                setattr(account, f"{kind}_password_encrypted", secret)
+            unit.session.add(account)
+            unit.commit()
+            return account.id
 
     def folder(self, account_id: int, name: str, role: str | None = None, validity: int = 7) -> int:
         with self.ctx.work(self.tenant_id) as unit:

@@ -166,10 +166,13 @@ def test_postfix_down_is_retried_and_sent_once_when_it_is_back(
     assert len(arrived(recipient, sent.message_id)) == 1
 
 
-def test_giving_up_after_the_last_attempt(ctx, db_sessionmaker, tenant_a, mailbox, deliverer):
+def test_giving_up_after_the_last_attempt(ctx_allowing, db_sessionmaker, tenant_a, mailbox):
     from tests.support import free_port
 
-    dead = ServerFields("127.0.0.1", free_port(), Security.NONE, mailbox.email, mailbox.password)
+    port = free_port()
+    ctx = ctx_allowing(f"127.0.0.1:{port}")
+    deliverer = Deliverer(ctx, RetryPolicy(max_attempts=3))
+    dead = ServerFields("127.0.0.1", port, Security.NONE, mailbox.email, mailbox.password)
     account_id = make_account(ctx, tenant_a.tenant_id, mailbox, smtp=dead)
     outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
     states = [deliverer.deliver(outbox_id) for _ in range(3)]
@@ -177,6 +180,7 @@ def test_giving_up_after_the_last_attempt(ctx, db_sessionmaker, tenant_a, mailbo
     assert states[-1].retry_in is None
     failed = entry(db_sessionmaker, outbox_id)
     assert failed.attempts == 3 and failed.last_error.startswith("gave up after 3 attempts")
+    assert "connection refused" in failed.last_error
 
 
 def test_a_wrong_password_fails_at_once_with_the_servers_reason(
@@ -210,11 +214,18 @@ def peer_account(ctx, tenant_id, mailbox, peer: SmtpPeer) -> int:
     return make_account(ctx, tenant_id, mailbox, smtp=smtp)
 
 
+def peer_deliverer(ctx_allowing, peer: SmtpPeer):
+    """A context whose host policy allows the peer, and a deliverer on it."""
+    ctx = ctx_allowing(f"127.0.0.1:{peer.port}")
+    return ctx, Deliverer(ctx, RetryPolicy(max_attempts=3))
+
+
 def test_no_reply_after_the_final_dot_is_uncertain_and_never_retried(
-    ctx, db_sessionmaker, tenant_a, mailbox, deliverer
+    ctx_allowing, db_sessionmaker, tenant_a, mailbox
 ):
     with SmtpPeer() as peer:
         peer.scripts = ["close_after_dot"]
+        ctx, deliverer = peer_deliverer(ctx_allowing, peer)
         account_id = peer_account(ctx, tenant_a.tenant_id, mailbox, peer)
         outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
         outcome = deliverer.deliver(outbox_id)
@@ -226,10 +237,11 @@ def test_no_reply_after_the_final_dot_is_uncertain_and_never_retried(
 
 
 def test_a_connection_lost_mid_payload_is_retried_and_delivered_once(
-    ctx, db_sessionmaker, tenant_a, mailbox, deliverer
+    ctx_allowing, db_sessionmaker, tenant_a, mailbox
 ):
     with SmtpPeer() as peer:
         peer.scripts = ["close_mid_payload"]
+        ctx, deliverer = peer_deliverer(ctx_allowing, peer)
         account_id = peer_account(ctx, tenant_a.tenant_id, mailbox, peer)
         outbox_id = queue(
             ctx,
@@ -282,10 +294,11 @@ def test_an_entry_left_sending_is_settled_by_whether_its_dot_went_out(
 
 
 def test_a_relayed_peer_session_reaches_the_mailbox(
-    ctx, db_sessionmaker, tenant_a, mailbox, recipient, stack, deliverer
+    ctx_allowing, db_sessionmaker, tenant_a, mailbox, recipient, stack
 ):
     """The peer used by the worker tests passes what it accepts on to the real Postfix."""
     with SmtpPeer(relay=relay_to(stack.host, stack.smtp_port)) as peer:
+        ctx, deliverer = peer_deliverer(ctx_allowing, peer)
         account_id = peer_account(ctx, tenant_a.tenant_id, mailbox, peer)
         outbox_id = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
         assert deliverer.deliver(outbox_id).state == "sent"

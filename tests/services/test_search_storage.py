@@ -8,7 +8,7 @@ import uuid
 
 import psycopg
 from alembic import command
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import MetaData, Table, create_engine, insert, select, text
 from sqlalchemy.engine import make_url
 
 from app.mail.imap import FetchedMessage, Flags
@@ -84,8 +84,14 @@ def test_the_migration_fills_recipients_of_stored_mail_as_the_sync_does(fresh_da
         )
         row = message_row(state, 1, fetched, raw_id)
         expected = row.pop("recipients")
-        columns = [c for c in Message.__table__.c if c.name in row]
-        connection.execute(insert(Message.__table__).values({c: row[c.name] for c in columns}))
+        for later in ("too_large", "over_quota"):  # columns of migration 0008
+            row.pop(later)
+        # The table as it was at 0004: only the columns the row has (later ones, with their
+        # defaults, do not exist yet).
+        then = Table(
+            "messages", MetaData(), *(c._copy() for c in Message.__table__.c if c.name in row)
+        )
+        connection.execute(insert(then).values(row))
     command.upgrade(config, "head")
     with engine.connect() as connection:
         recipients, matches = connection.execute(

@@ -224,24 +224,25 @@ class CutAfterFirstBatch(SyncObserver):
 
 
 def test_a_connection_cut_mid_batch_loses_and_duplicates_nothing(
-    server, mailbox, ctx, db_sessionmaker, tenant_a, make_syncer
+    server, mailbox, ctx_allowing, db_sessionmaker, tenant_a, make_syncer
 ):
     uids = mailbox.fill("INBOX", 60)
     proxy = TcpProxy((mailbox.host, mailbox.imap_port))
     proxy.start()
+    ctx = ctx_allowing(f"127.0.0.1:{proxy.port}")
     try:
         proxied = type(mailbox)(**{**vars(mailbox), "imap_port": proxy.port})
         account_id = add_account(ctx, tenant_a.tenant_id, proxied)
         cutter = CutAfterFirstBatch(proxy)
         with pytest.raises(MailConnectionError):
-            make_syncer(observer=cutter, batch_messages=10).sync_account(account_id)
+            make_syncer(observer=cutter, context=ctx, batch_messages=10).sync_account(account_id)
         assert len(cutter.committed) == 10
         committed = set(cutter.committed)
         assert set(stored(db_sessionmaker, account_id)["INBOX"]) == committed
 
         proxy.start()
         with wire_log() as wire:
-            assert make_syncer(batch_messages=10).sync_account(account_id).complete
+            assert make_syncer(context=ctx, batch_messages=10).sync_account(account_id).complete
     finally:
         proxy.stop()
     rows = stored(db_sessionmaker, account_id)["INBOX"]

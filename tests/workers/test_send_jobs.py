@@ -13,13 +13,15 @@ import time
 
 import pytest
 
+from app.config import Settings
+from app.context import ServiceContext
 from app.models import OutboxEntry
 from app.services.accounts import ServerFields
 from app.states import Security
 from tests.mailbox import UserPool
 from tests.services.test_outbox import arrived, inbox, make_account
 from tests.smtp_peer import SmtpPeer, relay_to
-from tests.support import Processes, descendants, wait_for
+from tests.support import Processes, allowing, descendants, wait_for
 
 pytestmark = pytest.mark.usefixtures("empty_queues")
 
@@ -144,7 +146,16 @@ def test_a_worker_killed_after_the_server_accepted_never_sends_twice(setting, st
     with SmtpPeer(relay=relay_to(stack.host, stack.smtp_port)) as peer:
         peer.scripts = ["hold_after_dot"]
         smtp = ServerFields("127.0.0.1", peer.port, Security.NONE, sender.email, "any")
-        account_id = make_account(ctx, user.tenant_id, sender, smtp=smtp)
+        # The peer is a server of this test's own: the account's context and the workers
+        # allow it (the host policy refuses every other loopback port).
+        allowed = allowing(env, f"127.0.0.1:{peer.port}")["ALLOWED_PRIVATE_HOSTS"]
+        peer_ctx = ServiceContext.build(
+            Settings.from_mapping({**env, "ALLOWED_PRIVATE_HOSTS": allowed})
+        )
+        try:
+            account_id = make_account(peer_ctx, user.tenant_id, sender, smtp=smtp)
+        finally:
+            peer_ctx.close()
         client = api_client(env)
         draft = client.post(
             "/api/compose",
@@ -153,7 +164,7 @@ def test_a_worker_killed_after_the_server_accepted_never_sends_twice(setting, st
         ).get_json()
         outbox_id = client.post(f"/api/compose/{draft['id']}/send", headers=user.headers)
         outbox_id = outbox_id.get_json()["id"]
-        worker = running.start("worker")
+        worker = running.start("worker", ALLOWED_PRIVATE_HOSTS=allowed)
         # The server has the whole message (relayed to the recipient's mailbox) and has not
         # replied yet: kill the worker and its work-horse now.
         assert peer.holding.wait(60)
@@ -162,7 +173,7 @@ def test_a_worker_killed_after_the_server_accepted_never_sends_twice(setting, st
         worker.wait()
         peer.release.set()
 
-        running.start("worker")  # settles what the dead one left at start
+        running.start("worker", ALLOWED_PRIVATE_HOSTS=allowed)  # settles what the dead one left
         settled = wait_for(
             lambda: (e := outbox_entry(sessions, outbox_id)).state == "uncertain" and e,
             timeout=60,
