@@ -95,6 +95,12 @@ def test_raw_is_byte_identical_to_dovecots_copy(client, tenant_a, synced, mailbo
     raw = client.get(f"/api/messages/{synced['with pdf']}/raw", headers=tenant_a.headers)
     assert raw.status_code == 200
     assert raw.mimetype == "message/rfc822"
+    # Saved, never rendered by a browser, under a name of ours.
+    assert raw.headers["X-Content-Type-Options"] == "nosniff"
+    assert raw.headers["Content-Disposition"] == (
+        f'attachment; filename="message-{synced["with pdf"]}.eml"; '
+        f"filename*=UTF-8''message-{synced['with pdf']}.eml"
+    )
     with mailbox.client() as imap:
         imap.select_folder("INBOX", readonly=True)
         [uid] = imap.search(["SUBJECT", "with pdf"])
