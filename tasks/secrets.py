@@ -16,7 +16,7 @@ import secrets as random
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations.util.files import chmod, chown
 
@@ -60,15 +60,36 @@ def dovecot_hash(email: str, password: str) -> str:
 def secret_file(
     path: str, content: str, user: str = "root", group: str = "root", mode: str = "640"
 ):
-    """Ensure a file holds `content` without ever showing it (no diff, no contents)."""
+    """Ensure a file holds `content` without ever showing it (no diff, no contents), and
+    without a moment where another local user could open it.
+
+    pyinfra's own upload goes through a temporary file named after the target (predictable)
+    in /tmp, created with the default umask (readable by all), and the target itself is
+    readable until the chmod: anyone who opens a file in that window keeps reading it after.
+    So the bytes travel only through:
+    - a directory made for this upload, mode 0700 from its mkdir, named at random, as the SSH
+      user (who uploads over SFTP before sudo copies);
+    - a staging file beside the target (whose directory only root writes), also named at
+      random, created empty under `umask 077` (0600) before any byte is copied into it; it
+      gets its owner and mode and then is renamed over the target, so the target's name never
+      points at a file with other permissions, nor at a half-written one.
+    """
     data = content.encode()
     current = host.get_fact(File, path=path)
     if host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest():
         host.log(f"Will write {path} (contents hidden)")
-        yield FileUploadCommand(
-            io.BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path)
-        )
-        current = None  # a new file: set owner and mode
+        nonce = random.token_hex(16)
+        private = f"{host.get_temp_filename(nonce)}.d"  # unpredictable: a hash of 128 random bits
+        directory, _, name = path.rpartition("/")
+        staged = f"{directory}/.{name}.{nonce}"
+        yield StringCommand("mkdir", "-m", "700", QuoteString(private), _sudo=False)
+        yield StringCommand("umask", "077", "&&", "touch", QuoteString(staged))
+        yield FileUploadCommand(io.BytesIO(data), staged, remote_temp_filename=f"{private}/upload")
+        yield StringCommand("rm", "-rf", QuoteString(private), _sudo=False)
+        yield chown(staged, user, group)
+        yield chmod(staged, mode)
+        yield StringCommand("mv", "-f", QuoteString(staged), QuoteString(path))
+        return
     if not current or current.get("user") != user or current.get("group") != group:
         yield chown(path, user, group)
     if not current or f"{current.get('mode')}" != mode.lstrip("0"):
