@@ -51,6 +51,7 @@ def serve(host: str | None, port: int | None, reload: bool) -> None:
         host=host or settings.api_host,
         port=port or settings.api_port,
         threads=settings.waitress_threads,
+        trusted_proxies=settings.trusted_proxies,
     )
 
 

@@ -78,7 +78,9 @@ class ServiceContext:
     @classmethod
     def build(cls, settings: Settings) -> ServiceContext:
         """Connects to nothing yet: the service starts while PostgreSQL or Redis is down."""
-        engine = make_engine(settings.database_url)
+        # A failed query's message (and so every log line and traceback showing it) names no
+        # parameter values, which can be mail, encrypted passwords or any user's data.
+        engine = make_engine(settings.database_url, hide_parameters=True)
         secrets = SecretBox(settings.encryption_keys)
         connection = make_redis(settings.redis_url)
         return cls(

@@ -33,16 +33,29 @@ def serve(
     host: str,
     port: int,
     threads: int,
+    trusted_proxies: int = 0,
     stop: threading.Event | None = None,
     grace: float = GRACE_SECONDS,
 ) -> None:
-    """Serve `app` until `stop` is set (by default: SIGTERM or SIGINT), then drain."""
+    """Serve `app` until `stop` is set (by default: SIGTERM or SIGINT), then drain.
+
+    `trusted_proxies` (TRUSTED_PROXIES): when the app trusts proxies in front of it, Waitress
+    must hand their X-Forwarded-* headers on (the app's ProxyFix takes the last N). Waitress 3
+    removes them by default, which made every client behind nginx one address, 127.0.0.1,
+    sharing one per-address login limit. Without trusted proxies they are still removed.
+    """
     # A host with several addresses ("localhost" on Debian: 127.0.0.1 and ::1) gets a listening
     # server per address, and create_server() then returns none of them; every listener and
     # every connection is in this map. (fd -> dispatcher; types-waitress says socket.)
     sockets: dict[int, Any] = {}
     server = create_server(
-        app, map=sockets, host=host, port=port, threads=threads, ident="emailservice"
+        app,
+        map=sockets,
+        host=host,
+        port=port,
+        threads=threads,
+        ident="emailservice",
+        clear_untrusted_proxy_headers=trusted_proxies == 0,
     )
     listeners = [d for d in sockets.values() if isinstance(d, BaseWSGIServer)]
     if stop is None:

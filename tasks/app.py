@@ -34,9 +34,42 @@ def api_ports() -> list[int]:
     return [host.data.api_base_port + i for i in range(host.data.api_instances)]
 
 
-def env_file(data, secrets: dict[str, str], db_address: str | None = None) -> str:
+# The ports of the mail servers a tenant's account may use on a host with the mail role:
+# Dovecot's IMAP (143 STARTTLS, 993 TLS: tasks/dovecot.py) and Postfix's submission (587
+# STARTTLS, 465 TLS: templates/postfix/master.cf.j2). Never 25 (relay), nor any other port.
+MAIL_CLIENT_PORTS = (143, 993, 587, 465)
+
+
+def mail_server_pairs(mail_addresses: list[str]) -> str:
+    """ALLOWED_PRIVATE_HOSTS: exactly the IMAP and submission HOST:PORT pairs of the mail
+    servers at `mail_addresses`. The service refuses loopback and private addresses unless
+    listed, so accounts on the deployment's own mail servers need these, and nothing else
+    (not PostgreSQL, Redis or the API's ports on the same addresses) is reachable."""
+    return ",".join(
+        f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        for address in mail_addresses
+        for port in MAIL_CLIENT_PORTS
+    )
+
+
+def deployment_mail_addresses() -> list[str]:
+    """Where this host's service reaches the deployment's mail servers: itself on loopback
+    (with the mail role), the others at their private addresses."""
+    return [
+        "127.0.0.1" if mail.name == host.name else roles.private_address(mail)
+        for mail in roles.hosts_with("mail")
+    ]
+
+
+def env_file(
+    data,
+    secrets: dict[str, str],
+    db_address: str | None = None,
+    mail_addresses: list[str] | None = None,
+) -> str:
     """The service's settings (.env format) from host data; see .env.example for each one.
-    `db_address`: PostgreSQL and Redis on another host (split roles); None: on this one."""
+    `db_address`: PostgreSQL and Redis on another host (split roles); None: on this one.
+    `mail_addresses`: the deployment's mail servers; None: this host (every role)."""
     if db_address is None:
         # The Unix socket, peer authentication: no database password at all.
         database = (
@@ -60,6 +93,10 @@ def env_file(data, secrets: dict[str, str], db_address: str | None = None) -> st
         "TRUSTED_PROXIES": "1",
         # Accounts on this host's own IMAP/SMTP verify against its (maybe self-signed) cert.
         "MAIL_TLS_CA_FILE": data.tls_cert_path,
+        # ...and may reach them although they are on loopback or the private network.
+        "ALLOWED_PRIVATE_HOSTS": mail_server_pairs(
+            ["127.0.0.1"] if mail_addresses is None else mail_addresses
+        ),
     }
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
@@ -128,7 +165,7 @@ def install(release: Release, secrets: dict[str, str]) -> list:
     settings = secret_file(
         name="Service settings and secrets",
         path=f"{data.config_dir}/emailservice.env",
-        content=env_file(data, secrets, remote_db),
+        content=env_file(data, secrets, remote_db, deployment_mail_addresses()),
         user="root",
         group=data.app_user,
         mode="640",

@@ -55,7 +55,7 @@ def configure(secrets: dict[str, str]) -> list:
         name="Dovecot users (password hashes)",
         path=values["users_file"],
         content="".join(
-            f"{address}:{dovecot_hash(address, secrets[secret])}::::::\n"
+            f"{address}:{dovecot_hash(address, secrets[secret], data.mail_hostname)}::::::\n"
             for address, secret in sorted(data.mail_users.items())
         ),
         user="root",

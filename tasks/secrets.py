@@ -15,8 +15,10 @@ import os
 import secrets as random
 from pathlib import Path
 
+from argon2.low_level import Type, hash_secret
+from argon2.profiles import RFC_9106_LOW_MEMORY
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations.util.files import chmod, chown
 
@@ -49,26 +51,65 @@ def load(env: str, names: list[str]) -> dict[str, str]:
     return {n: os.environ.get(f"EMAILSERVICE_{n}", stored.get(n, "")) for n in names}
 
 
-def dovecot_hash(email: str, password: str) -> str:
-    """{SSHA512} for Dovecot's passwd-file, salted per user and stable across deploys."""
-    salt = hashlib.sha256(f"{email}\0{password}".encode()).digest()[:8]
-    digest = hashlib.sha512(password.encode() + salt).digest()
-    return "{SSHA512}" + base64.b64encode(digest + salt).decode()
+def dovecot_hash(email: str, password: str, realm: str = "") -> str:
+    """{ARGON2ID} for Dovecot's passwd-file: Debian 12's Dovecot 2.3 verifies it (libsodium),
+    with argon2-cffi's RFC 9106 low-memory profile (64 MiB, 3 passes), as the service hashes
+    its own users' passwords.
+
+    The salt is per user and per `realm` (the host's mail name), and stable, so a deploy with
+    unchanged passwords rewrites nothing. It is not derived from the password: the {SSHA512}
+    hashes this replaces carried SHA-256(address, password) in their salt, a fast hash of the
+    password beside the slow one. Every user's hash is rewritten on the first deploy after
+    the change (the deploy knows every password).
+    """
+    salt = hashlib.sha256(f"emailservice dovecot\0{realm}\0{email}".encode()).digest()[:16]
+    profile = RFC_9106_LOW_MEMORY
+    encoded = hash_secret(
+        password.encode(),
+        salt,
+        time_cost=profile.time_cost,
+        memory_cost=profile.memory_cost,
+        parallelism=profile.parallelism,
+        hash_len=profile.hash_len,
+        type=Type.ID,
+    )
+    return "{ARGON2ID}" + encoded.decode()
 
 
 @operation()
 def secret_file(
     path: str, content: str, user: str = "root", group: str = "root", mode: str = "640"
 ):
-    """Ensure a file holds `content` without ever showing it (no diff, no contents)."""
+    """Ensure a file holds `content` without ever showing it (no diff, no contents), and
+    without a moment where another local user could open it.
+
+    pyinfra's own upload goes through a temporary file named after the target (predictable)
+    in /tmp, created with the default umask (readable by all), and the target itself is
+    readable until the chmod: anyone who opens a file in that window keeps reading it after.
+    So the bytes travel only through:
+    - a directory made for this upload, mode 0700 from its mkdir, named at random, as the SSH
+      user (who uploads over SFTP before sudo copies);
+    - a staging file beside the target (whose directory only root writes), also named at
+      random, created empty under `umask 077` (0600) before any byte is copied into it; it
+      gets its owner and mode and then is renamed over the target, so the target's name never
+      points at a file with other permissions, nor at a half-written one.
+    """
     data = content.encode()
     current = host.get_fact(File, path=path)
     if host.get_fact(Sha256File, path=path) != hashlib.sha256(data).hexdigest():
         host.log(f"Will write {path} (contents hidden)")
-        yield FileUploadCommand(
-            io.BytesIO(data), path, remote_temp_filename=host.get_temp_filename(path)
-        )
-        current = None  # a new file: set owner and mode
+        nonce = random.token_hex(16)
+        private = f"{host.get_temp_filename(nonce)}.d"  # unpredictable: a hash of 128 random bits
+        directory, _, name = path.rpartition("/")
+        staged = f"{directory}/.{name}.{nonce}"
+        yield StringCommand("mkdir", "-m", "700", QuoteString(private), _sudo=False)
+        yield StringCommand("umask", "077", "&&", "touch", QuoteString(staged))
+        yield FileUploadCommand(io.BytesIO(data), staged, remote_temp_filename=f"{private}/upload")
+        yield StringCommand("rm", "-rf", QuoteString(private), _sudo=False)
+        yield chown(staged, user, group)
+        yield chmod(staged, mode)
+        yield StringCommand("mv", "-f", QuoteString(staged), QuoteString(path))
+        return
     if not current or current.get("user") != user or current.get("group") != group:
         yield chown(path, user, group)
     if not current or f"{current.get('mode')}" != mode.lstrip("0"):

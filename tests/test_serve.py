@@ -145,3 +145,32 @@ def test_serves_every_address_of_a_host_name(env, migrated, tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_behind_a_trusted_proxy_waitress_hands_the_client_address_on(env, migrated, tmp_path):
+    """With TRUSTED_PROXIES=1 (nginx in front, as deployed), the real server passes
+    X-Forwarded-For to the app, so per-address login limits count each client apart; Waitress
+    3 drops those headers by default, which made every client one address (the proxy's)."""
+    import urllib.request
+
+    from tests.support import api_process
+
+    settings = dict(env, TRUSTED_PROXIES="1", LOGIN_RATE_LIMIT_PER_MINUTE="1")
+    net = time.time_ns() % 250
+
+    def login(client: str, username: str) -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/auth/login",
+            data=json.dumps({"tenant": "nobody", "username": username, "password": "x"}).encode(),
+            headers={"Content-Type": "application/json", "X-Forwarded-For": client},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with api_process(settings, tmp_path) as (port, _):
+        assert login(f"198.51.100.{net}", "first") == 401
+        assert login(f"198.51.100.{net}", "second") == 429  # that address's one attempt is spent
+        assert login(f"203.0.113.{net}", "third") == 401  # another client is not

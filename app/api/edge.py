@@ -12,6 +12,14 @@ from app.context import ServiceContext, Unit
 def init_app(app: Flask, ctx: ServiceContext) -> None:
     app.extensions["context"] = ctx
 
+    @app.after_request
+    def never_sniff(response: Response) -> Response:
+        # Every response declares its type, and a browser must believe it: mail bytes served
+        # as message/rfc822 or an attachment's own type never get sniffed into HTML or script
+        # of the service's origin.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
     @app.teardown_appcontext
     def close_unit(exc: BaseException | None) -> None:
         unit: Unit | None = g.pop("unit", None)

@@ -69,7 +69,12 @@ def get_message(message_id: int) -> Response:
     errors=(404, 409),
 )
 def get_raw(message_id: int) -> Response:
-    return Response(messages.raw_message(unit(), message_id), mimetype="message/rfc822")
+    response = Response(messages.raw_message(unit(), message_id), mimetype="message/rfc822")
+    # A download, never a page: a browser must not render a tenant's mail (HTML parts and all)
+    # as content of the service's origin. The name is ours, not the sender's.
+    response.headers["Content-Disposition"] = _disposition(f"message-{message_id}.eml")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @bp.get("/api/messages/<int:message_id>/attachments/<int:index>")

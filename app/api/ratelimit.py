@@ -1,15 +1,19 @@
 """Rate limits kept in Redis, so every API process shares them.
 
 Built on `limits` (the library behind Flask-Limiter) with fixed windows: per tenant a minute
-and an hour limit on /api/, and per client address a minute limit on logins. The glue is
+and an hour limit on /api/, and two minute limits on logins, one per client address and one
+per (tenant, username), so rotating addresses (or proxies' X-Forwarded-For) buys no more
+guesses at one user's password. The glue is
 ours because the contract fixes the order of checks (after authentication), the error shape,
 and `X-RateLimit-Reset` as seconds until the minute window resets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from typing import NoReturn
 
 from flask import Flask, Response, current_app, g
 from limits import RateLimitItemPerHour, RateLimitItemPerMinute
@@ -69,6 +73,27 @@ def limit_login(address: str) -> None:
     if not limiter.hit(config["login"], "login", address):
         stats = limiter.get_window_stats(config["login"], "login", address)
         _refuse(stats.reset_time - time.time(), "of login attempts per minute")
+
+
+def limit_login_user(tenant: str, username: str) -> None:
+    """Count one login attempt at (`tenant`, `username`), whatever address it comes from.
+
+    The key is a digest: usernames are the caller's text (up to 150 characters, any of them).
+    The price: anyone can spend a user's attempts for the minute; that user then waits, as a
+    guesser would, and nobody gets more guesses.
+    """
+    config = current_app.extensions["ratelimit"]
+    limiter: FixedWindowRateLimiter = config["limiter"]
+    who = hashlib.sha256(f"{tenant}\0{username}".encode()).hexdigest()
+    if not limiter.hit(config["login"], "login-user", who):
+        stats = limiter.get_window_stats(config["login"], "login-user", who)
+        _refuse(stats.reset_time - time.time(), "of login attempts per minute for this user")
+
+
+def retry_later(seconds: int, message: str) -> NoReturn:
+    """Refuse with 429 and `Retry-After: seconds` (a capacity limit, not a rate window)."""
+    g.ratelimit_headers = {**g.get("ratelimit_headers", {}), "Retry-After": str(seconds)}
+    raise RateLimited(message)
 
 
 def _refuse(retry_after: float, window: str) -> None:

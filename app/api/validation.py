@@ -12,12 +12,17 @@ from pydantic import BaseModel, ValidationError
 from app.errors import BadRequest, UnsupportedMediaType, ValidationFailed
 
 M = TypeVar("M", bound=BaseModel)
+# Deepest nesting of arrays and objects a body may have. The deepest request of the API is a
+# few levels deep; a body of 100,000 "[" would otherwise reach the recursion limit of the JSON
+# decoder (and of every recursive walk after it).
+MAX_JSON_DEPTH = 32
 
 
 def parse_body(model: type[M], *, optional: bool = False) -> M:
     """The JSON body validated against `model`.
 
-    Order: 415 when it is not JSON, 400 when it does not parse, 422 naming each bad field.
+    Order: 415 when it is not JSON, 400 when it does not parse or nests deeper than
+    MAX_JSON_DEPTH, 422 naming each bad field.
     With `optional`, an empty body (with or without Content-Type) means the model's defaults.
     """
     raw = request.get_data(cache=True)  # past MAX_CONTENT_LENGTH this raises 413
@@ -31,6 +36,10 @@ def parse_body(model: type[M], *, optional: bool = False) -> M:
         data = json.loads(raw)
     except (ValueError, UnicodeError) as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:  # nested deeper than the decoder can recurse
+        raise _too_deep_error() from None
+    if _too_deep(data):
+        raise _too_deep_error()
     problems = [
         {"field": field, "message": "contains a NUL character or an unpaired surrogate"}
         for field in _unstorable_strings(data, ())
@@ -38,6 +47,27 @@ def parse_body(model: type[M], *, optional: bool = False) -> M:
     if problems:
         raise ValidationFailed("The request is invalid.", problems)
     return validate(model, data)
+
+
+def _too_deep_error() -> BadRequest:
+    return BadRequest(f"The request body is nested deeper than {MAX_JSON_DEPTH} levels.")
+
+
+def _too_deep(value: object) -> bool:
+    """Whether arrays and objects nest deeper than MAX_JSON_DEPTH (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _unstorable_strings(value: object, path: tuple[str | int, ...]) -> Iterator[str]:

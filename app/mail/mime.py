@@ -16,9 +16,12 @@ Guarantees:
   body; `html` is the first such text/html part. Bytes without a header block are a body.
 - `ParsedMessage.html` is sanitised by `sanitize_html` (nh3 allow-list): no scripts, no event
   handlers, no active URLs, no remote loads.
-- Work is bounded: at most 1000 parts and 50 levels of multipart nesting are examined, header
-  values are cut at 64 KiB (256 KiB for the whole `headers` list, later headers are dropped
-  silently), policy.default's header parsers see at most 4 KiB of a value.
+- Work is bounded: at most 1000 MIME parts are parsed (those inside embedded messages count)
+  and the parser stops at the next one, so a message of millions of empty parts costs what its
+  first 1000 cost, in the sync and in every attachment download alike; 50 levels of multipart
+  nesting are examined, header values are cut at 64 KiB (256 KiB for the whole `headers`
+  list, later headers are dropped silently), policy.default's header parsers see at most 4 KiB
+  of a value.
 
 `parse_error` is set when body content or MIME structure is lost or garbled: an empty message, a
 header block that ends at a non-header line, a multipart without a boundary or without its
@@ -44,6 +47,7 @@ from email.feedparser import BytesFeedParser
 from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesParser
+from email.policy import Policy
 from io import BytesIO
 from typing import TypeVar
 
@@ -149,14 +153,49 @@ _META_CHARSET = re.compile(
 # --- The MIME tree ----------------------------------------------------------------------------
 
 
-def _build_tree(raw: bytes, headers_only: bool = False) -> Message:
+class _PartCap(Exception):
+    """Raised inside the feed parser when it is about to create one part too many."""
+
+
+class _CountingFactory:
+    """The feed parser's message factory, counting the parts it creates.
+
+    The cap bites WHILE parsing: the part after the MAX_PARTS-th raises `_PartCap` out of the
+    parser, so a message of millions of empty parts costs the parsing of its first MAX_PARTS
+    (a few kilobytes), not millions of Message objects. The first part created is the root; the
+    parts attached to it by then are complete (a part is attached when its successor starts),
+    so the tree built so far is a consistent prefix of the message in MIME order.
+    """
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.root: Message | None = None
+
+    def __call__(self, policy: Policy = POLICY) -> Message:
+        if self.created >= MAX_PARTS:
+            raise _PartCap
+        self.created += 1
+        message: Message = POLICY.message_factory(policy=policy)  # type: ignore[misc]
+        if self.root is None:
+            self.root = message
+        return message
+
+
+def _build_tree(raw: bytes, headers_only: bool = False) -> tuple[Message, bool]:
+    """The MIME tree of `raw`, and whether the part cap cut it short."""
     if headers_only:
-        return BytesParser(policy=POLICY).parsebytes(raw, headersonly=True)
-    parser = BytesFeedParser(policy=POLICY)
-    # Fed in chunks: one feed() of the whole message would split it into lines all at once.
-    for start in range(0, len(raw), FEED_CHUNK):
-        parser.feed(raw[start : start + FEED_CHUNK])
-    return parser.close()
+        return BytesParser(policy=POLICY).parsebytes(raw, headersonly=True), False
+    factory = _CountingFactory()
+    parser = BytesFeedParser(factory, policy=POLICY)
+    factory.created, factory.root = 0, None  # the parser calls the factory once to probe it
+    try:
+        # Fed in chunks: one feed() of the whole message would split it into lines at once.
+        for start in range(0, len(raw), FEED_CHUNK):
+            parser.feed(raw[start : start + FEED_CHUNK])
+        return parser.close(), False
+    except _PartCap:
+        assert factory.root is not None
+        return factory.root, True
 
 
 @dataclass
@@ -191,9 +230,12 @@ _STRUCTURE_DEFECTS = {
 }
 
 
-def _walk(root: Message) -> _Tree:
-    """Attachments and body parts in depth-first MIME order, within the caps."""
+def _walk(root: Message, capped: bool = False) -> _Tree:
+    """Attachments and body parts in depth-first MIME order, within the caps (`capped`: the
+    parser stopped at the part cap, so the tree holds only the message's first parts)."""
     tree = _Tree(root, [], None, None, [])
+    if capped:
+        tree.problems.append(f"more than {MAX_PARTS} MIME parts; the rest was ignored")
     stack: list[tuple[Message, tuple[int, ...]]] = [(root, ())]
     seen = 0
     while stack:
@@ -258,12 +300,15 @@ def _body_start(raw: bytes, start: int, end: int) -> int:
 
 
 def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
-    """Byte ranges of the body parts between the delimiter lines, as the feed parser splits."""
+    """Byte ranges of the body parts between the delimiter lines, as the feed parser splits.
+
+    At most MAX_PARTS + 1 ranges: more cannot match a parsed tree (the parser stops at the
+    part cap), and a list of millions of ranges is the cost the cap exists to avoid."""
     delimiter = b"--" + boundary
     parts: list[tuple[int, int]] = []
     current: int | None = None  # None while in the preamble
     found = raw.find(delimiter, start, end)
-    while found != -1:
+    while found != -1 and len(parts) <= MAX_PARTS:
         tail = None
         if found == start or raw[found - 1] in b"\r\n":
             tail = _BOUNDARY_TAIL.match(raw, found + len(delimiter), end)
@@ -375,6 +420,14 @@ class _Headers:
         return result
 
 
+_NOT_BLANK = re.compile(rb"[^ \t\n\r\x0b\x0c]")
+
+
+def _blank(raw: bytes) -> bool:
+    """Whether `raw` is empty or white space only (raw.strip() would copy the whole message)."""
+    return _NOT_BLANK.search(raw) is None
+
+
 def _empty(problem: str) -> ParsedMessage:
     return ParsedMessage(
         None, None, [], [], [], [], None, None, None, [], [], None, None, [], problem
@@ -407,16 +460,16 @@ def _guard(compute: Callable[[], T], default: T) -> T:
 
 def _parse(raw: bytes, allow_remote: bool = False) -> ParsedMessage:
     problems: list[str] = []
-    if not raw.strip():
+    if _blank(raw):
         return _empty("empty message")
     tree: _Tree | None = None
     try:
-        root = _build_tree(raw)
-        tree = _walk(root)
+        root, capped = _build_tree(raw)
+        tree = _walk(root, capped)
         problems.extend(tree.problems)
     except Exception as exc:  # e.g. RecursionError on absurd nesting: read the headers only
         problems.append(f"MIME structure could not be parsed ({type(exc).__name__})")
-        root = _build_tree(raw, headers_only=True)
+        root, _ = _build_tree(raw, headers_only=True)
 
     headers = _Headers(root)
     text = html = None
@@ -491,9 +544,9 @@ def attachment_content(raw: bytes, index: int) -> tuple[Attachment, bytes] | Non
     """Attachment `index` (numbered as by `parse_message`) and its decoded bytes, or None."""
     try:
         raw = bytes(raw)
-        if index < 0 or not raw.strip():
+        if index < 0 or _blank(raw):
             return None
-        tree = _walk(_build_tree(raw))
+        tree = _walk(*_build_tree(raw))
         if index >= len(tree.attachments):
             return None
         leaf = tree.attachments[index]

@@ -7,8 +7,11 @@ the user's id, so a deleted and re-created user does not inherit old tokens.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import jwt
@@ -18,7 +21,7 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.context import Unit
-from app.errors import Unauthorized
+from app.errors import RateLimited, Unauthorized
 from app.models import Tenant, User
 
 ALGORITHM = "HS256"
@@ -26,6 +29,28 @@ _hasher = PasswordHasher()
 # Verified against when the user does not exist, so a wrong username costs as much time as a
 # wrong password and timing does not reveal which usernames exist.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
+# Password hashes one process computes at once. Each argon2id verification takes 64 MiB and
+# a few tens of milliseconds of CPU: without a cap, parallel logins (rate limits count them,
+# but do not stop them arriving together) queue hashes that eat the API's memory and threads.
+# Past the cap a login is refused at once (429), never queued.
+MAX_CONCURRENT_HASHES = 2
+HASH_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_HASHES)
+
+
+class HashesBusy(RateLimited):
+    """Every password-hash slot of this process is taken: try again in a moment."""
+
+    retry_after = 1  # seconds; a hash takes far less
+
+
+@contextmanager
+def _hash_slot() -> Iterator[None]:
+    if not HASH_SLOTS.acquire(blocking=False):
+        raise HashesBusy("Too many logins at once; retry in a second.")
+    try:
+        yield
+    finally:
+        HASH_SLOTS.release()
 
 
 @dataclass(frozen=True)
@@ -57,21 +82,22 @@ class Token:
 
 def login(unit: Unit, tenant_slug: str, username: str, password: str) -> Token:
     """An access token for valid credentials; Unauthorized, saying nothing of which part was
-    wrong."""
+    wrong; HashesBusy when MAX_CONCURRENT_HASHES logins of this process are hashing already."""
     row = unit.session.execute(
         select(User, Tenant)
         .join(Tenant, Tenant.id == User.tenant_id)
         .where(Tenant.slug == tenant_slug, User.username == username)
     ).first()
-    if row is None:
-        verify_password(_DUMMY_HASH, password)
-        raise Unauthorized("Invalid credentials.")
-    user, tenant = row
-    if not verify_password(user.password_hash, password):
-        raise Unauthorized("Invalid credentials.")
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
-        unit.commit()
+    with _hash_slot():
+        if row is None:
+            verify_password(_DUMMY_HASH, password)
+            raise Unauthorized("Invalid credentials.")
+        user, tenant = row
+        if not verify_password(user.password_hash, password):
+            raise Unauthorized("Invalid credentials.")
+        if _hasher.check_needs_rehash(user.password_hash):
+            user.password_hash = hash_password(password)
+            unit.commit()
     settings = unit.ctx.settings
     principal = Principal(user.id, tenant.id, tenant.slug, user.username)
     return Token(issue_token(settings, principal), settings.jwt_ttl_seconds)

@@ -65,3 +65,21 @@ role_packages = {
     "db": ["postgresql", "redis-server"],
     "mail": ["postfix", "dovecot-imapd", "dovecot-lmtpd"],
 }
+
+# nginx's own limit on POST /auth/login per client address, in front of the API's (which
+# counts per address and per user): a flood is refused before it costs an API thread.
+nginx_login_rate_per_minute = 30
+nginx_login_burst = 10
+
+# Resource limits of the service's units (systemd): a runaway process meets its own unit's
+# limit, not the kernel's OOM killer choosing among the host's processes. The API: Waitress
+# threads, request bodies up to 2 x MAX_MESSAGE_BYTES, at most 2 password hashes of 64 MiB at
+# once. A worker unit holds the worker and its work-horse. The IDLE watcher runs a thread and
+# a connection per active account: size its tasks and files for the accounts you host.
+unit_limits = {
+    "api": {"memory_max": "1G", "tasks_max": 64, "nofile": 4096},
+    "worker": {"memory_max": "1G", "tasks_max": 32, "nofile": 4096},
+    "scheduler": {"memory_max": "256M", "tasks_max": 16, "nofile": 1024},
+    "idle": {"memory_max": "2G", "tasks_max": 4096, "nofile": 16384},
+    "migrate": {"memory_max": "512M", "tasks_max": 16, "nofile": 1024},
+}

@@ -153,7 +153,7 @@ def test_authentication_comes_before_existence(client):
     assert client.get("/api/no-such-thing").status_code == 401
 
 
-def test_logins_are_limited_per_client_address(env, migrated, tenant_a):
+def test_logins_are_limited_per_client_address(env, migrated, tenant_a, tenant_b):
     app = create_app(dict(env, LOGIN_RATE_LIMIT_PER_MINUTE="3"))
     client = app.test_client()
     guesser = {"REMOTE_ADDR": f"127.1.{tenant_a.user_id % 250}.9"}
@@ -167,9 +167,10 @@ def test_logins_are_limited_per_client_address(env, migrated, tenant_a):
     # Even the right password waits: that is what stops guessing.
     good = dict(bad, password=tenant_a.password)
     assert client.post("/auth/login", json=good, environ_base=guesser).status_code == 429
-    # Another address is unaffected.
+    # Another address is unaffected (for another user: this one's attempts are spent too).
     other = {"REMOTE_ADDR": f"127.2.{tenant_a.user_id % 250}.9"}
-    assert client.post("/auth/login", json=good, environ_base=other).status_code == 200
+    someone = {"tenant": tenant_b.slug, "username": "alice", "password": tenant_b.password}
+    assert client.post("/auth/login", json=someone, environ_base=other).status_code == 200
 
 
 def test_behind_a_trusted_proxy_logins_are_limited_per_forwarded_address(env, migrated, tenant_a):
@@ -182,4 +183,66 @@ def test_behind_a_trusted_proxy_logins_are_limited_per_forwarded_address(env, mi
     post = client.post
     assert post("/auth/login", json=bad, headers=first, environ_base=proxy).status_code == 401
     assert post("/auth/login", json=bad, headers=first, environ_base=proxy).status_code == 429
-    assert post("/auth/login", json=bad, headers=second, environ_base=proxy).status_code == 401
+    # Another forwarded address has its own count (for another username: alice's one attempt
+    # of the minute is spent, wherever the next comes from).
+    other_user = dict(bad, username="bob")
+    assert (
+        post("/auth/login", json=other_user, headers=second, environ_base=proxy).status_code == 401
+    )
+    assert post("/auth/login", json=bad, headers=second, environ_base=proxy).status_code == 429
+
+
+def test_rotating_addresses_get_no_more_guesses_at_one_user(env, migrated, tenant_a):
+    """Behind a trusted proxy every attempt may claim a new address: the per-address limit
+    alone would allow unlimited guesses. The (tenant, username) limit counts them all."""
+    app = create_app(dict(env, TRUSTED_PROXIES="1", LOGIN_RATE_LIMIT_PER_MINUTE="10"))
+    client = app.test_client()
+    proxy = {"REMOTE_ADDR": "127.0.0.1"}
+    net = tenant_a.user_id % 250
+
+    def attempt(n: int, **body) -> object:
+        body = {"tenant": tenant_a.slug, "username": "alice", "password": "guess", **body}
+        forwarded = {"X-Forwarded-For": f"198.18.{net}.{n}"}
+        return client.post("/auth/login", json=body, headers=forwarded, environ_base=proxy)
+
+    statuses = [attempt(n).status_code for n in range(1, 12)]  # 11 addresses, one try each
+    assert statuses == [401] * 10 + [429]
+    refused = attempt(12, password=tenant_a.password)  # even the right password waits
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Another username of the same tenant (it need not exist) has attempts of its own.
+    assert attempt(13, username="bob").status_code == 401
+
+
+def test_password_hashes_beyond_the_cap_are_refused_at_once(client, tenant_a):
+    """Logins arriving together never queue argon2 hashes: with every hash slot of the
+    process taken, further attempts are a 429 with Retry-After at once, and the next login
+    after a slot frees succeeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.services import auth as auth_service
+
+    good = {"tenant": tenant_a.slug, "username": "alice", "password": tenant_a.password}
+    net = tenant_a.user_id % 250
+
+    def attempt(n: int):
+        return client.post(
+            "/auth/login", json=good, environ_base={"REMOTE_ADDR": f"127.4.{net}.{n}"}
+        )
+
+    held = 0
+    try:
+        # Two logins hashing right now: both slots of this process taken.
+        for _ in range(auth_service.MAX_CONCURRENT_HASHES):
+            assert auth_service.HASH_SLOTS.acquire(timeout=10)
+            held += 1
+        with ThreadPoolExecutor(4) as pool:  # four more arrive together
+            responses = list(pool.map(attempt, range(1, 5), timeout=30))
+        assert [r.status_code for r in responses] == [429] * 4
+        assert all(r.headers["Retry-After"] == "1" for r in responses)
+        assert all(r.get_json()["error"]["code"] == "rate_limited" for r in responses)
+    finally:
+        for _ in range(held):
+            auth_service.HASH_SLOTS.release()
+    assert attempt(5).status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 
 import pytest
 from flask import Flask
@@ -36,6 +37,46 @@ def test_an_unexpected_exception_is_a_500_without_traceback(app):
     assert response.get_json() == {
         "error": {"code": "internal_error", "message": "Internal error."}
     }
+
+
+def test_every_response_forbids_sniffing(app):
+    @app.get("/boom-sniff")
+    def boom():
+        raise RuntimeError("internals")
+
+    client = app.test_client()
+    for path in ("/health", "/nothing-here", "/api/accounts", "/openapi.json", "/boom-sniff"):
+        response = client.get(path)
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000,  # deeper than the JSON decoder can recurse
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        "[" * 33 + "]" * 33,  # decodes, but nests deeper than any request does
+        '{"tenant": "x", "username": "u", "password": ' + "[" * 40 + "]" * 40 + "}",
+    ],
+    ids=["arrays-100k", "objects-100k", "arrays-33", "nested-field"],
+)
+def test_deeply_nested_json_is_a_400_not_a_500(client, tenant_a, body):
+    # An address of its own, so other tests' logins do not spend this one's login limit.
+    own = {"REMOTE_ADDR": f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.1"}
+    for path, headers in (("/auth/login", {}), ("/api/accounts", tenant_a.headers)):
+        response = client.post(
+            path, data=body, content_type="application/json", headers=headers, environ_base=own
+        )
+        assert response.status_code == 400, (path, response.status_code)
+        error = response.get_json()["error"]
+        assert error["code"] == "bad_request"
+        assert "nested deeper than 32 levels" in error["message"]
+    # Ordinary nesting still reaches validation (422), one level under the bound included.
+    shallow = "[" * 32 + "]" * 32
+    response = client.post(
+        "/auth/login", data=shallow, content_type="application/json", environ_base=own
+    )
+    assert response.status_code == 422
 
 
 def test_openapi_describes_every_route_and_is_valid(client, app):

@@ -95,6 +95,12 @@ def test_raw_is_byte_identical_to_dovecots_copy(client, tenant_a, synced, mailbo
     raw = client.get(f"/api/messages/{synced['with pdf']}/raw", headers=tenant_a.headers)
     assert raw.status_code == 200
     assert raw.mimetype == "message/rfc822"
+    # Saved, never rendered by a browser, under a name of ours.
+    assert raw.headers["X-Content-Type-Options"] == "nosniff"
+    assert raw.headers["Content-Disposition"] == (
+        f'attachment; filename="message-{synced["with pdf"]}.eml"; '
+        f"filename*=UTF-8''message-{synced['with pdf']}.eml"
+    )
     with mailbox.client() as imap:
         imap.select_folder("INBOX", readonly=True)
         [uid] = imap.search(["SUBJECT", "with pdf"])
@@ -258,3 +264,41 @@ def test_changes_are_applied_by_a_real_worker(
 def test_the_raw_message_parses_back(client, tenant_a, synced):
     raw = client.get(f"/api/messages/{synced['oldest']}/raw", headers=tenant_a.headers).data
     assert email.message_from_bytes(raw)["Subject"] == "oldest"
+
+
+def test_an_attachment_of_a_message_of_millions_of_empty_parts_costs_little(
+    client, tenant_a, account_id, mailbox, make_syncer, db_sessionmaker
+):
+    """24 MB of empty MIME parts, stored on Dovecot and synced: reading it and downloading its
+    attachments parse only the first 1000 parts (the cap stops the parser), so each request
+    costs a few copies of the raw bytes, not a gigabyte of parsed parts."""
+    import tracemalloc
+
+    from tests.mail.test_mime import empty_parts
+
+    raw = empty_parts(3_500_000)
+    assert 24_000_000 < len(raw) < 26_214_400  # under MAX_MESSAGE_BYTES: stored whole
+    mailbox.append("INBOX", raw)
+    make_syncer().sync_account(account_id)
+    [stored_copy] = stored(db_sessionmaker, account_id)["INBOX"].values()
+    url = f"/api/messages/{stored_copy.id}"
+
+    tracemalloc.start()
+    try:
+        detail = client.get(url, headers=tenant_a.headers)
+        first = client.get(f"{url}/attachments/0", headers=tenant_a.headers)
+        beyond = client.get(f"{url}/attachments/1", headers=tenant_a.headers)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert detail.status_code == 200
+    body = detail.get_json()
+    assert [a["filename"] for a in body["attachments"]] == ["first.txt"]
+    assert "more than 1000 MIME parts" in body["parse_error"]
+    assert first.status_code == 200 and first.data == b"hello"
+    # The part after the millions of empty ones is past the cap: not served, a clear 404.
+    assert beyond.status_code == 404
+    assert beyond.get_json()["error"]["code"] == "not_found"
+    # The raw bytes are read from PostgreSQL for each download (24 MB); parsing every part
+    # would add about a gigabyte.
+    assert peak < 100 * 1024 * 1024, peak

@@ -265,3 +265,172 @@ def test_metrics_are_per_instance_and_not_public(deployed):
         scraped = host.run(f"curl -fsS -k https://127.0.0.1/metrics/{port}")
         assert scraped.returncode == 0, scraped.stderr
         assert "emailservice_http_requests_total" in scraped.stdout
+
+
+SERVICE_UNITS = {
+    "emailservice-api@8001": "api",
+    "emailservice-worker@1": "worker",
+    "emailservice-scheduler": "scheduler",
+    "emailservice-idle": "idle",
+    "emailservice-migrate": "migrate",
+}
+
+
+def test_units_carry_their_resource_limits(deployed):
+    """The configured values, as systemd reads them. Whether MemoryMax and TasksMax bite
+    cannot be shown here: the test host's cgroup controllers are read-only (docs/security.md)."""
+    from tests.deploy.inventory import group_data
+
+    limits = group_data("vagrant")["unit_limits"]
+    sizes = {"G": 1024**3, "M": 1024**2}
+    for unit, kind in SERVICE_UNITS.items():
+        shown = deployed.host.run(
+            f"systemctl show -p MemoryMax -p TasksMax -p LimitNOFILE -p NoNewPrivileges {unit}"
+        ).stdout
+        values = dict(line.split("=", 1) for line in shown.split())
+        memory = limits[kind]["memory_max"]
+        assert values["MemoryMax"] == str(int(memory[:-1]) * sizes[memory[-1]]), unit
+        assert values["TasksMax"] == str(limits[kind]["tasks_max"]), unit
+        assert values["LimitNOFILE"] == str(limits[kind]["nofile"]), unit
+        assert values["NoNewPrivileges"] == "yes", unit
+
+
+# Run by the service's own Python: what a unit's process may do with sockets and ptrace.
+PROBE = r"""
+import ctypes, json, os, socket
+result = {}
+for name, family, kind in [
+    ("inet", socket.AF_INET, socket.SOCK_STREAM),
+    ("unix", socket.AF_UNIX, socket.SOCK_STREAM),
+    ("netlink", socket.AF_NETLINK, socket.SOCK_RAW),
+    ("packet", socket.AF_PACKET, socket.SOCK_RAW),
+]:
+    try:
+        socket.socket(family, kind).close()
+        result[name] = "ok"
+    except OSError as exc:
+        result[name] = os.strerror(exc.errno)
+libc = ctypes.CDLL(None, use_errno=True)
+result["ptrace"] = "ok" if libc.ptrace(0, 0, None, None) == 0 else os.strerror(ctypes.get_errno())
+print(json.dumps(result))
+"""
+
+
+def test_syscall_filter_and_address_families_bite_in_the_units(deployed):
+    """The API unit's settings, exactly as deployed, applied to a probe: the unit file is
+    copied with only its command replaced, started, and compared with the same probe run as
+    the same user outside any unit."""
+    host = deployed.host
+    python = "/opt/emailservice/current/venv/bin/python"
+    host.run("cat > /run/emailservice-probe.py", input=PROBE, check=True)
+    outside = json.loads(
+        host.run(f"runuser -u emailservice -- {python} /run/emailservice-probe.py").stdout
+    )
+    # Outside: netlink and ptrace work for an ordinary user (packet sockets need privileges).
+    assert outside == {
+        "inet": "ok",
+        "unix": "ok",
+        "netlink": "ok",
+        "packet": "Operation not permitted",
+        "ptrace": "ok",
+    }
+    unit = "/run/systemd/system/emailservice-probe.service"
+    copied = host.run(
+        "sed -e 's|^ExecStart=.*|ExecStart=" + python + " /run/emailservice-probe.py|'"
+        " -e 's|^Type=.*|Type=oneshot|' -e '/^Restart/d'"
+        " -e 's|^\\[Service\\]|[Service]\\nStandardOutput=file:/run/emailservice-probe.json|'"
+        f" /etc/systemd/system/emailservice-api@.service > {unit}"
+        " && systemctl daemon-reload && systemctl start emailservice-probe"
+    )
+    try:
+        assert copied.returncode == 0, copied.stderr
+        inside = json.loads(host.run("cat /run/emailservice-probe.json").stdout)
+    finally:
+        host.run(
+            f"rm -f {unit} /run/emailservice-probe.json /run/emailservice-probe.py"
+            " && systemctl daemon-reload"
+        )
+    assert inside == {
+        "inet": "ok",
+        "unix": "ok",
+        # RestrictAddressFamilies: other families do not exist for the unit.
+        "netlink": "Address family not supported by protocol",
+        "packet": "Address family not supported by protocol",
+        # SystemCallFilter=@system-service: ptrace is not in it (EPERM, SystemCallErrorNumber).
+        "ptrace": "Operation not permitted",
+    }
+    # And the running API process itself is under a seccomp filter, without new privileges.
+    pid = host.run("systemctl show -p MainPID --value emailservice-api@8001").stdout.strip()
+    status = dict(
+        line.split(":\t", 1) for line in host.run(f"cat /proc/{pid}/status").stdout.splitlines()
+    )
+    assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+
+
+def https_headers(deployed, path: str) -> dict[str, str]:
+    request = urllib.request.Request(f"https://{deployed.host.address}{path}")
+    try:
+        with urllib.request.urlopen(request, context=tls(deployed.ca), timeout=10) as response:
+            headers = response.headers
+    except urllib.error.HTTPError as error:
+        headers = error.headers
+    return {name: headers.get_all(name) for name in headers.keys()}
+
+
+def test_nginx_sends_the_security_headers(deployed):
+    for path in ("/health", "/api/accounts", "/no-such-page", "/docs"):
+        headers = https_headers(deployed, path)
+        assert headers["Strict-Transport-Security"] == ["max-age=31536000"], path
+        assert headers["X-Content-Type-Options"] == ["nosniff"], path  # once, not twice
+        assert headers["X-Frame-Options"] == ["DENY"], path
+        assert headers["Referrer-Policy"] == ["no-referrer"], path
+        [csp] = headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp, path
+        if path == "/docs":
+            assert "script-src 'self'" in csp
+        else:
+            assert csp.startswith("default-src 'none';"), path
+
+
+def test_nginx_limits_a_burst_of_logins(deployed):
+    """From one address (the host itself), a burst beyond nginx's limit_req is refused by
+    nginx (no X-Request-ID: the API never saw it), in the API's error shape."""
+    body = json.dumps({"tenant": f"t-{uuid.uuid4().hex[:8]}", "username": "x", "password": "y"})
+    curl = (
+        "curl -sk -o /dev/null -w '%{http_code}\\n' -X POST -H 'Content-Type: application/json'"
+        f" -d '{body}' https://127.0.0.1/auth/login"
+    )
+    statuses = deployed.host.run(f"for i in $(seq 1 25); do {curl}; done").stdout
+    codes = [int(code) for code in statuses.split()]
+    assert len(codes) == 25, statuses
+    assert codes.count(429) >= 10, codes
+    last = deployed.host.run(
+        "curl -sk -D - -X POST -H 'Content-Type: application/json'"
+        f" -d '{body}' https://127.0.0.1/auth/login"
+    ).stdout
+    head, _, payload = last.partition("\n\n")  # (the output's CRLF arrive as LF)
+    assert head.split()[1] == "429"
+    assert "x-request-id" not in head.lower()
+    assert "retry-after: 60" in head.lower()
+    assert json.loads(payload)["error"]["code"] == "rate_limited"
+
+
+def test_dovecot_users_are_argon2id_hashes(deployed):
+    hashes = deployed.host.run("cut -d: -f2 /etc/dovecot/users").stdout.split()
+    assert hashes and all(h.startswith("{ARGON2ID}$argon2id$") for h in hashes)
+
+
+def test_the_service_may_reach_exactly_the_hosts_own_mail_servers(deployed):
+    line = deployed.host.run(
+        "grep '^ALLOWED_PRIVATE_HOSTS=' /etc/emailservice/emailservice.env"
+    ).stdout.strip()
+    assert line == ("ALLOWED_PRIVATE_HOSTS=127.0.0.1:143,127.0.0.1:993,127.0.0.1:587,127.0.0.1:465")
+
+
+def test_secret_files_leave_no_staging_files_behind(deployed):
+    leftovers = deployed.host.run(
+        "ls -a /etc/emailservice /etc/dovecot /etc/redis /etc/postgresql/*/main 2>/dev/null"
+        " | grep -E '^\\.(emailservice|users|emailservice-auth).*\\.[0-9a-f]{32}$';"
+        " ls -d /tmp/pyinfra-*.d 2>/dev/null"
+    ).stdout
+    assert leftovers == ""

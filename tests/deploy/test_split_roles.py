@@ -224,3 +224,15 @@ def test_postgres_and_redis_over_the_network_need_their_passwords(split):
         "WHERE rolname = 'emailservice'\""
     )
     assert stored.stdout.strip() == "t"
+
+
+def test_the_app_host_may_reach_exactly_the_data_hosts_mail_servers(split):
+    """The app host's service reaches the deployment's Dovecot and Postfix at the data host's
+    private address: those IMAP and submission pairs are allowed, nothing else of it."""
+    line = split.app.run(
+        "grep '^ALLOWED_PRIVATE_HOSTS=' /etc/emailservice/emailservice.env"
+    ).stdout.strip()
+    address = split.data_private
+    assert line == "ALLOWED_PRIVATE_HOSTS=" + ",".join(
+        f"{address}:{port}" for port in (143, 993, 587, 465)
+    )

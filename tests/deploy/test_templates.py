@@ -164,6 +164,43 @@ def test_dovecot_requires_tls_and_serves_postfix(env):
     assert "unix_listener /var/spool/postfix/private/auth" in conf
     assert re.search(r"inet_listener imaps \{\s*port = 993\s*ssl = yes", conf)
     assert "driver = passwd-file" in conf
+    assert "args = scheme=ARGON2ID username_format=%u /etc/dovecot/users" in conf
+
+
+def test_dovecot_hashes_are_argon2id_that_dovecot_verifies():
+    """The passwd-file's hashes: argon2id, verified by the Dovecot the tests run (Debian 12's,
+    as on a host), salted per user and realm, stable across deploys, and the salt says nothing
+    of the password."""
+    import base64
+    import shutil
+
+    from tasks.secrets import dovecot_hash
+
+    doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"  # make test installs Dovecot
+    password = secrets.token_urlsafe(18)
+    hashed = dovecot_hash("test@example.test", password, "mail.example.test")
+    assert hashed.startswith("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=4$")
+    assert hashed == dovecot_hash("test@example.test", password, "mail.example.test")
+
+    def verify(candidate: str) -> bool:
+        run = subprocess.run(
+            [doveadm, "pw", "-t", hashed], input=f"{candidate}\n", capture_output=True, text=True
+        )
+        return run.returncode == 0 and "(verified)" in run.stdout
+
+    # doveadm reads the password from standard input: never on a command line.
+    assert verify(password)
+    assert not verify(password + "x")
+
+    def salt(value: str) -> bytes:
+        field = value.split("$")[4]
+        return base64.b64decode(field + "=" * (-len(field) % 4))
+
+    assert len(salt(hashed)) == 16
+    # Per user and per host; the same salt for another password (not derived from it).
+    assert salt(hashed) != salt(dovecot_hash("other@example.test", password, "mail.example.test"))
+    assert salt(hashed) != salt(dovecot_hash("test@example.test", password, "mail.example.org"))
+    assert salt(hashed) == salt(dovecot_hash("test@example.test", "another", "mail.example.test"))
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -181,6 +218,57 @@ def test_nginx_terminates_tls_in_front_of_local_api_ports(env):
         assert block.strip().splitlines()[-2].strip() == "deny all;"
     pool = conf.split("location = /metrics {")[1].split("}")[0]
     assert "deny all;" in pool and "allow 127.0.0.1;" in pool
+
+
+def location(conf: str, name: str) -> str:
+    return conf.split(f"location {name} {{")[1].split("\n    }")[0]
+
+
+def headers_of(block: str) -> dict[str, str]:
+    found = {}
+    for name, value in re.findall(r"^\s*add_header (\S+) (.+?) always;$", block, re.M):
+        found[name] = value.strip('"')
+    return found
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_nginx_sends_security_headers_and_limits_logins(env):
+    conf = render("nginx/emailservice.conf.j2", env, api_ports=api_ports(env))
+    data = group_data(env)
+    https = conf.split("listen 443 ssl")[1]
+    server_level = https.split("location ")[0]
+    expected = {
+        "Strict-Transport-Security": "max-age=31536000",
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
+    api_csp = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    assert headers_of(server_level) == {**expected, "Content-Security-Policy": api_csp}
+    # Once each: the API's own nosniff is hidden behind nginx's.
+    assert "proxy_hide_header X-Content-Type-Options;" in server_level
+    # A location with add_header of its own drops the server's: each repeats them all.
+    docs = headers_of(location(conf, "/docs"))
+    assert {k: v for k, v in docs.items() if k != "Content-Security-Policy"} == expected
+    assert "script-src 'self'" in docs["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in docs["Content-Security-Policy"]
+    limited = location(conf, "@rate_limited")
+    assert headers_of(limited) == {
+        **expected,
+        "Content-Security-Policy": api_csp,
+        "Retry-After": "60",
+    }
+    assert '"code": "rate_limited"' in limited and "return 429" in limited
+    for name in ("/", "= /auth/login", "= /metrics"):
+        assert "add_header" not in location(conf, name), name
+    # Logins: limit_req per client address, in front of the API's own limits.
+    rate = data["nginx_login_rate_per_minute"]
+    assert f"limit_req_zone $binary_remote_addr zone=emailservice_login:10m rate={rate}r/m;" in conf
+    login = location(conf, "= /auth/login")
+    burst = data["nginx_login_burst"]
+    assert f"limit_req zone=emailservice_login burst={burst} nodelay;" in login
+    assert "limit_req_status 429;" in login and "error_page 429 = @rate_limited;" in login
+    assert "limit_req" not in location(conf, "/")
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
@@ -218,6 +306,16 @@ def test_units_are_hardened_and_run_as_the_service_user(env, unit):
     ]:
         assert conf[setting] == value, setting
     assert conf["ReadWritePaths"] == "/var/lib/emailservice"
+    assert conf["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+    assert conf["SystemCallFilter"] == "@system-service"
+    assert conf["SystemCallArchitectures"] == "native"
+    assert conf["SystemCallErrorNumber"] == "EPERM"
+    for setting in ("RestrictNamespaces", "RestrictRealtime", "ProtectKernelLogs", "ProtectClock"):
+        assert conf[setting] == "yes", setting
+    limits = group_data(env)["unit_limits"][unit.rstrip("@")]
+    assert conf["MemoryMax"] == limits["memory_max"]
+    assert conf["TasksMax"] == str(limits["tasks_max"])
+    assert conf["LimitNOFILE"] == str(limits["nofile"])
     if unit != "migrate":
         assert conf["Restart"] == "on-failure"
         assert "redis-server.service" in conf["After"]
@@ -259,6 +357,22 @@ def test_the_environment_file_holds_every_required_setting():
         "/var/run/postgresql",
     )
     assert parsed.trusted_proxies == 1
+    # Exactly this host's IMAP and submission ports on loopback: accounts on its own mail
+    # servers work, and nothing else on loopback (PostgreSQL, Redis, the API) is allowed.
+    assert parsed.allowed_private_hosts == (
+        "127.0.0.1:143",
+        "127.0.0.1:993",
+        "127.0.0.1:587",
+        "127.0.0.1:465",
+    )
+    # Split roles: the mail hosts at their private addresses.
+    split = settings(
+        app_task.env_file(SimpleNamespace(**data), fake, None, ["10.0.0.21", "fd00::21"])
+    )
+    assert split["ALLOWED_PRIVATE_HOSTS"] == (
+        "10.0.0.21:143,10.0.0.21:993,10.0.0.21:587,10.0.0.21:465,"
+        "[fd00::21]:143,[fd00::21]:993,[fd00::21]:587,[fd00::21]:465"
+    )
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)

@@ -574,6 +574,43 @@ def test_number_of_parts_is_capped():
     assert attachment_content(raw, 999) is None
 
 
+def empty_parts(count: int) -> bytes:
+    """A message of one small attachment followed by `count` empty MIME parts (7 bytes each)."""
+    return (
+        b"Subject: empty parts\r\nContent-Type: multipart/mixed; boundary=z\r\n\r\n"
+        b"--z\r\nContent-Disposition: attachment; filename=first.txt\r\n\r\nhello\r\n"
+        + b"--z\r\n\r\n" * count
+        + b"--z\r\nContent-Disposition: attachment; filename=last.txt\r\n\r\nbye\r\n--z--\r\n"
+    )
+
+
+def test_the_part_cap_stops_the_parser_not_only_the_walk():
+    """25 MB of empty parts (over four million) used to build every part before the cap was
+    looked at: about a gigabyte and tens of seconds per attachment download. The parser now
+    stops at the cap, so the work is that of the first 1000 parts whatever follows."""
+    raw = empty_parts(4_200_000)
+    assert len(raw) > 25_000_000
+    tracemalloc.start()
+    try:
+        found = attachment_content(raw, 0)
+        parsed = parse_message(raw)
+        beyond = attachment_content(raw, 1)  # "last.txt" lies past the cap: not reachable
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found is not None and found[1] == b"hello"
+    assert beyond is None
+    assert [a.filename for a in parsed.attachments] == ["first.txt"]
+    assert "more than 1000 MIME parts" in parsed.parse_error
+    # Building 4.2 million parts costs gigabytes; 1000 of them and the walk a few megabytes
+    # (and no copy of the 25 MB message either).
+    assert peak < 8 * 1024 * 1024, peak
+    # Under the cap nothing changes: both attachments, numbered alike by both functions.
+    small = empty_parts(500)
+    assert [a.filename for a in parse_message(small).attachments] == ["first.txt", "last.txt"]
+    assert attachment_content(small, 1)[1] == b"bye"
+
+
 def test_header_bomb_is_capped():
     raw = raw_message(
         b"Subject: " + b"A" * 2_000_000,
