@@ -37,12 +37,14 @@ PEAK_RSS_BOUND = 256 * MIB
 
 
 @pytest.fixture
-def make_ctx(env, migrated):
-    """Contexts on the session's stack with settings changed (and peers allowed)."""
+def make_ctx(env, ctx):
+    """Contexts on the session's stack with settings changed and peers allowed, besides what
+    `ctx` allows (both stacks' mail servers)."""
     built: list[ServiceContext] = []
+    base = dict(env, ALLOWED_PRIVATE_HOSTS=",".join(ctx.settings.allowed_private_hosts))
 
     def make(*pairs: str, **settings: str) -> ServiceContext:
-        ctx = ServiceContext.build(Settings.from_mapping(allowing(dict(env, **settings), *pairs)))
+        ctx = ServiceContext.build(Settings.from_mapping(allowing(dict(base, **settings), *pairs)))
         built.append(ctx)
         return ctx
 

@@ -75,8 +75,25 @@ class Occupancy:
             self.samples.append(self.count())
 
 
+@pytest.fixture
+def contexts():
+    """Service contexts a test builds from its own settings (a tarpit allowed), closed after."""
+    from app.config import Settings
+    from app.context import ServiceContext
+
+    built = []
+
+    def build(settings: dict[str, str]):
+        built.append(ServiceContext.build(Settings.from_mapping(settings)))
+        return built[-1]
+
+    yield build
+    for context in built:
+        context.close()
+
+
 def test_one_tenants_backlog_never_takes_every_worker_and_others_go_first(
-    fresh_migrated_env, fresh_ctx, stack_control, user_pools, redis_client, tmp_path
+    fresh_migrated_env, contexts, stack_control, user_pools, redis_client, tmp_path
 ):
     from app import create_app
     from tests.conftest import make_tenant_user
@@ -86,7 +103,7 @@ def test_one_tenants_backlog_never_takes_every_worker_and_others_go_first(
             {**fresh_migrated_env, "TENANT_MAX_CONCURRENT_JOBS": str(CAP)},
             f"127.0.0.1:{tarpit.port}",
         )
-        ctx = fresh_ctx
+        ctx = contexts(env)
         a, b = make_tenant_user(ctx, "a"), make_tenant_user(ctx, "b")
         client = create_app(env).test_client()
 
@@ -177,7 +194,7 @@ def test_slots_are_leases_held_up_to_the_cap(redis_client):
 
 
 def test_the_slot_of_a_killed_worker_is_free_at_once_on_its_machine(
-    fresh_migrated_env, fresh_ctx, redis_client, tmp_path
+    fresh_migrated_env, contexts, redis_client, tmp_path
 ):
     from app.jobs import Jobs
     from tests.conftest import make_tenant_user
@@ -188,6 +205,7 @@ def test_the_slot_of_a_killed_worker_is_free_at_once_on_its_machine(
             {**fresh_migrated_env, "TENANT_MAX_CONCURRENT_JOBS": "1"},
             f"127.0.0.1:{tarpit.port}",
         )
+        fresh_ctx = contexts(env)
         user = make_tenant_user(fresh_ctx, "a")
         slow = ServerFields("127.0.0.1", tarpit.port, Security.NONE, "someone", "secret")
         ids = []
