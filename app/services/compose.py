@@ -16,12 +16,12 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.context import Unit
+from app.context import DEPENDENCY_ERRORS, Unit
 from app.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from app.jobs import SEND_MESSAGE
 from app.mail.compose import Address, Outgoing, OutgoingAttachment, build, parse_address
 from app.models import Account, Draft, DraftAttachment, Message, OutboxEntry
-from app.services import usage
+from app.services import outbox, usage
 from app.services.accounts import get_account
 from app.states import DraftState, OutboxState
 
@@ -214,8 +214,13 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
     """Queue the draft in the outbox and enqueue its delivery; its outbox entry.
 
     The same key (per tenant, within 24 hours) returns the entry it created, whatever its
-    state, and enqueues nothing; the same key with another draft, or sending a sent draft
-    without its key, is a Conflict naming the entry.
+    state; the same key with another draft, or sending a sent draft without its key, is a
+    Conflict naming the entry.
+
+    Once the entry is committed the answer is the entry, whatever Redis does: the enqueue is
+    tried a few times, and if Redis stays down the outbox sweep enqueues the entry (it queues
+    due entries that have no job). A retry with the same key enqueues the entry again when
+    it is queued and RQ has no job for it, so a client need not wait for the sweep.
     """
     try:
         entry, created = _queue(unit, draft_id, idempotency_key)
@@ -225,10 +230,24 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
         unit.session.rollback()
         entry, created = _queue(unit, draft_id, idempotency_key)
         unit.commit()
-    if created:
-        # Should Redis fail here, the entry is stored: the scheduler's sweep queues it.
-        unit.ctx.jobs.enqueue(SEND_MESSAGE, entry.id)
+    job_id = outbox.send_job_id(entry.id, entry.attempts)
+    if created or _job_missing(unit, entry, job_id):
+        outbox.enqueue_or_sweep(
+            unit.ctx, SEND_MESSAGE, entry.id, job_id=job_id, tries=outbox.ENQUEUE_TRIES
+        )
     return entry
+
+
+def _job_missing(unit: Unit, entry: OutboxEntry, job_id: str) -> bool:
+    """A queued, due entry whose job RQ does not hold (its enqueue failed, or Redis lost it)."""
+    if entry.state != OutboxState.QUEUED or (
+        entry.next_attempt_at is not None and entry.next_attempt_at > _now()
+    ):
+        return False
+    try:
+        return unit.ctx.jobs.state(job_id) not in outbox.LIVE_JOB_STATES
+    except DEPENDENCY_ERRORS:
+        return False  # Redis is down: enqueuing would fail too; the sweep queues it
 
 
 def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[OutboxEntry, bool]:

@@ -11,6 +11,11 @@ The state machine (app.states.OutboxState): queued -> sending -> sent | failed |
 - Failures before the "." (no connection, 4xx, a connection lost mid-payload) go back to
   `queued` with a later next_attempt_at and exponential backoff with jitter, up to
   max_attempts; a 5xx or refused credentials are `failed` at once.
+- The server's acceptance (its 250 after the ".") is a fact only the sending worker holds:
+  recording it (and any other outcome) is retried through a database outage, with backoff,
+  for as long as the job's timeout allows. Should the database stay away longer, the worker
+  writes the fact to Redis (ACCEPTED_KEY) and the sweep settles the entry as `sent` from it,
+  so a delivered message never ends `uncertain` for want of a database.
 - After `sent`, the message is APPENDed to the account's Sent folder, once: the folder is
   searched for its Message-ID first, so a retry after a lost APPEND reply adds no second copy.
 """
@@ -18,15 +23,17 @@ The state machine (app.states.OutboxState): queued -> sending -> sent | failed |
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, or_, select
 
-from app.context import ServiceContext, Unit
+from app.context import DEPENDENCY_ERRORS, ServiceContext, Unit
 from app.db import advisory_lock
 from app.errors import Conflict, NotFound
-from app.jobs import FILE_SENT_COPY, SEND_MESSAGE, backoff
+from app.jobs import FILE_SENT_COPY, SEND_MESSAGE, JobSpec, backoff
 from app.mail import MailAuthError, MailConnectionError, MailError
 from app.mail.imap import ImapSession
 from app.mail.smtp import SendDeferred, SendRejected, SendUncertain
@@ -40,10 +47,84 @@ SENT_FOLDER = "Sent"  # created when an account has no folder with the sent role
 # A queued entry this far past its time has lost its job (Redis lost it, say): the sweeper
 # enqueues it again. Duplicates are harmless: the lock and the state decide.
 OVERDUE = timedelta(minutes=2)
+# A queued entry this far past its time whose job RQ does not know is enqueued again.
+MISSING_AFTER = timedelta(seconds=15)
+LIVE_JOB_STATES = ("queued", "scheduled", "deferred", "started")
+# What a settled-as-dead entry became while its worker, cut off from the database, was in
+# fact receiving the server's 250: its acceptance overrides these.
+SETTLED_AS_DEAD = (OutboxState.UNCERTAIN, OutboxState.QUEUED)
+# Enqueues after an API request's commit: tried this often (0.2 s, 0.4 s apart) before the
+# request answers anyway and leaves the job to the sweep.
+ENQUEUE_TRIES = 3
+# Acceptances the worker could not record in the database: outbox id -> the server's reply.
+ACCEPTED_KEY = "emailservice:outbox:accepted"
+ACCEPTED_TTL = 30 * 86400  # seconds; renewed on every write, far beyond any outage
+# Recording an outcome is retried until this long before the send job's timeout (RQ kills the
+# work-horse at the timeout, and the fact must be written somewhere before that).
+RECORD_MARGIN = 60.0
+# Marking the "." is retried this long: the SMTP server waits for the "." meanwhile.
+MARK_DOT_SECONDS = 60.0
 DIED_SENDING = (
     "the worker stopped after the whole message was sent and before the server's reply: "
     "the server may have accepted it, so it is not sent again automatically"
 )
+
+
+def retrying(what: str, action: Callable[[], bool | None], deadline: float, outbox_id: int) -> bool:
+    """Run `action` until it gets past a dependency outage or `deadline` (time.monotonic())
+    passes; True when it ran. Backoff from 0.25 s up to 5 s; one log line per outage."""
+    delay, warned = 0.25, False
+    while True:
+        try:
+            action()
+        except DEPENDENCY_ERRORS as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.error(
+                    "%s: gave up, a dependency stayed unavailable",
+                    what,
+                    extra={"outbox_id": outbox_id, "error": type(exc).__name__},
+                )
+                return False
+            if not warned:
+                log.warning(
+                    "%s: a dependency is unavailable, retrying",
+                    what,
+                    extra={"outbox_id": outbox_id, "error": type(exc).__name__},
+                )
+                warned = True
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 5.0)
+            continue
+        if warned:
+            log.info("%s: done after the outage", what, extra={"outbox_id": outbox_id})
+        return True
+
+
+def enqueue_or_sweep(
+    ctx: ServiceContext,
+    spec: JobSpec,
+    outbox_id: int,
+    delay: float = 0,
+    job_id: str | None = None,
+    tries: int = 1,
+) -> bool:
+    """Enqueue a job of an entry whose state is committed, `tries` times with short pauses;
+    when Redis stays down, log it and leave the entry to the sweep (which queues due work
+    that has no job). True if enqueued."""
+    for attempt in range(tries):
+        try:
+            ctx.jobs.enqueue(spec, outbox_id, delay=delay, job_id=job_id)
+            return True
+        except DEPENDENCY_ERRORS as exc:
+            error = type(exc).__name__
+            if attempt + 1 < tries:
+                time.sleep(0.2 * 2**attempt)
+    log.warning(
+        "could not enqueue; the outbox sweep will",
+        extra={"outbox_id": outbox_id, "job": spec.func, "error": error},
+    )
+    return False
 
 
 def lock_key(outbox_id: int) -> int:
@@ -71,90 +152,187 @@ class Outcome:
 class Deliverer:
     """Sends outbox entries and files their Sent copies (worker side: no tenant binding)."""
 
-    def __init__(self, ctx: ServiceContext, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        policy: RetryPolicy | None = None,
+        record_seconds: float = SEND_MESSAGE.timeout - RECORD_MARGIN,
+    ) -> None:
         self.ctx = ctx
         self.sessions = ctx.sessions
         self.policy = policy or RetryPolicy(
             ctx.settings.send_max_attempts, ctx.settings.send_retry_seconds
         )
+        # How long after the attempt starts its outcome may still be recorded (retried).
+        self.record_seconds = record_seconds
 
     def deliver(self, outbox_id: int) -> Outcome:
         """One attempt at an entry; safe to run twice, concurrently, or after a crash."""
-        with advisory_lock(self.ctx.engine, lock_key(outbox_id)) as locked:
-            if not locked:
-                return Outcome("busy")
-            with self.sessions.begin() as s:
-                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-                if entry is None:
-                    return Outcome("gone")
-                if entry.state == OutboxState.SENDING:
-                    _settle_dead(entry, self.policy)  # its worker died: we hold the lock
-                if entry.state != OutboxState.QUEUED:
-                    return Outcome(entry.state, copy=entry.sent_copy == SentCopy.PENDING)
-                entry.state, entry.dot_sent_at = OutboxState.SENDING, None
-                entry.attempts += 1
-                entry.updated_at = _now()
-                account = s.get_one(Account, entry.account_id)
-                sender, recipients = entry.envelope_from, list(entry.recipients)
-                mime, attempts = entry.mime, entry.attempts
-            # `sending` is committed: from here a crash is settled by _settle_dead.
-            try:
-                reply = self.ctx.connector.submit(
-                    account, sender, recipients, mime, before_dot=lambda: self._mark_dot(outbox_id)
-                )
-            except SendUncertain as exc:
-                return self._finish(outbox_id, OutboxState.UNCERTAIN, str(exc))
-            except (SendRejected, MailAuthError) as exc:
-                return self._finish(outbox_id, OutboxState.FAILED, str(exc))
-            except (SendDeferred, MailConnectionError) as exc:
-                if attempts >= self.policy.max_attempts:
-                    return self._finish(
-                        outbox_id, OutboxState.FAILED, f"gave up after {attempts} attempts: {exc}"
-                    )
-                return self._retry(outbox_id, str(exc), self.policy.delay(attempts))
-            except BaseException:
-                # A bug or a signal mid-send: settle as a dead worker would be, then re-raise.
-                with self.sessions.begin() as s:
-                    entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-                    _settle_dead(entry, self.policy)
-                    if entry.state == OutboxState.QUEUED:
-                        entry.next_attempt_at = _now() + timedelta(
-                            seconds=self.policy.delay(attempts)
-                        )
+        deadline = time.monotonic() + self.record_seconds
+        outcome: Outcome | None = None
+        try:
+            with advisory_lock(self.ctx.engine, lock_key(outbox_id)) as locked:
+                outcome = self._deliver(outbox_id, locked, deadline)
+        except DEPENDENCY_ERRORS:
+            if outcome is None:
                 raise
-            return self._finish(outbox_id, OutboxState.SENT, None, reply=reply)
+            # Releasing the lock failed with its connection: PostgreSQL dropped it already.
+        return outcome
 
-    def _mark_dot(self, outbox_id: int) -> None:
-        with self.sessions.begin() as s:
-            s.get_one(OutboxEntry, outbox_id).dot_sent_at = _now()
-
-    def _finish(
-        self, outbox_id: int, state: OutboxState, error: str | None, reply: str | None = None
-    ) -> Outcome:
+    def _deliver(self, outbox_id: int, locked: bool, deadline: float) -> Outcome:
+        if not locked:
+            return Outcome("busy")
         with self.sessions.begin() as s:
             entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-            entry.state, entry.last_error, entry.updated_at = state, error, _now()
-            entry.next_attempt_at = None
-            if state == OutboxState.SENT:
-                entry.sent_at, entry.smtp_reply = _now(), reply
-                entry.sent_copy = SentCopy.PENDING
+            if entry is None:
+                return Outcome("gone")
+            if entry.state == OutboxState.SENDING:
+                self._settle_dead(entry)  # its worker died: we hold the lock
+            if entry.state != OutboxState.QUEUED:
+                return Outcome(entry.state, copy=entry.sent_copy == SentCopy.PENDING)
+            entry.state, entry.dot_sent_at = OutboxState.SENDING, None
+            entry.attempts += 1
+            entry.updated_at = _now()
+            account = s.get_one(Account, entry.account_id)
+            sender, recipients = entry.envelope_from, list(entry.recipients)
+            mime, attempts = entry.mime, entry.attempts
+        # `sending` is committed: from here a crash is settled by _settle_dead.
+        try:
+            reply = self.ctx.connector.submit(
+                account, sender, recipients, mime, before_dot=lambda: self._mark_dot(outbox_id)
+            )
+        except SendUncertain as exc:
+            return self._finish(outbox_id, attempts, OutboxState.UNCERTAIN, str(exc), deadline)
+        except (SendRejected, MailAuthError) as exc:
+            return self._finish(outbox_id, attempts, OutboxState.FAILED, str(exc), deadline)
+        except (SendDeferred, MailConnectionError) as exc:
+            if attempts >= self.policy.max_attempts:
+                error = f"gave up after {attempts} attempts: {exc}"
+                return self._finish(outbox_id, attempts, OutboxState.FAILED, error, deadline)
+            return self._retry(outbox_id, attempts, str(exc), self.policy.delay(attempts), deadline)
+        except BaseException:
+            # A bug or a signal mid-send: settle as a dead worker would be, then re-raise.
+            with self.sessions.begin() as s:
+                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
+                self._settle_dead(entry)
+                if entry.state == OutboxState.QUEUED:
+                    entry.next_attempt_at = _now() + timedelta(seconds=self.policy.delay(attempts))
+            raise
+        return self._finish(outbox_id, attempts, OutboxState.SENT, None, deadline, reply=reply)
+
+    def _mark_dot(self, outbox_id: int) -> None:
+        """Commit dot_sent_at; retried through a short outage (the server waits for the ".");
+        raises if the database stays away, and the "." is then never sent."""
+
+        def mark() -> None:
+            with self.sessions.begin() as s:
+                s.get_one(OutboxEntry, outbox_id).dot_sent_at = _now()
+
+        if not retrying(
+            "marking the final dot", mark, time.monotonic() + MARK_DOT_SECONDS, outbox_id
+        ):
+            mark()  # one last try: its error aborts the session before the "."
+
+    def _finish(
+        self,
+        outbox_id: int,
+        attempts: int,
+        state: OutboxState,
+        error: str | None,
+        deadline: float,
+        reply: str | None = None,
+    ) -> Outcome:
+        """Record the attempt's outcome, retried through a database outage until `deadline`.
+
+        `attempts` fences the write: if the entry was settled meanwhile by someone who thought
+        this worker dead (its lock went with the database connection), only the server's
+        acceptance overrides that (a `sent` is a fact; an `uncertain` was a guess)."""
+
+        def record() -> None:
+            with self.sessions.begin() as s:
+                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
+                if entry.attempts != attempts:
+                    return  # another attempt started: the user asked to send it again
+                if state == OutboxState.SENT:
+                    if entry.state not in SETTLED_AS_DEAD and entry.state != OutboxState.SENDING:
+                        return  # settled by the user as failed (or sent): theirs
+                    entry.sent_at, entry.smtp_reply = _now(), reply
+                    entry.sent_copy = SentCopy.PENDING
+                elif entry.state != OutboxState.SENDING:
+                    return
+                entry.state, entry.last_error, entry.updated_at = state, error, _now()
+                entry.next_attempt_at = None
+
+        if not retrying("recording the outcome of a send", record, deadline, outbox_id):
+            if state == OutboxState.SENT and reply is not None:
+                self._remember_accepted(outbox_id, attempts, reply)
+            return Outcome(state, attempted=True)
         log.info(
             "outbox entry settled",
             extra={"outbox_id": outbox_id, "state": state, "error": error},
         )
         return Outcome(state, copy=state == OutboxState.SENT, attempted=True)
 
-    def _retry(self, outbox_id: int, error: str, delay: float) -> Outcome:
-        with self.sessions.begin() as s:
-            entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-            entry.state, entry.last_error, entry.dot_sent_at = OutboxState.QUEUED, error, None
-            entry.next_attempt_at = _now() + timedelta(seconds=delay)
-            entry.updated_at = _now()
+    def _remember_accepted(self, outbox_id: int, attempts: int, reply: str) -> None:
+        """The database stayed away past the deadline: keep the acceptance in Redis, where
+        the sweep finds it and settles the entry as sent."""
+        try:
+            with self.ctx.redis.pipeline() as pipe:
+                pipe.hset(ACCEPTED_KEY, str(outbox_id), f"{attempts} {reply}")
+                pipe.expire(ACCEPTED_KEY, ACCEPTED_TTL)
+                pipe.execute()
+        except DEPENDENCY_ERRORS:
+            # Nowhere left to write it but the log: a person settles the entry from it.
+            log.error(
+                "the server accepted the message but neither PostgreSQL nor Redis can record "
+                "it: resolve the entry as sent",
+                extra={"outbox_id": outbox_id, "reply": reply},
+            )
+            return
+        log.warning(
+            "server's acceptance kept in Redis for the sweep", extra={"outbox_id": outbox_id}
+        )
+
+    def _retry(
+        self, outbox_id: int, attempts: int, error: str, delay: float, deadline: float
+    ) -> Outcome:
+        def record() -> None:
+            with self.sessions.begin() as s:
+                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
+                if entry.attempts != attempts or entry.state != OutboxState.SENDING:
+                    return
+                entry.state, entry.last_error, entry.dot_sent_at = OutboxState.QUEUED, error, None
+                entry.next_attempt_at = _now() + timedelta(seconds=delay)
+                entry.updated_at = _now()
+
+        # Not recorded: the entry stays `sending` without its "." and the sweep queues it.
+        retrying("recording a deferred send", record, deadline, outbox_id)
         log.warning(
             "send deferred",
             extra={"outbox_id": outbox_id, "delay": round(delay, 1), "error": error},
         )
         return Outcome(OutboxState.QUEUED, retry_in=delay, attempted=True)
+
+    def _accepted(self, outbox_id: int) -> tuple[int, str] | None:
+        """The acceptance a worker kept in Redis for this entry: (attempt, reply), or None."""
+        raw = self.ctx.redis.hget(ACCEPTED_KEY, str(outbox_id))
+        if raw is None:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        attempt, _, reply = text.partition(" ")
+        return int(attempt), reply
+
+    def _settle_dead(self, entry: OutboxEntry) -> None:
+        """A `sending` entry whose worker is gone: `sent` if the worker kept the server's
+        acceptance in Redis, else as _settle_dead decides."""
+        try:
+            accepted = self._accepted(entry.id)
+        except DEPENDENCY_ERRORS:
+            accepted = None  # Redis down: the sweep looks again; uncertain is no loss
+        if accepted is not None and accepted[0] == entry.attempts:
+            _settle_accepted(entry, accepted[1])
+        else:
+            _settle_dead(entry, self.policy)
 
     # -- the Sent copy -------------------------------------------------------------------
 
@@ -208,16 +386,24 @@ class Deliverer:
         """Settle entries whose worker died, and find work whose job was lost.
 
         Returns (entries to send, entries whose Sent copy to file). Run when workers start
-        and periodically by the scheduler.
+        and periodically by the scheduler. A queued entry is due again when its time passed
+        MISSING_AFTER ago and RQ has no waiting or running job for its attempt (Redis was down
+        when it was to be enqueued, or lost it); OVERDUE catches the rest.
         """
         now = _now()
+        copy = self._settle_accepted_facts()
         with self.sessions() as s:
             rows = s.execute(
-                select(OutboxEntry.id, OutboxEntry.state, OutboxEntry.sent_copy).where(
+                select(
+                    OutboxEntry.id,
+                    OutboxEntry.state,
+                    OutboxEntry.attempts,
+                    OutboxEntry.next_attempt_at,
+                ).where(
                     or_(
                         OutboxEntry.state == OutboxState.SENDING,
                         (OutboxEntry.state == OutboxState.QUEUED)
-                        & (OutboxEntry.next_attempt_at < now - OVERDUE),
+                        & (OutboxEntry.next_attempt_at < now - MISSING_AFTER),
                         (OutboxEntry.state == OutboxState.SENT)
                         & (OutboxEntry.sent_copy == SentCopy.PENDING)
                         & (
@@ -227,15 +413,46 @@ class Deliverer:
                     )
                 )
             ).all()
-        send, copy = [], []
-        for outbox_id, state, _ in rows:
+        send = []
+        for outbox_id, state, attempts, due in rows:
             if state == OutboxState.SENT:
-                copy.append(outbox_id)
+                if outbox_id not in copy:
+                    copy.append(outbox_id)
                 continue
             if state == OutboxState.SENDING and not self._settle_if_dead(outbox_id):
                 continue  # a live worker is sending it
+            if (
+                state == OutboxState.QUEUED
+                and due is not None
+                and due >= now - OVERDUE
+                and self.ctx.jobs.state(send_job_id(outbox_id, attempts)) in LIVE_JOB_STATES
+            ):
+                continue  # its job waits (a busy queue) or runs
             send.append(outbox_id)
         return send, copy
+
+    def _settle_accepted_facts(self) -> list[int]:
+        """Settle as sent the entries whose acceptance a worker kept in Redis; their ids."""
+        raw: dict[bytes, bytes] = self.ctx.redis.hgetall(ACCEPTED_KEY)  # type: ignore[assignment]
+        settled = []
+        for key in raw:
+            outbox_id = int(key)
+            with advisory_lock(self.ctx.engine, lock_key(outbox_id)) as locked:
+                if not locked:
+                    continue  # its worker still holds it: it records the outcome itself
+                accepted = self._accepted(outbox_id)
+                with self.sessions.begin() as s:
+                    entry = s.get(OutboxEntry, outbox_id, with_for_update=True)
+                    if (
+                        entry is not None
+                        and accepted is not None
+                        and entry.attempts == accepted[0]
+                        and entry.state in (OutboxState.SENDING, *SETTLED_AS_DEAD)
+                    ):
+                        _settle_accepted(entry, accepted[1])
+                        settled.append(outbox_id)
+                self.ctx.redis.hdel(ACCEPTED_KEY, str(outbox_id))
+        return settled
 
     def _settle_if_dead(self, outbox_id: int) -> bool:
         """Settle a `sending` entry nobody holds; True when it is queued again."""
@@ -245,8 +462,23 @@ class Deliverer:
             with self.sessions.begin() as s:
                 entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
                 if entry.state == OutboxState.SENDING:
-                    _settle_dead(entry, self.policy)
+                    self._settle_dead(entry)
                 return entry.state == OutboxState.QUEUED
+
+
+def send_job_id(outbox_id: int, attempts: int) -> str:
+    """The RQ job id of an entry's next attempt (after `attempts` made): the sweep asks RQ
+    whether that job still exists. Enqueuing it twice is harmless (the lock and state decide)."""
+    return f"outbox-send-{outbox_id}-{attempts}"
+
+
+def _settle_accepted(entry: OutboxEntry, reply: str) -> None:
+    entry.state, entry.last_error, entry.smtp_reply = OutboxState.SENT, None, reply
+    entry.sent_at = entry.sent_at or _now()
+    entry.sent_copy, entry.next_attempt_at, entry.updated_at = SentCopy.PENDING, None, _now()
+    log.warning(
+        "outbox entry settled as sent from its kept acceptance", extra={"outbox_id": entry.id}
+    )
 
 
 def _settle_dead(entry: OutboxEntry, policy: RetryPolicy) -> None:
@@ -286,30 +518,54 @@ def _sent_folder(session: ImapSession, known: str | None) -> str:
 
 
 def send(ctx: ServiceContext, outbox_id: int) -> str:
-    """The send job: one delivery attempt; schedules its retry or its Sent copy."""
+    """The send job: one delivery attempt; schedules its retry or its Sent copy.
+
+    Redis may be down when the attempt ends: the outcome is in the database, and the sweep
+    enqueues what could not be enqueued here."""
     outcome = Deliverer(ctx).deliver(outbox_id)
-    if outcome.attempted:
-        ctx.counters.count_send("deferred" if outcome.retry_in is not None else outcome.state)
+    try:
+        if outcome.attempted:
+            ctx.counters.count_send("deferred" if outcome.retry_in is not None else outcome.state)
+    except DEPENDENCY_ERRORS:
+        log.warning("send outcome not counted: Redis is unavailable")
     if outcome.retry_in is not None:
-        ctx.jobs.enqueue(SEND_MESSAGE, outbox_id, delay=outcome.retry_in)
+        attempts = _attempts(ctx, outbox_id)
+        job_id = send_job_id(outbox_id, attempts) if attempts is not None else None
+        enqueue_or_sweep(ctx, SEND_MESSAGE, outbox_id, delay=outcome.retry_in, job_id=job_id)
     if outcome.copy:
-        ctx.jobs.enqueue(FILE_SENT_COPY, outbox_id)
+        enqueue_or_sweep(ctx, FILE_SENT_COPY, outbox_id)
     return outcome.state
+
+
+def _attempts(ctx: ServiceContext, outbox_id: int) -> int | None:
+    try:
+        with ctx.sessions() as s:
+            return s.scalar(select(OutboxEntry.attempts).where(OutboxEntry.id == outbox_id))
+    except DEPENDENCY_ERRORS:
+        return None
 
 
 def file_copy(ctx: ServiceContext, outbox_id: int) -> str:
     """The Sent-copy job: APPEND the sent message (once); retried on failure."""
     outcome = Deliverer(ctx).file_sent_copy(outbox_id)
     if outcome.retry_in is not None:
-        ctx.jobs.enqueue(FILE_SENT_COPY, outbox_id, delay=outcome.retry_in)
+        enqueue_or_sweep(ctx, FILE_SENT_COPY, outbox_id, delay=outcome.retry_in)
     return outcome.state
 
 
 def recover(ctx: ServiceContext) -> int:
     """Settle sends whose worker died and queue work whose job was lost; how many queued."""
     send_ids, copy_ids = Deliverer(ctx).sweep()
+    with ctx.sessions() as s:
+        attempts = dict(
+            s.execute(
+                select(OutboxEntry.id, OutboxEntry.attempts).where(OutboxEntry.id.in_(send_ids))
+            ).tuples()
+        )
     for outbox_id in send_ids:
-        ctx.jobs.enqueue(SEND_MESSAGE, outbox_id)
+        ctx.jobs.enqueue(
+            SEND_MESSAGE, outbox_id, job_id=send_job_id(outbox_id, attempts.get(outbox_id, 0))
+        )
     for outbox_id in copy_ids:
         ctx.jobs.enqueue(FILE_SENT_COPY, outbox_id)
     return len(send_ids) + len(copy_ids)
@@ -364,10 +620,12 @@ def resolve(unit: Unit, outbox_id: int, outcome: Resolution) -> OutboxEntry:
     else:
         entry.state = OutboxState.FAILED
     unit.commit()
+    # Committed: Redis failing now leaves the work to the sweep, never a 503 for a done change.
     if entry.state == OutboxState.QUEUED:
-        unit.ctx.jobs.enqueue(SEND_MESSAGE, entry.id)
+        job_id = send_job_id(entry.id, entry.attempts)
+        enqueue_or_sweep(unit.ctx, SEND_MESSAGE, entry.id, job_id=job_id, tries=ENQUEUE_TRIES)
     elif entry.sent_copy == SentCopy.PENDING:
-        unit.ctx.jobs.enqueue(FILE_SENT_COPY, entry.id)
+        enqueue_or_sweep(unit.ctx, FILE_SENT_COPY, entry.id, tries=ENQUEUE_TRIES)
     return entry
 
 
