@@ -330,3 +330,220 @@ def test_a_failing_sent_copy_is_retried_without_sending_again(
     assert len([m for m in inbox(mailbox, "Sent") if m["Message-ID"] == sent.message_id]) == 1
     time.sleep(1)
     assert len(arrived(recipient, sent.message_id)) == 1
+
+
+# -- outages of PostgreSQL and Redis around a send ------------------------------------------
+
+
+def proxied_context(env, ctx, database_proxy=None, redis_url=None, *pairs: str):
+    """A context like `ctx` whose PostgreSQL is reached through `database_proxy` (a TcpProxy a
+    test switches off to play an outage) and whose Redis is `redis_url`, when given."""
+    from sqlalchemy.engine import make_url
+
+    from app.config import Settings
+    from app.context import ServiceContext
+    from tests.support import allowing
+
+    settings = dict(env, ALLOWED_PRIVATE_HOSTS=",".join(ctx.settings.allowed_private_hosts))
+    if database_proxy is not None:
+        url = make_url(env["DATABASE_URL"]).set(host="127.0.0.1", port=database_proxy.port)
+        settings["DATABASE_URL"] = url.render_as_string(hide_password=False)
+    if redis_url is not None:
+        settings["REDIS_URL"] = redis_url
+    return ServiceContext.build(Settings.from_mapping(allowing(settings, *pairs)))
+
+
+@pytest.fixture
+def database_proxy(env):
+    from sqlalchemy.engine import make_url
+
+    from tests.support import TcpProxy
+
+    url = make_url(env["DATABASE_URL"])
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+def deliver_in_background(deliverer, outbox_id):
+    import threading
+
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("outcome", deliverer.deliver(outbox_id)), daemon=True
+    )
+    thread.start()
+    return thread, result
+
+
+def test_a_database_outage_right_after_the_250_still_ends_sent(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, database_proxy
+):
+    """The worker holds the 250 while the database is away: it keeps trying to record it and
+    does, even though a sweep meanwhile took the entry for a dead worker's (`uncertain`)."""
+    with SmtpPeer() as peer:
+        peer.scripts = ["hold_after_dot"]
+        cut_off = proxied_context(env, ctx, database_proxy, None, f"127.0.0.1:{peer.port}")
+        try:
+            account_id = peer_account(cut_off, tenant_a.tenant_id, mailbox, peer)
+            outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
+            thread, result = deliver_in_background(
+                Deliverer(cut_off, RetryPolicy(max_attempts=3)), outbox_id
+            )
+            assert peer.holding.wait(30)
+            database_proxy.stop()  # every connection of the worker cut, its lock gone with them
+            peer.release.set()  # ... and the server says 250 now
+            time.sleep(1)
+            # The sweep (on a database connection that works) finds `sending`, the "." out and
+            # nobody holding the lock: it cannot tell, so it guesses uncertain.
+            Deliverer(ctx, RetryPolicy(max_attempts=3)).sweep()
+            assert entry(db_sessionmaker, outbox_id).state == "uncertain"
+            assert thread.is_alive()  # the worker is still trying to record the 250
+            time.sleep(3)
+            database_proxy.start()
+            thread.join(30)
+            assert not thread.is_alive()
+        finally:
+            cut_off.close()
+    assert result["outcome"].state == "sent" and result["outcome"].copy
+    sent = entry(db_sessionmaker, outbox_id)
+    assert (sent.state, sent.last_error, sent.attempts) == ("sent", None, 1)
+    assert sent.smtp_reply.startswith("250") and "PEER1" in sent.smtp_reply
+    assert sent.sent_copy == "pending"
+    assert peer.sessions == 1 and len(peer.received) == 1
+
+
+def test_an_acceptance_that_outlasts_the_database_outage_is_kept_and_settled_as_sent(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, database_proxy, redis_client
+):
+    from app.services.outbox import ACCEPTED_KEY
+
+    with SmtpPeer() as peer:
+        peer.scripts = ["hold_after_dot"]
+        cut_off = proxied_context(env, ctx, database_proxy, None, f"127.0.0.1:{peer.port}")
+        try:
+            account_id = peer_account(cut_off, tenant_a.tenant_id, mailbox, peer)
+            outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
+            # The job's deadline for recording, shortened to 2 s for the test.
+            deliverer = Deliverer(cut_off, RetryPolicy(max_attempts=3), record_seconds=2)
+            thread, result = deliver_in_background(deliverer, outbox_id)
+            assert peer.holding.wait(30)
+            database_proxy.stop()
+            peer.release.set()
+            thread.join(30)
+            assert not thread.is_alive()
+        finally:
+            cut_off.close()
+    assert result["outcome"].state == "sent"
+    # Not in the database (it stayed away), but kept in Redis.
+    assert entry(db_sessionmaker, outbox_id).state == "sending"
+    kept = redis_client.hget(ACCEPTED_KEY, str(outbox_id))
+    assert kept is not None and b"PEER1" in kept
+    send, copy = Deliverer(ctx, RetryPolicy(max_attempts=3)).sweep()
+    assert outbox_id in copy and outbox_id not in send
+    sent = entry(db_sessionmaker, outbox_id)
+    assert (sent.state, sent.last_error, sent.sent_copy) == ("sent", None, "pending")
+    assert "PEER1" in sent.smtp_reply
+    assert redis_client.hget(ACCEPTED_KEY, str(outbox_id)) is None
+    assert peer.sessions == 1
+
+
+def test_a_database_outage_before_the_dot_waits_and_sends_once(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, recipient, database_proxy, stack
+):
+    """The worker marks the "." before sending it; a short outage at that moment delays the
+    "." (the server waits) instead of failing the attempt."""
+    import threading
+
+    with SmtpPeer(relay=relay_to(stack.host, stack.smtp_port)) as peer:
+        cut_off = proxied_context(env, ctx, database_proxy, None, f"127.0.0.1:{peer.port}")
+        try:
+            account_id = peer_account(cut_off, tenant_a.tenant_id, mailbox, peer)
+            outbox_id = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
+            deliverer = Deliverer(cut_off, RetryPolicy(max_attempts=3))
+            marked = threading.Event()
+            original = deliverer._mark_dot
+
+            def mark_during_an_outage(outbox_id: int) -> None:
+                database_proxy.stop()
+                threading.Timer(3, database_proxy.start).start()
+                marked.set()
+                original(outbox_id)
+
+            deliverer._mark_dot = mark_during_an_outage
+            outcome = deliverer.deliver(outbox_id)
+        finally:
+            cut_off.close()
+    assert marked.is_set() and outcome.state == "sent"
+    sent = entry(db_sessionmaker, outbox_id)
+    assert (sent.state, sent.attempts, sent.last_error) == ("sent", 1, None)
+    assert sent.dot_sent_at is not None
+    arrived(recipient, sent.message_id)
+    time.sleep(1)
+    assert len(arrived(recipient, sent.message_id)) == 1
+
+
+def test_a_committed_send_is_answered_when_redis_is_down_and_a_retry_enqueues_it(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, recipient, empty_queues
+):
+    from app.jobs import Jobs
+    from app.services.outbox import send_job_id
+    from tests.support import free_port
+
+    no_redis = proxied_context(env, ctx, None, f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+        with ctx.work(tenant_a.tenant_id) as unit:
+            draft_id = create_draft(
+                unit,
+                DraftContent(account_id, [recipient.email], [], [], "Hi", "Hi.", None, None, []),
+            ).draft.id
+        with no_redis.work(tenant_a.tenant_id) as unit:
+            queued = send_draft(unit, draft_id, "key-redis-down")  # no exception: answered
+    finally:
+        no_redis.close()
+    stored = entry(db_sessionmaker, queued.id)
+    assert (stored.state, stored.attempts) == ("queued", 0)
+    job_id = send_job_id(queued.id, 0)
+    jobs = Jobs(ctx.redis)
+    assert jobs.state(job_id) is None  # nothing was enqueued
+    # The client retries with the same key: the same entry, and now its job.
+    with ctx.work(tenant_a.tenant_id) as unit:
+        again = send_draft(unit, draft_id, "key-redis-down")
+    assert again.id == queued.id
+    assert jobs.state(job_id) == "queued"
+    depth = jobs.depths()["send"]
+    with ctx.work(tenant_a.tenant_id) as unit:  # a third time: its job is there, no other
+        assert send_draft(unit, draft_id, "key-redis-down").id == queued.id
+    assert jobs.depths()["send"] == depth
+
+
+def test_the_sweep_queues_a_due_entry_whose_job_redis_never_got(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, recipient, empty_queues
+):
+    from datetime import datetime, timedelta, timezone
+
+    from app.jobs import Jobs
+    from app.services.outbox import send_job_id
+    from tests.support import free_port
+
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+    no_redis = proxied_context(env, ctx, None, f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        lost = queue(no_redis, tenant_a.tenant_id, account_id, [recipient.email])
+    finally:
+        no_redis.close()
+    waiting = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
+    assert Jobs(ctx.redis).state(send_job_id(waiting, 0)) == "queued"
+    earlier = datetime.now(timezone.utc) - timedelta(seconds=20)
+    with db_sessionmaker() as session:
+        session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id.in_([lost, waiting]))
+            .values(next_attempt_at=earlier)
+        )
+        session.commit()
+    send, _ = Deliverer(ctx).sweep()
+    assert lost in send  # its job is missing: queued again
+    assert waiting not in send  # its job waits in a busy queue: left alone
