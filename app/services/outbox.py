@@ -556,12 +556,11 @@ def file_copy(ctx: ServiceContext, outbox_id: int) -> str:
 def recover(ctx: ServiceContext) -> int:
     """Settle sends whose worker died and queue work whose job was lost; how many queued."""
     send_ids, copy_ids = Deliverer(ctx).sweep()
+    attempts: dict[int, int] = {}
     with ctx.sessions() as s:
-        attempts = dict(
-            s.execute(
-                select(OutboxEntry.id, OutboxEntry.attempts).where(OutboxEntry.id.in_(send_ids))
-            ).tuples()
-        )
+        query = select(OutboxEntry.id, OutboxEntry.attempts).where(OutboxEntry.id.in_(send_ids))
+        for outbox_id, count in s.execute(query):
+            attempts[outbox_id] = count
     for outbox_id in send_ids:
         ctx.jobs.enqueue(
             SEND_MESSAGE, outbox_id, job_id=send_job_id(outbox_id, attempts.get(outbox_id, 0))

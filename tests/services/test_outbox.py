@@ -525,7 +525,7 @@ def test_the_sweep_queues_a_due_entry_whose_job_redis_never_got(
     from datetime import datetime, timedelta, timezone
 
     from app.jobs import Jobs
-    from app.services.outbox import send_job_id
+    from app.services.outbox import recover, send_job_id
     from tests.support import free_port
 
     account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
@@ -547,3 +547,5 @@ def test_the_sweep_queues_a_due_entry_whose_job_redis_never_got(
     send, _ = Deliverer(ctx).sweep()
     assert lost in send  # its job is missing: queued again
     assert waiting not in send  # its job waits in a busy queue: left alone
+    assert recover(ctx) >= 1  # the periodic sweep's job: enqueues the lost one's job
+    assert Jobs(ctx.redis).state(send_job_id(lost, 0)) == "queued"

@@ -230,6 +230,9 @@ def test_sends_and_reads_ride_out_a_redis_then_a_postgres_outage(
                 "DATABASE_URL": servers.database_url,
                 "REDIS_URL": servers.redis_url,
                 "SEND_RETRY_SECONDS": "1",
+                # Enough slots for both workers: a job refused a slot is delayed, and delayed
+                # jobs after a Redis crash are the workers' part (not the outbox's).
+                "TENANT_MAX_CONCURRENT_JOBS": "8",
             },
             f"127.0.0.1:{peer.port}",
         )
