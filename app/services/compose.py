@@ -231,21 +231,20 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
         entry, created = _queue(unit, draft_id, idempotency_key)
         unit.commit()
     job_id = outbox.send_job_id(entry.id, entry.attempts)
-    if created or _job_missing(unit, entry, job_id):
+    if created or _job_missing(unit, entry):
         outbox.enqueue_or_sweep(
             unit.ctx, SEND_MESSAGE, entry.id, job_id=job_id, tries=outbox.ENQUEUE_TRIES
         )
     return entry
 
 
-def _job_missing(unit: Unit, entry: OutboxEntry, job_id: str) -> bool:
+def _job_missing(unit: Unit, entry: OutboxEntry) -> bool:
     """A queued, due entry whose job RQ does not hold (its enqueue failed, or Redis lost it)."""
-    if entry.state != OutboxState.QUEUED or (
-        entry.next_attempt_at is not None and entry.next_attempt_at > _now()
-    ):
+    due = entry.next_attempt_at
+    if entry.state != OutboxState.QUEUED or due is None or due > _now():
         return False
     try:
-        return unit.ctx.jobs.state(job_id) not in outbox.LIVE_JOB_STATES
+        return outbox.job_missing(unit.ctx, entry.id, entry.attempts, due)
     except DEPENDENCY_ERRORS:
         return False  # Redis is down: enqueuing would fail too; the sweep queues it
 

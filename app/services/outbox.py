@@ -33,7 +33,7 @@ from sqlalchemy import func, or_, select
 from app.context import DEPENDENCY_ERRORS, ServiceContext, Unit
 from app.db import advisory_lock
 from app.errors import Conflict, NotFound
-from app.jobs import FILE_SENT_COPY, SEND_MESSAGE, JobSpec, backoff
+from app.jobs import FILE_SENT_COPY, SEND_MESSAGE, WAITING_STATES, JobSpec, backoff
 from app.mail import MailAuthError, MailConnectionError, MailError
 from app.mail.imap import ImapSession
 from app.mail.smtp import SendDeferred, SendRejected, SendUncertain
@@ -49,7 +49,6 @@ SENT_FOLDER = "Sent"  # created when an account has no folder with the sent role
 OVERDUE = timedelta(minutes=2)
 # A queued entry this far past its time whose job RQ does not know is enqueued again.
 MISSING_AFTER = timedelta(seconds=15)
-LIVE_JOB_STATES = ("queued", "scheduled", "deferred", "started")
 # What a settled-as-dead entry became while its worker, cut off from the database, was in
 # fact receiving the server's 250: its acceptance overrides these.
 SETTLED_AS_DEAD = (OutboxState.UNCERTAIN, OutboxState.QUEUED)
@@ -425,9 +424,9 @@ class Deliverer:
                 state == OutboxState.QUEUED
                 and due is not None
                 and due >= now - OVERDUE
-                and self.ctx.jobs.state(send_job_id(outbox_id, attempts)) in LIVE_JOB_STATES
+                and not job_missing(self.ctx, outbox_id, attempts, due)
             ):
-                continue  # its job waits (a busy queue) or runs
+                continue  # its job waits (a busy queue)
             send.append(outbox_id)
         return send, copy
 
@@ -464,6 +463,18 @@ class Deliverer:
                 if entry.state == OutboxState.SENDING:
                     self._settle_dead(entry)
                 return entry.state == OutboxState.QUEUED
+
+
+def job_missing(ctx: ServiceContext, outbox_id: int, attempts: int, due: datetime) -> bool:
+    """Whether RQ lacks a job for a queued entry's next attempt, due at `due`. A job that
+    started yet left the entry queued for MISSING_AFTER died with its worker (a live one marks
+    the entry `sending` at once)."""
+    state = ctx.jobs.state(send_job_id(outbox_id, attempts))
+    if state in WAITING_STATES:
+        return False
+    if state == "started":
+        return due < _now() - MISSING_AFTER
+    return True
 
 
 def send_job_id(outbox_id: int, attempts: int) -> str:
