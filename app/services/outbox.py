@@ -243,9 +243,10 @@ class Deliverer:
     ) -> Outcome:
         """Record the attempt's outcome, retried through a database outage until `deadline`.
 
-        `attempts` fences the write: if the entry was settled meanwhile by someone who thought
-        this worker dead (its lock went with the database connection), only the server's
-        acceptance overrides that (a `sent` is a fact; an `uncertain` was a guess)."""
+        `attempts` fences the write (a new attempt the user asked for is not overwritten). An
+        entry settled meanwhile by a sweep that thought this worker dead (its lock went with
+        the database connection) gets the worker's outcome: the sweep only guessed. The
+        server's acceptance overrides a user's retry too (sending again would duplicate)."""
 
         def record() -> None:
             with self.sessions.begin() as s:
@@ -257,8 +258,11 @@ class Deliverer:
                         return  # settled by the user as failed (or sent): theirs
                     entry.sent_at, entry.smtp_reply = _now(), reply
                     entry.sent_copy = SentCopy.PENDING
-                elif entry.state != OutboxState.SENDING:
-                    return
+                elif entry.state != OutboxState.SENDING and not (
+                    entry.state in SETTLED_AS_DEAD and entry.resolved_by is None
+                ):
+                    return  # settled by the user meanwhile: theirs
+                # Over a sweep's guess too: this worker knows what the server said.
                 entry.state, entry.last_error, entry.updated_at = state, error, _now()
                 entry.next_attempt_at = None
 

@@ -549,3 +549,46 @@ def test_the_sweep_queues_a_due_entry_whose_job_redis_never_got(
     assert waiting not in send  # its job waits in a busy queue: left alone
     assert recover(ctx) >= 1  # the periodic sweep's job: enqueues the lost one's job
     assert Jobs(ctx.redis).state(send_job_id(lost, 0)) == "queued"
+
+
+def test_no_reply_during_a_database_outage_is_uncertain_with_what_really_happened(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, database_proxy
+):
+    """A sweep takes the cut-off worker for dead and writes "the worker stopped"; the worker,
+    back on the database, replaces that guess with what happened: no reply after the "."."""
+    import threading
+
+    from app.services.outbox import DIED_SENDING
+
+    with SmtpPeer() as peer:
+        peer.scripts = ["close_after_dot"]
+        cut_off = proxied_context(env, ctx, database_proxy, None, f"127.0.0.1:{peer.port}")
+        try:
+            account_id = peer_account(cut_off, tenant_a.tenant_id, mailbox, peer)
+            outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
+            deliverer = Deliverer(cut_off, RetryPolicy(max_attempts=3))
+            original = deliverer._mark_dot
+            sweeper = Deliverer(ctx, RetryPolicy(max_attempts=3))
+
+            def marked_then_cut_off(outbox_id: int) -> None:
+                original(outbox_id)
+                database_proxy.stop()
+                wait_for(
+                    lambda: (
+                        sweeper.sweep() is not None
+                        and entry(db_sessionmaker, outbox_id).state == "uncertain"
+                    ),
+                    timeout=15,
+                )
+                assert entry(db_sessionmaker, outbox_id).last_error == DIED_SENDING
+                threading.Timer(2, database_proxy.start).start()
+
+            deliverer._mark_dot = marked_then_cut_off
+            outcome = deliverer.deliver(outbox_id)
+        finally:
+            cut_off.close()
+    assert outcome.state == "uncertain"
+    uncertain = entry(db_sessionmaker, outbox_id)
+    assert uncertain.state == "uncertain" and uncertain.attempts == 1
+    assert uncertain.last_error != DIED_SENDING
+    assert uncertain.last_error.startswith("no reply after the message was sent")
