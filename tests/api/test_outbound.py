@@ -109,7 +109,9 @@ def test_clear_text_is_refused_for_a_host_no_entry_allows(client, tenant_a, mail
     assert "imap.host" in fields_of(create(client, tenant_a, body))
 
 
-def test_a_changed_server_needs_its_password_again(client, tenant_a, mail_account_body, stack):
+def test_a_changed_server_needs_its_password_again(
+    client, tenant_a, mail_account_body, stack
+):
     account = create(client, tenant_a, mail_account_body()).get_json()
     url = f"/api/accounts/{account['id']}"
     user = "alice@example.test"
@@ -156,7 +158,9 @@ def test_tls_verifies_the_name_given_while_connecting_to_the_checked_address(
 
 
 @pytest.mark.parametrize("banner", [SSH_BANNER, REDIS_ERROR], ids=["ssh", "redis"])
-def test_a_verify_shows_none_of_a_non_mail_servers_bytes(env, tenant_a, mail_account_body, banner):
+def test_a_verify_shows_none_of_a_non_mail_servers_bytes(
+    env, tenant_a, mail_account_body, banner
+):
     with Listener(banner) as peer:
         client = create_app(allowing(env, peer.pair)).test_client()
         body = mail_account_body(verify=True)

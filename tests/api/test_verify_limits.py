@@ -77,7 +77,9 @@ def test_forty_verifications_against_a_silent_server_never_stop_the_api(
                 with ThreadPoolExecutor(40) as pool:
                     results = list(
                         pool.map(
-                            lambda i: post(port, "/api/accounts", body, tenants[i % 5].headers),
+                            lambda i: post(
+                                port, "/api/accounts", body, tenants[i % 5].headers
+                            ),
                             range(40),
                         )
                     )
