@@ -69,6 +69,10 @@ DIED_SENDING = (
 )
 
 
+class LostEntry(Exception):
+    """The entry this worker was sending was settled by someone else meanwhile."""
+
+
 def retrying(what: str, action: Callable[[], bool | None], deadline: float, outbox_id: int) -> bool:
     """Run `action` until it gets past a dependency outage or `deadline` (time.monotonic())
     passes; True when it ran. Backoff from 0.25 s up to 5 s; one log line per outage."""
@@ -198,8 +202,19 @@ class Deliverer:
         # `sending` is committed: from here a crash is settled by _settle_dead.
         try:
             reply = self.ctx.connector.submit(
-                account, sender, recipients, mime, before_dot=lambda: self._mark_dot(outbox_id)
+                account,
+                sender,
+                recipients,
+                mime,
+                before_dot=lambda: self._mark_dot(outbox_id, attempts),
             )
+        except LostEntry as exc:
+            # Cut off from the database, this worker lost its lock and a sweep settled the
+            # entry; the "." was not sent, so the server discards this copy.
+            log.warning(
+                "send abandoned before the final dot: %s", exc, extra={"outbox_id": outbox_id}
+            )
+            return Outcome("lost", attempted=True)
         except SendUncertain as exc:
             return self._finish(outbox_id, attempts, OutboxState.UNCERTAIN, str(exc), deadline)
         except (SendRejected, MailAuthError) as exc:
@@ -213,19 +228,27 @@ class Deliverer:
             # A bug or a signal mid-send: settle as a dead worker would be, then re-raise.
             with self.sessions.begin() as s:
                 entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
+                if (entry.state, entry.attempts) != (OutboxState.SENDING, attempts):
+                    raise  # settled by someone else meanwhile: not ours to settle
                 self._settle_dead(entry)
                 if entry.state == OutboxState.QUEUED:
                     entry.next_attempt_at = _now() + timedelta(seconds=self.policy.delay(attempts))
             raise
         return self._finish(outbox_id, attempts, OutboxState.SENT, None, deadline, reply=reply)
 
-    def _mark_dot(self, outbox_id: int) -> None:
-        """Commit dot_sent_at; retried through a short outage (the server waits for the ".");
-        raises if the database stays away, and the "." is then never sent."""
+    def _mark_dot(self, outbox_id: int, attempts: int) -> None:
+        """Commit dot_sent_at; retried through a short outage (the server waits for the ".").
+        Raises (and the "." is never sent) if the database stays away, or if the entry is no
+        longer this attempt's `sending` one: while the database was away the advisory lock
+        went with its connection, and a sweep may have queued the entry again for another
+        worker, which must then be the only one to send it."""
 
         def mark() -> None:
             with self.sessions.begin() as s:
-                s.get_one(OutboxEntry, outbox_id).dot_sent_at = _now()
+                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
+                if entry.state != OutboxState.SENDING or entry.attempts != attempts:
+                    raise LostEntry(f"the entry is {entry.state} at attempt {entry.attempts}")
+                entry.dot_sent_at = _now()
 
         if not retrying(
             "marking the final dot", mark, time.monotonic() + MARK_DOT_SECONDS, outbox_id

@@ -465,11 +465,11 @@ def test_a_database_outage_before_the_dot_waits_and_sends_once(
             marked = threading.Event()
             original = deliverer._mark_dot
 
-            def mark_during_an_outage(outbox_id: int) -> None:
+            def mark_during_an_outage(*args) -> None:
                 database_proxy.stop()
                 threading.Timer(3, database_proxy.start).start()
                 marked.set()
-                original(outbox_id)
+                original(*args)
 
             deliverer._mark_dot = mark_during_an_outage
             outcome = deliverer.deliver(outbox_id)
@@ -570,8 +570,8 @@ def test_no_reply_during_a_database_outage_is_uncertain_with_what_really_happene
             original = deliverer._mark_dot
             sweeper = Deliverer(ctx, RetryPolicy(max_attempts=3))
 
-            def marked_then_cut_off(outbox_id: int) -> None:
-                original(outbox_id)
+            def marked_then_cut_off(outbox_id: int, attempts: int) -> None:
+                original(outbox_id, attempts)
                 database_proxy.stop()
                 wait_for(
                     lambda: (
@@ -592,3 +592,45 @@ def test_no_reply_during_a_database_outage_is_uncertain_with_what_really_happene
     assert uncertain.state == "uncertain" and uncertain.attempts == 1
     assert uncertain.last_error != DIED_SENDING
     assert uncertain.last_error.startswith("no reply after the message was sent")
+
+
+def test_a_worker_cut_off_before_the_dot_whose_entry_was_requeued_never_sends_it(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, database_proxy
+):
+    """Cut off from the database, the worker lost its lock and a sweep queued the entry again
+    (its "." had not gone out): when the database returns, the worker must not send the "."
+    (another worker now owns the entry), so the message goes out once, by the next attempt."""
+    with SmtpPeer() as peer:
+        cut_off = proxied_context(env, ctx, database_proxy, None, f"127.0.0.1:{peer.port}")
+        try:
+            account_id = peer_account(cut_off, tenant_a.tenant_id, mailbox, peer)
+            outbox_id = queue(ctx, tenant_a.tenant_id, account_id, ["x@example.test"])
+            deliverer = Deliverer(cut_off, RetryPolicy(max_attempts=3))
+            original = deliverer._mark_dot
+            sweeper = Deliverer(ctx, RetryPolicy(max_attempts=3))
+
+            def requeued_meanwhile(*args) -> None:
+                database_proxy.stop()
+                wait_for(
+                    lambda: (
+                        sweeper.sweep() is not None
+                        and entry(db_sessionmaker, outbox_id).state == "queued"
+                    ),
+                    timeout=15,
+                )
+                database_proxy.start()
+                original(*args)
+
+            deliverer._mark_dot = requeued_meanwhile
+            outcome = deliverer.deliver(outbox_id)
+            assert outcome.state == "lost"
+            assert peer.received == []  # no "." went out: the server kept nothing
+            # The next attempt (the database back) sends it.
+            assert (
+                Deliverer(cut_off, RetryPolicy(max_attempts=3)).deliver(outbox_id).state == "sent"
+            )
+        finally:
+            cut_off.close()
+    assert len(peer.received) == 1
+    sent = entry(db_sessionmaker, outbox_id)
+    assert (sent.state, sent.attempts) == ("sent", 2)
