@@ -13,6 +13,8 @@ from collections.abc import Callable
 from functools import cache
 from typing import TypeVar
 
+from rq.exceptions import StopRequested
+
 from app.config import Settings
 from app.context import REDIS_ERRORS, ServiceContext
 
@@ -78,13 +80,18 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
 
 
-def until_redis_answers(outage: Outage, call: Callable[[], T]) -> T:
+def until_redis_answers(
+    outage: Outage, call: Callable[[], T], stopping: Callable[[], bool] = lambda: False
+) -> T:
     """Run `call` until it gets through to Redis (for steps that must not be lost, like
-    recording a job's result, and that are safe to repeat)."""
+    recording a job's result, and that are safe to repeat). StopRequested when the process
+    is asked to stop meanwhile."""
     while True:
         try:
             result = call()
         except REDIS_ERRORS as exc:
+            if stopping():
+                raise StopRequested() from exc
             outage.wait(exc)
             continue
         outage.over()

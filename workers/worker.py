@@ -178,7 +178,10 @@ class ServiceWorker(Worker):
                 except StopRequested:
                     break
                 except _OUTAGE_ERRORS as exc:
-                    self._wait_for_redis(exc)
+                    try:
+                        self._wait_for_redis(exc)
+                    except StopRequested:
+                        break
         finally:
             try:
                 self.teardown()  # type: ignore[no-untyped-call]
@@ -190,9 +193,23 @@ class ServiceWorker(Worker):
         """Wait until Redis answers again, then restart what the outage stopped."""
         cause = exc.__cause__ if isinstance(exc, RedisOutage) and exc.__cause__ else exc
         self.outage.failed(cause)
-        until_redis_answers(self.outage, self.connection.ping)
+        until_redis_answers(self.outage, self.connection.ping, self._stopping)
         self.heartbeat()  # re-registers a worker whose key expired meanwhile
         self._revive_scheduler()
+
+    def _stopping(self) -> bool:
+        return bool(self._stop_requested)
+
+    def _shutdown(self) -> None:
+        """RQ's answer to SIGTERM, which writes the request to Redis first: during an outage
+        that write fails inside the signal handler, and the error would surface in whatever
+        the worker was doing. The stop is honoured all the same."""
+        try:
+            super()._shutdown()  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS:
+            self._stop_requested = True
+            if not self._horse_pid:
+                raise StopRequested() from None
 
     def _revive_scheduler(self) -> None:
         """The scheduler process of delayed jobs, restarted now if it died (it should not:
@@ -275,7 +292,9 @@ class ServiceWorker(Worker):
             self._execute_fairly(job, queue)
         except _OUTAGE_ERRORS as exc:
             # Redis went away before the job ran, or before its end was written down.
-            self._horse_pid = 0
+            if self._horse_pid:
+                self.wait_for_horse()  # never leave a running job behind
+                self._horse_pid = 0
             self._wait_for_redis(exc)
             self._settle(job, queue)
 
@@ -316,7 +335,12 @@ class ServiceWorker(Worker):
             super().execute_job(job, queue)
         finally:
             self._slot = None
-            self._slots().release(tenant_id, holder)
+            # Released even if Redis is away now (after waiting for it): a slot left to its
+            # lease would hold the tenant's next job back for up to a minute and a half.
+            slots = self._slots()
+            until_redis_answers(
+                self.outage, lambda: slots.release(tenant_id, holder), self._stopping
+            )
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         """RQ's heartbeat while a job runs (every job_monitoring_interval): the slot's too.
