@@ -197,6 +197,15 @@ class ServiceWorker(Worker):
         self.heartbeat()  # re-registers a worker whose key expired meanwhile
         self._revive_scheduler()
 
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's thread listening for commands (stop a job, shut down) retries a lost
+        connection with a log line every two seconds; the work loop already says Redis is
+        gone, once."""
+        if isinstance(exc, REDIS_ERRORS):
+            time.sleep(1.0)
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
     def _stopping(self) -> bool:
         return bool(self._stop_requested)
 
