@@ -28,7 +28,7 @@ from app.jobs import HEARTBEAT, SYNC_ACCOUNT, QueueName
 from app.services.accounts import AccountFields, ServerFields, create_account
 from app.states import Security
 from devstack import postgres, redisdb
-from tests.mailbox import add_account, stored
+from tests.mailbox import add_account, message, stored
 from tests.support import Processes, TcpProxy, allowing, free_port, kill_tree, wait_for
 from tests.tarpit import Tarpit
 
@@ -224,27 +224,37 @@ def test_workers_and_the_scheduler_ride_out_a_postgresql_stop(
     running.start("worker")
     running.start("worker")
     running.start("scheduler")
-    wait_for(lambda: len(Worker.all(connection=ctx.redis)) == 2, timeout=30)
-
-    private_postgres.stop_immediate()
-    # Asked for while the database is down: the job waits, it is not lost.
-    sync = ctx.jobs.enqueue(SYNC_ACCOUNT, account_id)
-    # Work that needs only Redis goes on meanwhile.
-    heartbeat = ctx.jobs.enqueue(replace(HEARTBEAT, queue=QueueName.SYNC))
-    wait_for(lambda: status(ctx.redis, heartbeat) == "finished", timeout=OUTAGE)
-    time.sleep(OUTAGE)
-    assert alive(running) == [None, None, None], logs(tmp_path)
-    private_postgres.start()
+    running.start("idle")
 
     def synced() -> int:
         try:
             return len(stored(ctx.sessions, account_id).get("INBOX", {}))
         except OperationalError:
-            return 0  # this process's pooled connection from before the stop
+            return -1  # this process's pooled connection from before the stop
 
+    # Synced once (the scheduler's periodic sync, the IDLE watcher's first request).
     wait_for(lambda: synced() == 3, timeout=60)
+    wait_for(lambda: len(Worker.all(connection=ctx.redis)) == 2, timeout=30)
+
+    private_postgres.stop_immediate()
+    # Asked for while the database is down: the job waits, it is not lost.
+    sync = ctx.jobs.enqueue(SYNC_ACCOUNT, account_id)
+    # New mail: the IDLE watcher sees it and cannot request its sync yet.
+    mailbox.append("INBOX", message(subject="during the outage"))
+    # Work that needs only Redis goes on meanwhile.
+    heartbeat = ctx.jobs.enqueue(replace(HEARTBEAT, queue=QueueName.SYNC))
+    wait_for(lambda: status(ctx.redis, heartbeat) == "finished", timeout=OUTAGE)
+    time.sleep(OUTAGE)
+    assert alive(running) == [None] * 4, logs(tmp_path)
+    private_postgres.start()
+
+    wait_for(lambda: synced() == 4, timeout=60)
     wait_for(lambda: status(ctx.redis, sync) == "finished", timeout=30)
-    assert alive(running) == [None, None, None], logs(tmp_path)
+    assert alive(running) == [None] * 4, logs(tmp_path)
+    idle = (tmp_path / "idle-3.log").read_text()
+    # The watcher met the outage, waited it out, and says so once each way.
+    assert idle.count("(IDLE watcher) unreachable; waiting for it") == 1, idle
+    assert idle.count("(IDLE watcher) back") == 1, idle
 
 
 class SlowProxy(TcpProxy):
