@@ -193,9 +193,14 @@ class ServiceWorker(Worker):
         """Wait until Redis answers again, then restart what the outage stopped."""
         cause = exc.__cause__ if isinstance(exc, RedisOutage) and exc.__cause__ else exc
         self.outage.failed(cause)
-        until_redis_answers(self.outage, self.connection.ping, self._stopping)
-        self.heartbeat()  # re-registers a worker whose key expired meanwhile
-        self._revive_scheduler()
+        while True:
+            until_redis_answers(self.outage, self.connection.ping, self._stopping)
+            try:
+                self.heartbeat()  # re-registers a worker whose key expired meanwhile
+                self._revive_scheduler()
+                return
+            except _OUTAGE_ERRORS as again:  # gone again already
+                self.outage.wait(again.__cause__ or again)
 
     def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
         """RQ's thread listening for commands (stop a job, shut down) retries a lost
@@ -248,9 +253,11 @@ class ServiceWorker(Worker):
         if burst:
             if self.scheduler.acquired_locks:
                 try:
+                    self.scheduler.register_birth()
                     self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
                 finally:
                     self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+                    self.scheduler.register_death()
             return
         # Started even without the locks: it takes them over if their holder dies.
         self.scheduler.start()  # type: ignore[no-untyped-call]
@@ -276,13 +283,17 @@ class ServiceWorker(Worker):
         a job that did its work must not be counted lost. RQ writes it in one transaction,
         so a retry is whole or nothing."""
         until_redis_answers(
-            self.outage, lambda: super(ServiceWorker, self).handle_job_success(*args, **kwargs)
+            self.outage,
+            lambda: super(ServiceWorker, self).handle_job_success(*args, **kwargs),
+            self._stopping,
         )
 
     def handle_job_failure(self, *args: Any, **kwargs: Any) -> None:
         """Likewise: a failure (and the retry the job's policy asks for) is never lost."""
         until_redis_answers(
-            self.outage, lambda: super(ServiceWorker, self).handle_job_failure(*args, **kwargs)
+            self.outage,
+            lambda: super(ServiceWorker, self).handle_job_failure(*args, **kwargs),
+            self._stopping,
         )
 
     def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
@@ -305,7 +316,7 @@ class ServiceWorker(Worker):
                 self.wait_for_horse()  # never leave a running job behind
                 self._horse_pid = 0
             self._wait_for_redis(exc)
-            self._settle(job, queue)
+            until_redis_answers(self.outage, lambda: self._settle(job, queue), self._stopping)
 
     def _settle(self, job: Job, queue: Queue) -> None:
         """After an outage: a job whose outcome is recorded stays as it is; one that never

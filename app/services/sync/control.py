@@ -99,8 +99,9 @@ def request_all(ctx: ServiceContext) -> int:
 
 def resume_interrupted(ctx: ServiceContext) -> int:
     """Request a sync of every account whose round a killed worker left open (started
-    recently, not finished, nobody holding its lock, no job waiting): the next worker carries
-    it on without anyone asking. Run when a worker starts and by the periodic sweep. How many."""
+    recently, not finished, no failure recorded, nobody holding its lock, no job waiting:
+    what sync_status reports as interrupted): the next worker carries it on without anyone
+    asking. Run when a worker starts and every minute by the scheduler. How many."""
     since = datetime.now(timezone.utc) - ROUND_EXPIRY
     with ctx.work() as unit:
         ids = list(
@@ -109,6 +110,9 @@ def resume_interrupted(ctx: ServiceContext) -> int:
                     Account.state == AccountState.ACTIVE,
                     Account.sync_started_at.is_not(None),
                     Account.sync_started_at > since,
+                    # A round that recorded a failure was given up by its own retries (or
+                    # waits for them): only the silent stop of a killed worker is resumed.
+                    Account.last_error.is_(None),
                 )
             )
         )
