@@ -14,6 +14,7 @@ keeps their times), and carries on. It never touches PostgreSQL.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from datetime import datetime, timezone
 
@@ -63,6 +64,17 @@ class ServiceScheduler(Scheduler):  # type: ignore[misc]
                 self.register_death()
             except REDIS_ERRORS:
                 pass  # both expire by themselves
+
+    def _install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop it, Redis or not (rq-scheduler's handler writes to Redis
+        first, and during an outage its error would be taken for the outage and waited out)."""
+
+        def stop(signum: int, frame: object) -> None:
+            log.info("scheduler stopping")
+            raise SystemExit()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
 
     def _register(self) -> None:
         """Register this scheduler (again after an outage: its key may have expired or be

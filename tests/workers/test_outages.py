@@ -24,6 +24,7 @@ from rq.job import Job
 from rq_scheduler import Scheduler
 from sqlalchemy.exc import OperationalError
 
+from app.context import make_redis
 from app.jobs import HEARTBEAT, SYNC_ACCOUNT, QueueName
 from app.services.accounts import AccountFields, ServerFields, create_account
 from app.states import Security
@@ -210,6 +211,25 @@ def test_workers_and_the_scheduler_ride_out_a_redis_kill_while_jobs_run(
         assert "quitting" not in text, text
 
 
+def test_a_stop_asked_during_a_redis_outage_is_honoured(
+    env, migrated, private_redis, processes, tmp_path
+):
+    settings = {**env, "REDIS_URL": private_redis.url}
+    running = processes(settings)
+    running.start("worker")
+    running.start("scheduler")
+    redis = make_redis(private_redis.url)
+    wait_for(lambda: len(Worker.all(connection=redis)) == 1, timeout=30)
+    time.sleep(1)
+    private_redis.kill()
+    time.sleep(2)
+    assert alive(running) == [None, None], logs(tmp_path)
+    for process in running.running:
+        os.killpg(process.pid, signal.SIGTERM)
+    for process in running.running:
+        assert process.wait(timeout=15) == 0, logs(tmp_path)
+
+
 def test_workers_and_the_scheduler_ride_out_a_postgresql_stop(
     env, private_postgres, private_redis, contexts, processes, mailbox, tmp_path
 ):
@@ -295,7 +315,7 @@ def test_a_sync_whose_worker_was_killed_is_resumed_without_a_new_request(
         through = type(mailbox)(**{**vars(mailbox), "imap_port": proxy.port})
         account_id = add_account(ctx, user.tenant_id, through)
         running = processes(env)
-        first = running.start("worker", "sync")
+        first = running.start("worker", "sync", SYNC_BATCH_MESSAGES="5")
         with ctx.work(user.tenant_id) as unit:
             request_sync(unit, account_id)
 
@@ -303,7 +323,11 @@ def test_a_sync_whose_worker_was_killed_is_resumed_without_a_new_request(
             with ctx.work() as unit:
                 return lock_held(unit, account_id)
 
-        wait_for(syncing, timeout=30, interval=0.05)
+        def midway() -> bool:
+            count = len(stored(ctx.sessions, account_id).get("INBOX", {}))
+            return 0 < count < 40 and syncing()
+
+        wait_for(midway, timeout=60, interval=0.05)
         kill_tree(first.pid)  # the worker and its work-horse, mid-round
         first.wait()
         wait_for(lambda: not syncing(), timeout=15)
