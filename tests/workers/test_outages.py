@@ -143,6 +143,23 @@ def logs(tmp_path: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("*.log")))
 
 
+def test_the_local_stack_s_redis_keeps_queued_and_delayed_jobs_across_a_kill(private_redis):
+    """devstack's redis-server (the one `make dev` and the tests start) runs appendonly, as
+    deployed hosts do: a kill -9 loses at most the last second, not the queues."""
+    from rq import Queue
+
+    redis = make_redis(private_redis.url)
+    queue = Queue("default", connection=redis)
+    queued = queue.enqueue("workers.jobs.heartbeat")
+    delayed = queue.enqueue_in(timedelta(hours=1), "workers.jobs.heartbeat")
+    time.sleep(1.5)  # appendfsync everysec
+    private_redis.kill()
+    private_redis.start()
+    redis = make_redis(private_redis.url)
+    assert Queue("default", connection=redis).job_ids == [queued.id]
+    assert status(redis, delayed.id) == "scheduled"
+
+
 def test_workers_and_the_scheduler_ride_out_a_redis_kill_while_jobs_run(
     fresh_migrated_env, private_redis, contexts, processes, tmp_path
 ):
