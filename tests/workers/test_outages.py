@@ -280,7 +280,7 @@ def test_workers_and_the_scheduler_ride_out_a_postgresql_stop(
     mailbox.append("INBOX", message(subject="during the outage"))
     # Work that needs only Redis goes on meanwhile.
     heartbeat = ctx.jobs.enqueue(replace(HEARTBEAT, queue=QueueName.SYNC))
-    wait_for(lambda: status(ctx.redis, heartbeat) == "finished", timeout=OUTAGE)
+    wait_for(lambda: status(ctx.redis, heartbeat) == "finished", timeout=15)
     time.sleep(OUTAGE)
     assert alive(running) == [None] * 4, logs(tmp_path)
     private_postgres.start()
