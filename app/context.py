@@ -33,6 +33,11 @@ from app.secrets import SecretBox
 from app.telemetry import Counters
 from app.tenancy import bind_tenant
 
+# Redis not answering (refused, reset, timed out): the worker processes wait these out.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 # Failures of a dependency (PostgreSQL, Redis), not of the request: the caller may retry.
 DEPENDENCY_ERRORS: tuple[type[Exception], ...] = (
     sqlalchemy.exc.OperationalError,

@@ -84,6 +84,7 @@ FILE_SENT_COPY = JobSpec(
 HEARTBEAT = JobSpec("workers.jobs.heartbeat", QueueName.DEFAULT, 60)
 SYNC_ALL_ACCOUNTS = JobSpec("workers.jobs.sync_all_accounts", QueueName.DEFAULT, 600)
 SWEEP_OUTBOX = JobSpec("workers.jobs.sweep_outbox", QueueName.SEND, 600)
+RESUME_SYNCS = JobSpec("workers.jobs.resume_syncs", QueueName.DEFAULT, 600)
 
 CATALOGUE: tuple[JobSpec, ...] = (
     SYNC_ACCOUNT,
@@ -93,6 +94,7 @@ CATALOGUE: tuple[JobSpec, ...] = (
     HEARTBEAT,
     SYNC_ALL_ACCOUNTS,
     SWEEP_OUTBOX,
+    RESUME_SYNCS,
 )
 
 
@@ -113,6 +115,8 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("periodic-sync", SYNC_ALL_ACCOUNTS, settings.sync_interval_seconds),
         # Settles sends whose worker died and re-queues work whose job was lost.
         PeriodicJob("periodic-outbox-sweep", SWEEP_OUTBOX, 60),
+        # Resumes syncs whose worker was killed mid-round (also at worker start).
+        PeriodicJob("periodic-sync-resume", RESUME_SYNCS, 60),
     ]
 
 

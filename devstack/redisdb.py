@@ -158,8 +158,10 @@ def start_server(directory: Path, port: int, logfile: Path) -> int:
             str(port),
             "--save",
             "",
+            # Jobs survive a kill -9 of the server (as on deployed hosts): queued, scheduled
+            # and retried work is on disk within a second (appendfsync everysec).
             "--appendonly",
-            "no",
+            "yes",
             "--dir",
             str(directory),
             "--pidfile",

@@ -7,6 +7,10 @@ makes (deduplicated, so a burst of mail is one job). The account list is re-read
 `REFRESH_SECONDS`: accounts added, removed, disabled or given new credentials are picked up
 while it runs. Servers without IDLE are polled with STATUS instead.
 
+Outages: when PostgreSQL or Redis does not answer, the watcher and its threads wait for them
+(retrying within two seconds, logging the outage once) and then request the sync they could
+not: a change seen during the outage is not lost, as each reconnection asks for a sync.
+
 Scaling: a connection per account is what IDLE means; `--shard K/N` runs N watchers side by
 side, each taking the accounts whose id % N == K (on one host or several).
 """
@@ -20,18 +24,22 @@ import threading
 import time
 from datetime import datetime
 
+from app.context import DEPENDENCY_ERRORS
 from app.errors import Conflict, NotFound
 from app.mail import MailAuthError, MailError
 from app.mail.imap import ImapSession
 from app.services import accounts
 from app.services.sync import request_sync
-from workers.runtime import context
+from workers.runtime import Outage, context
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 30
 REISSUE_SECONDS = 25 * 60
 POLL_SECONDS = 60  # servers without IDLE
 WAKE_SECONDS = 5  # how often an idling thread checks whether it should stop
+# One outage of PostgreSQL or Redis, as this process sees it (shared by its threads: logged
+# once, not once per account).
+OUTAGE = Outage("PostgreSQL or Redis (IDLE watcher)", log)
 
 
 class AccountWatcher(threading.Thread):
@@ -48,6 +56,8 @@ class AccountWatcher(threading.Thread):
             try:
                 self._watch()
                 failures = 0
+            except DEPENDENCY_ERRORS as exc:
+                self.stopping.wait(OUTAGE.failed(exc))
             except MailAuthError as exc:
                 # The next sync marks the account auth_failed; the refresh then drops it.
                 log.warning(
@@ -109,6 +119,7 @@ class AccountWatcher(threading.Thread):
                 return
             except Conflict:
                 self.stopping.set()
+        OUTAGE.over()
 
 
 def shard_accounts(index: int, count: int) -> dict[int, datetime]:
@@ -128,10 +139,14 @@ def run_idle(index: int = 0, count: int = 1) -> None:
     while not stop.is_set():
         try:
             wanted = shard_accounts(index, count)
+        except DEPENDENCY_ERRORS as exc:
+            stop.wait(OUTAGE.failed(exc))
+            continue
         except Exception:
             log.exception("could not read the accounts; retrying")
             stop.wait(REFRESH_SECONDS)
             continue
+        OUTAGE.over()
         for account_id, (watcher, updated) in list(watchers.items()):
             # Gone, disabled, or new settings (a restart picks those up).
             if wanted.get(account_id) != updated or not watcher.is_alive():

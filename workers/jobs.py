@@ -43,3 +43,8 @@ def file_sent_copy(outbox_id: int) -> str:
 def sweep_outbox() -> int:
     """Settle sends whose worker died and queue work whose job was lost (also at worker start)."""
     return outbox.recover(context())
+
+
+def resume_syncs() -> int:
+    """Resume syncs a killed worker left half-done (also at worker start)."""
+    return sync.control.resume_interrupted(context())

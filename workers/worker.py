@@ -10,6 +10,17 @@ again a few seconds later (RQ's scheduler puts it back at the end of its queue),
 worker goes on to the next job: another tenant's job behind a long backlog starts as soon as
 a worker is free, and a capped tenant's backlog costs a dequeue every few seconds per job, not
 a spinning worker. Nothing of a job's own semantics changes: it only runs later.
+
+Outages: RQ's own worker quits on most Redis errors (a heartbeat while a job runs, a status
+write after it). This one waits instead and carries on where it was: its work loop waits for
+Redis and resumes (logging the outage once, not every retry); while a job runs it keeps
+watching the work-horse and only skips the heartbeats; the horse retries recording its
+job's result until Redis answers; a job whose fate was lost in the outage is put back in its
+queue (every job is safe to run twice); and RQ's scheduler inside the worker (which moves
+delayed and retried jobs into their queues) keeps running through the outage instead of
+dying and waiting for RQ's maintenance round, ten minutes later. A PostgreSQL outage is the
+jobs' business: they fail and are retried per their catalogue entry, or wait (see
+execute_job).
 """
 
 from __future__ import annotations
@@ -25,14 +36,19 @@ from functools import cache
 from typing import Any
 
 from rq import Queue, Worker
+from rq.exceptions import InvalidJobOperation, StopRequested
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.scheduler import RQScheduler
+from rq.worker import DequeueStrategy
 
-from app.context import DEPENDENCY_ERRORS
+from app.context import DEPENDENCY_ERRORS, REDIS_ERRORS
 from app.jobs import CATALOGUE, QUEUES, JobSpec, QueueName, TenantSlots
 from app.logs import request_id_var
 from app.services import outbox, usage
+from app.services.sync import control as sync_control
 from workers import runtime
+from workers.runtime import Outage, until_redis_answers
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +73,44 @@ def _this_machine() -> str:
     return f"{socket.gethostname()}/{boot}"
 
 
+class RedisOutage(Exception):
+    """Redis stopped answering between jobs. Not a redis-py ConnectionError, so that RQ's
+    dequeue loop (which would retry it with a log line per try) lets it through to
+    ServiceWorker.work, which waits for Redis once for everything."""
+
+
+class ServiceRQScheduler(RQScheduler):
+    """RQ's scheduler inside a worker (it moves delayed and retried jobs into their queues),
+    kept alive through a Redis outage: RQ's own dies at the first error and is restarted only
+    by the worker's maintenance round (ten minutes), and every delayed job waits that long."""
+
+    def work(self) -> None:
+        self._install_signal_handlers()  # type: ignore[no-untyped-call]
+        outage, born = Outage("Redis (scheduler of delayed jobs)", log), False
+        while not self._stop_requested:
+            try:
+                if not born:
+                    self.register_birth()
+                    born = True
+                if self.should_reacquire_locks or not self._acquired_locks:
+                    self.acquire_locks()  # type: ignore[no-untyped-call]
+                if self._acquired_locks:
+                    self.heartbeat()  # type: ignore[no-untyped-call]
+                    self.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+                outage.over()
+            except REDIS_ERRORS as exc:
+                outage.wait(exc)
+                continue
+            time.sleep(self.interval)
+        try:
+            self.stop()  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS:
+            pass  # its lock and registration expire by themselves
+
+
+_OUTAGE_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisOutage)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -74,6 +128,179 @@ class ServiceWorker(Worker):
     _slot: tuple[int, str] | None = None  # (tenant, holder) of the job running now
     _tenant_slots: TenantSlots | None = None
     _workers_counted: tuple[float, int] = (0.0, 0)  # (when, how many), see live_workers
+    _outage: Outage | None = None
+
+    @property
+    def outage(self) -> Outage:
+        if self._outage is None:
+            self._outage = Outage("Redis", log)
+        return self._outage
+
+    def work(
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = "%H:%M:%S",
+        log_format: str = "%(asctime)s %(message)s",
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        dequeue_strategy: DequeueStrategy = DequeueStrategy.DEFAULT,
+    ) -> bool:
+        """RQ's work loop, except that a Redis error anywhere in it is waited out instead of
+        ending the worker (RQ quits on any error it did not expect)."""
+        until_redis_answers(self.outage, self.connection.ping)  # started while Redis is down
+        self.bootstrap(logging_level, date_format, log_format)
+        self._dequeue_strategy = dequeue_strategy
+        completed = 0
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level, date_format, log_format)
+        self._install_signal_handlers()  # type: ignore[no-untyped-call]
+        try:
+            while True:
+                try:
+                    self.check_for_suspension(burst)
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+                    if self._stop_requested:
+                        log.info("worker %s stopping on request", self.name)
+                        break
+                    timeout = None if burst else self.dequeue_timeout
+                    result = self.dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+                    if result is None:
+                        break  # burst done, or idle long enough
+                    job, queue = result
+                    self.execute_job(job, queue)
+                    self.heartbeat()
+                    completed += 1
+                    if max_jobs is not None and completed >= max_jobs:
+                        break
+                except StopRequested:
+                    break
+                except _OUTAGE_ERRORS as exc:
+                    try:
+                        self._wait_for_redis(exc)
+                    except StopRequested:
+                        break
+        finally:
+            try:
+                self.teardown()  # type: ignore[no-untyped-call]
+            except REDIS_ERRORS:
+                log.warning("worker %s stopped while Redis was unreachable", self.name)
+        return bool(completed)
+
+    def _wait_for_redis(self, exc: BaseException) -> None:
+        """Wait until Redis answers again, then restart what the outage stopped."""
+        cause = exc.__cause__ if isinstance(exc, RedisOutage) and exc.__cause__ else exc
+        self.outage.failed(cause)
+        while True:
+            until_redis_answers(self.outage, self.connection.ping, self._stopping)
+            try:
+                self.heartbeat()  # re-registers a worker whose key expired meanwhile
+                self._revive_scheduler()
+                return
+            except _OUTAGE_ERRORS as again:  # gone again already
+                self.outage.wait(again.__cause__ or again)
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's thread listening for commands (stop a job, shut down) retries a lost
+        connection with a log line every two seconds; the work loop already says Redis is
+        gone, once."""
+        if isinstance(exc, REDIS_ERRORS):
+            time.sleep(1.0)
+            return
+        super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    def _stopping(self) -> bool:
+        return bool(self._stop_requested)
+
+    def _shutdown(self) -> None:
+        """RQ's answer to SIGTERM, which writes the request to Redis first: during an outage
+        that write fails inside the signal handler, and the error would surface in whatever
+        the worker was doing. The stop is honoured all the same."""
+        try:
+            super()._shutdown()  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS:
+            self._stop_requested = True
+            if not self._horse_pid:
+                raise StopRequested() from None
+
+    def _revive_scheduler(self) -> None:
+        """The scheduler process of delayed jobs, restarted now if it died (it should not:
+        ServiceRQScheduler outlives outages) rather than at RQ's next maintenance."""
+        scheduler = self.scheduler
+        if scheduler is None or (scheduler._process and scheduler._process.is_alive()):
+            return
+        scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = "%H:%M:%S",
+        log_format: str = "%(asctime)s %(message)s",
+    ) -> None:
+        """RQ's, with the scheduler that outlives a Redis outage."""
+        self.scheduler = ServiceRQScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        if burst:
+            if self.scheduler.acquired_locks:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+                finally:
+                    self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+                    self.scheduler.register_death()
+            return
+        # Started even without the locks: it takes them over if their holder dies.
+        self.scheduler.start()  # type: ignore[no-untyped-call]
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's heartbeat; when Redis is unreachable, a RedisOutage for the work loop, or
+        nothing at all while a work-horse runs (the job goes on; the worker keeps watching
+        it and beats again when Redis is back)."""
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        try:
+            super().heartbeat(timeout)
+        except REDIS_ERRORS as exc:
+            if self._horse_pid:
+                self.outage.failed(exc)
+                return
+            raise RedisOutage(str(exc)) from exc
+        self.outage.over()
+
+    def handle_job_success(self, *args: Any, **kwargs: Any) -> None:
+        """Recorded even across a Redis outage (in the work-horse, which holds the fact):
+        a job that did its work must not be counted lost. RQ writes it in one transaction,
+        so a retry is whole or nothing."""
+        until_redis_answers(
+            self.outage,
+            lambda: super(ServiceWorker, self).handle_job_success(*args, **kwargs),
+            self._stopping,
+        )
+
+    def handle_job_failure(self, *args: Any, **kwargs: Any) -> None:
+        """Likewise: a failure (and the retry the job's policy asks for) is never lost."""
+        until_redis_answers(
+            self.outage,
+            lambda: super(ServiceWorker, self).handle_job_failure(*args, **kwargs),
+            self._stopping,
+        )
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        until_redis_answers(
+            self.outage,
+            lambda: super(ServiceWorker, self).handle_execution_ended(job, queue, heartbeat_ttl),
+        )
 
     def main_work_horse(self, job: Any, queue: Any) -> None:
         runtime.after_fork()
@@ -81,6 +308,33 @@ class ServiceWorker(Worker):
         super().main_work_horse(job, queue)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            self._execute_fairly(job, queue)
+        except _OUTAGE_ERRORS as exc:
+            # Redis went away before the job ran, or before its end was written down.
+            if self._horse_pid:
+                self.wait_for_horse()  # never leave a running job behind
+                self._horse_pid = 0
+            self._wait_for_redis(exc)
+            until_redis_answers(self.outage, lambda: self._settle(job, queue), self._stopping)
+
+    def _settle(self, job: Job, queue: Queue) -> None:
+        """After an outage: a job whose outcome is recorded stays as it is; one that never
+        started, or whose end was not recorded, runs again (jobs are safe to run twice)."""
+        try:
+            status = job.get_status(refresh=True)
+        except InvalidJobOperation:
+            return  # gone: finished and expired, or deleted
+        if status not in (JobStatus.STARTED, JobStatus.QUEUED, JobStatus.CREATED, None):
+            return  # finished, failed, scheduled for its retry, ...
+        if status == JobStatus.QUEUED and job.id in queue.get_job_ids():
+            return
+        queue.started_job_registry.remove_executions(job)
+        queue.intermediate_queue.remove(job.id)
+        queue.enqueue_job(job, at_front=True)
+        log.warning("job %s put back in its queue after a Redis outage", job.id)
+
+    def _execute_fairly(self, job: Job, queue: Queue) -> None:
         try:
             tenant_id = self._tenant_of(job)
         except DEPENDENCY_ERRORS:
@@ -101,15 +355,27 @@ class ServiceWorker(Worker):
             super().execute_job(job, queue)
         finally:
             self._slot = None
-            self._slots().release(tenant_id, holder)
+            # Released even if Redis is away now (after waiting for it): a slot left to its
+            # lease would hold the tenant's next job back for up to a minute and a half.
+            slots = self._slots()
+            until_redis_answers(
+                self.outage, lambda: slots.release(tenant_id, holder), self._stopping
+            )
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
-        """RQ's heartbeat while a job runs (every job_monitoring_interval): the slot's too."""
-        super().maintain_heartbeats(job, execution)
-        if self._slot is not None:
-            tenant_id, holder = self._slot
-            if not self._slots().renew(tenant_id, holder):
-                log.warning("the slot of job %s had lapsed (tenant %s)", job.id, tenant_id)
+        """RQ's heartbeat while a job runs (every job_monitoring_interval): the slot's too.
+        Skipped while Redis is unreachable: the job runs on, and RQ's monitor, which would
+        quit on the error, keeps waiting for the work-horse."""
+        try:
+            super().maintain_heartbeats(job, execution)
+            if self._slot is not None:
+                tenant_id, holder = self._slot
+                if not self._slots().renew(tenant_id, holder):
+                    log.warning("the slot of job %s had lapsed (tenant %s)", job.id, tenant_id)
+        except REDIS_ERRORS as exc:
+            self.outage.failed(exc)
+            return
+        self.outage.over()
 
     def _slots(self) -> TenantSlots:
         if self._tenant_slots is None:
@@ -205,6 +471,11 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
         outbox.recover(ctx)
     except Exception:
         log.exception("outbox sweep at start failed")
+    # Syncs a killed worker left half-done resume now, not when someone asks.
+    try:
+        sync_control.resume_interrupted(ctx)
+    except Exception:
+        log.exception("resuming interrupted syncs at start failed")
     # with_scheduler: RQ's own scheduler moves jobs whose retry interval has passed back
     # into their queue; without it a Retry(interval=...) job would never run again.
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level))

@@ -36,10 +36,7 @@ def login() -> Response:
     ratelimit.limit_login(request.remote_addr or "unknown")
     body = parse_body(LoginIn)
     ratelimit.limit_login_user(body.tenant, body.username)
-    try:
-        token = auth.login(unit(), body.tenant, body.username, body.password)
-    except auth.HashesBusy as busy:
-        ratelimit.retry_later(busy.retry_after, busy.message)
+    token = auth.login(unit(), body.tenant, body.username, body.password)
     return respond(
         TokenOut(access_token=token.access_token, token_type="Bearer", expires_in=token.expires_in)
     )

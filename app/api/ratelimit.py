@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from typing import NoReturn
 
 from flask import Flask, Response, current_app, g
 from limits import RateLimitItemPerHour, RateLimitItemPerMinute
@@ -90,13 +89,6 @@ def limit_login_user(tenant: str, username: str) -> None:
         _refuse(stats.reset_time - time.time(), "of login attempts per minute for this user")
 
 
-def retry_later(seconds: int, message: str) -> NoReturn:
-    """Refuse with 429 and `Retry-After: seconds` (a capacity limit, not a rate window)."""
-    g.ratelimit_headers = {**g.get("ratelimit_headers", {}), "Retry-After": str(seconds)}
-    raise RateLimited(message)
-
-
 def _refuse(retry_after: float, window: str) -> None:
     seconds = max(math.ceil(retry_after), 1)
-    g.ratelimit_headers = {**g.get("ratelimit_headers", {}), "Retry-After": str(seconds)}
-    raise RateLimited(f"Rate limit {window} exceeded; retry in {seconds} s.")
+    raise RateLimited(f"Rate limit {window} exceeded; retry in {seconds} s.", retry_after=seconds)

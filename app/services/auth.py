@@ -40,13 +40,12 @@ HASH_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_HASHES)
 class HashesBusy(RateLimited):
     """Every password-hash slot of this process is taken: try again in a moment."""
 
-    retry_after = 1  # seconds; a hash takes far less
-
 
 @contextmanager
 def _hash_slot() -> Iterator[None]:
     if not HASH_SLOTS.acquire(blocking=False):
-        raise HashesBusy("Too many logins at once; retry in a second.")
+        # A hash takes far less than the second the client is asked to wait.
+        raise HashesBusy("Too many logins at once; retry in a second.", retry_after=1)
     try:
         yield
     finally:

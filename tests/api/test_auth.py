@@ -240,7 +240,7 @@ def test_password_hashes_beyond_the_cap_are_refused_at_once(client, tenant_a):
         with ThreadPoolExecutor(4) as pool:  # four more arrive together
             responses = list(pool.map(attempt, range(1, 5), timeout=30))
         assert [r.status_code for r in responses] == [429] * 4
-        assert all(r.headers["Retry-After"] == "1" for r in responses)
+        assert [r.headers.get("Retry-After") for r in responses] == ["1"] * 4
         assert all(r.get_json()["error"]["code"] == "rate_limited" for r in responses)
     finally:
         for _ in range(held):

@@ -1,381 +1,366 @@
-"""Sending and reading under a steady load while Redis, then PostgreSQL, go away for seconds.
+"""Workers, the scheduler and syncs ride out outages of their own Redis and PostgreSQL.
 
-The test owns its Redis (kill -9, as a crash would; appendonly on, as deployed hosts run it)
-and its PostgreSQL cluster (`pg_ctl stop -m immediate`), never the session stack's, which
-other tests use. Mail goes through the session stack's real Postfix into its Dovecot. The API,
-a worker and the scheduler are real `emailservice` processes.
-
-What must hold: during each outage the API answers 503 (never 500, never a hang) and 200
-within seconds of the return; every message the API accepted (202) is delivered exactly once
-and ends `sent`; a message whose 250 arrives while PostgreSQL is stopped ends `sent`.
+Each test runs real `emailservice worker` and `scheduler` processes against a private
+redis-server (and PostgreSQL cluster) of its own, which it kills with SIGKILL (stops with
+`pg_ctl stop -m immediate`) and starts again on the same port and data: never the session's
+servers, which other tests use.
 """
 
 from __future__ import annotations
 
-import email
-import json
+import os
 import shutil
 import signal
-import subprocess
-import threading
+import tempfile
 import time
-import urllib.error
-import urllib.request
-import uuid
-from dataclasses import dataclass, field
-from email import policy
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from rq import Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq_scheduler import Scheduler
+from sqlalchemy.exc import OperationalError
 
-from app.config import Settings
-from app.context import ServiceContext
-from app.models import OutboxEntry
-from app.services.accounts import ServerFields
+from app.context import make_redis
+from app.jobs import HEARTBEAT, SYNC_ACCOUNT, QueueName
+from app.services.accounts import AccountFields, ServerFields, create_account
 from app.states import Security
 from devstack import postgres, redisdb
-from tests.mailbox import UserPool
-from tests.services.test_outbox import make_account
-from tests.smtp_peer import SmtpPeer, relay_to
-from tests.support import Processes, allowing, api_process, free_port, http_get, wait_for
+from tests.mailbox import add_account, message, stored
+from tests.support import Processes, TcpProxy, allowing, free_port, kill_tree, wait_for
+from tests.tarpit import Tarpit
 
-ROOT = Path(__file__).resolve().parents[2]
-OUTAGE_SECONDS = 5
-REQUEST_TIMEOUT = 20  # a request still unanswered after this is a hang
-BACK_WITHIN = 10
-# One worker: with two, a tenant's job is refused a slot while the other worker runs one of
-# the same tenant, and put back as a delayed job; delayed jobs stall after a Redis crash until
-# the workers restart their schedulers, which is the workers' side of surviving outages.
-WORKERS = 1  # seconds after a server's return by which the API must answer 200 again
+OUTAGE = 5  # seconds
 
 
-class PrivateServers:
-    """A PostgreSQL cluster and a redis-server of the test's own, to stop and start at will."""
+class PrivateRedis:
+    """A redis-server of the test's own (appendonly, as deployed), killed and started again."""
 
-    def __init__(self) -> None:
-        self.state = ROOT / ".stack" / f"outage-{uuid.uuid4().hex[:8]}"
-        self.state.mkdir(parents=True, mode=0o755)
-        self.pg_port, self.redis_port = free_port(), free_port()
-        self.redis: subprocess.Popen | None = None
-        admin = f"postgresql+psycopg://postgres@127.0.0.1:{self.pg_port}/postgres"
-        self.admin_url = admin
-        self.database_url = postgres.with_database(admin, "emailservice")
-        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
-
-    def start_postgres(self) -> None:
-        postgres.start_cluster(
-            self.state / "pg" / "data",
-            self.pg_port,
-            self.state / "postgres.log",
-            self.state / "pg" / "sock",
-        )
-
-    def stop_postgres(self) -> None:
-        postgres.stop_cluster(self.state / "pg" / "data", immediate=True)
-
-    def start_redis(self) -> None:
-        directory = self.state / "redis"
-        directory.mkdir(exist_ok=True)
-        with open(self.state / "redis.log", "ab") as log:
-            self.redis = subprocess.Popen(
-                [
-                    "redis-server",
-                    "--bind",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.redis_port),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--dir",
-                    str(directory),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(lambda: redisdb.ping(self.redis_port), timeout=10)
-
-    def kill_redis(self) -> None:
-        if self.redis is not None and self.redis.poll() is None:
-            self.redis.send_signal(signal.SIGKILL)
-            self.redis.wait()
+    def __init__(self, root: Path) -> None:
+        self.dir, self.port = root / "redis", free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        import psycopg
+        redisdb.start_server(self.dir, self.port, self.dir.parent / "redis.log")
 
-        self.start_postgres()
-        # devstack runs throwaway clusters without durable commits; an immediate stop would
-        # then lose committed rows, which no deployed server does.
-        with psycopg.connect(postgres.libpq_url(self.admin_url), autocommit=True) as admin:
-            admin.execute("ALTER SYSTEM SET fsync = on")
-            admin.execute("ALTER SYSTEM SET synchronous_commit = on")
-            admin.execute("SELECT pg_reload_conf()")
-        postgres.create_database(self.admin_url, "emailservice")
-        self.start_redis()
-
-    def stop(self) -> None:
-        self.kill_redis()
-        self.stop_postgres()
-        shutil.rmtree(self.state, ignore_errors=True)
+    def kill(self) -> None:
+        pid = redisdb.server_pid(self.dir / "redis.pid")
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not redisdb.ping(self.port), timeout=10)
 
 
-@dataclass
-class Load:
-    """Clients of the API: senders (a draft, then its send with an Idempotency-Key, retried
-    with that key until it is accepted) and a reader listing accounts."""
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (in a directory its server user can read)."""
 
-    port: int
-    headers: dict[str, str]
-    account_id: int
-    recipient: str
-    requests: list[tuple[float, str, int | None, float]] = field(default_factory=list)
-    accepted: dict[str, int] = field(default_factory=dict)  # Idempotency-Key -> outbox id
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="es-outage-pg-"))
+        self.root.chmod(0o755)
+        self.port = free_port()
+        self.url = postgres.sqlalchemy_url(f"postgresql://postgres@127.0.0.1:{self.port}/postgres")
 
-    def call(self, method: str, path: str, body: dict | None = None, key: str | None = None):
-        headers = {**self.headers, "Content-Type": "application/json"}
-        if key:
-            headers["Idempotency-Key"] = key
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=data, headers=headers, method=method
+    def start(self) -> None:
+        postgres.start_cluster(
+            self.root / "data", self.port, self.root / "pg.log", self.root / "sock"
         )
-        began = time.monotonic()
-        status: int | None
-        try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
-                status, payload = response.status, response.read()
-        except urllib.error.HTTPError as error:
-            status, payload = error.code, error.read()
-        except OSError:
-            status, payload = None, b""  # no answer at all: a hang or a dropped connection
-        with self.lock:
-            self.requests.append(
-                (time.time(), f"{method} {path}", status, time.monotonic() - began)
-            )
-        return status, payload
 
-    def sender(self) -> None:
-        while not self.stop.is_set():
-            key = f"load-{uuid.uuid4().hex}"
-            status, payload = None, b""
-            while status != 201 and not self.stop.is_set():
-                status, payload = self.call(
-                    "POST",
-                    "/api/compose",
-                    {"account_id": self.account_id, "to": [self.recipient], "text": key},
-                )
-                if status != 201:
-                    time.sleep(0.3)
-            if status != 201:
-                return
-            draft_id = json.loads(payload)["id"]
-            # A client keeps retrying a send it has not seen accepted, with the same key.
-            while True:
-                status, payload = self.call("POST", f"/api/compose/{draft_id}/send", {}, key=key)
-                if status == 202:
-                    with self.lock:
-                        self.accepted[key] = json.loads(payload)["id"]
-                    break
-                time.sleep(0.3)
-            time.sleep(0.4)
+    def stop_immediate(self) -> None:
+        postgres.stop_cluster(self.root / "data", immediate=True)
 
-    def reader(self) -> None:
-        while not self.stop.is_set():
-            self.call("GET", "/api/accounts")
-            time.sleep(0.1)
-
-    def statuses(self, since: float, until: float) -> list[int | None]:
-        with self.lock:
-            return [s for at, _, s, _ in self.requests if since <= at <= until]
-
-
-def message_ids(mailbox) -> list[str]:
-    with mailbox.client() as client:
-        client.select_folder("INBOX", readonly=True)
-        fetched = client.fetch(client.search("ALL"), ["BODY.PEEK[HEADER]"])
-        return [
-            str(email.message_from_bytes(d[b"BODY[HEADER]"], policy=policy.default)["Message-ID"])
-            for d in fetched.values()
-        ]
-
-
-def entry(sessions, outbox_id: int) -> OutboxEntry:
-    with sessions() as session:
-        return session.get(OutboxEntry, outbox_id)
+    def remove(self) -> None:
+        self.stop_immediate()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture
-def servers():
-    private = PrivateServers()
-    private.start()
-    yield private
-    private.stop()
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.kill()
 
 
-def test_sends_and_reads_ride_out_a_redis_then_a_postgres_outage(
-    env, servers, tmp_path, stack, stack_control, user_pools
-):
+@pytest.fixture
+def private_postgres():
     from alembic import command
 
     from app.migrations import alembic_config
+
+    server = PrivatePostgres()
+    try:
+        server.start()
+        command.upgrade(alembic_config(server.url), "head")
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def contexts():
+    """Service contexts built from a test's own settings, closed after."""
+    from app.config import Settings
+    from app.context import ServiceContext
+
+    built = []
+
+    def build(settings: dict[str, str]):
+        built.append(ServiceContext.build(Settings.from_mapping(settings)))
+        return built[-1]
+
+    yield build
+    for context in built:
+        context.close()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    started: list[Processes] = []
+
+    def start(settings: dict[str, str]) -> Processes:
+        started.append(Processes(settings, tmp_path))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop_all()
+
+
+def status(redis, job_id: str) -> str | None:
+    try:
+        return Job.fetch(job_id, connection=redis).get_status(refresh=True)
+    except NoSuchJobError:
+        return None
+
+
+def alive(running: Processes) -> list[int | None]:
+    return [process.poll() for process in running.running]
+
+
+def logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(tmp_path.glob("*.log")))
+
+
+def test_the_local_stack_s_redis_keeps_queued_and_delayed_jobs_across_a_kill(private_redis):
+    """devstack's redis-server (the one `make dev` and the tests start) runs appendonly, as
+    deployed hosts do: a kill -9 loses at most the last second, not the queues."""
+    from rq import Queue
+
+    redis = make_redis(private_redis.url)
+    queue = Queue("default", connection=redis)
+    queued = queue.enqueue("workers.jobs.heartbeat")
+    delayed = queue.enqueue_in(timedelta(hours=1), "workers.jobs.heartbeat")
+    time.sleep(1.5)  # appendfsync everysec
+    private_redis.kill()
+    private_redis.start()
+    redis = make_redis(private_redis.url)
+    assert Queue("default", connection=redis).job_ids == [queued.id]
+    assert status(redis, delayed.id) == "scheduled"
+
+
+def test_workers_and_the_scheduler_ride_out_a_redis_kill_while_jobs_run(
+    fresh_migrated_env, private_redis, contexts, processes, tmp_path
+):
     from tests.conftest import make_tenant_user
 
-    pool = user_pools.setdefault(stack_control.name, UserPool(stack_control))
-    sender, recipient, peer_sender = pool.take(), pool.take(), pool.take()
-    with SmtpPeer(relay=relay_to(stack.host, stack.smtp_port)) as peer:
-        settings = allowing(
-            {
-                **env,
-                "DATABASE_URL": servers.database_url,
-                "REDIS_URL": servers.redis_url,
-                "SEND_RETRY_SECONDS": "1",
-            },
-            f"127.0.0.1:{peer.port}",
+    # Each sync on the tarpit holds its worker for HOLD seconds: both workers are inside a
+    # job when Redis dies, and both jobs end while it is still down.
+    hold = 3
+    with Tarpit(hold=hold) as tarpit:
+        env = allowing(
+            {**fresh_migrated_env, "REDIS_URL": private_redis.url}, f"127.0.0.1:{tarpit.port}"
         )
-        command.upgrade(alembic_config(servers.database_url), "head")
-        ctx = ServiceContext.build(Settings.from_mapping(settings))
-        running = Processes(settings, tmp_path)
-        restarts: list[str] = []
+        ctx = contexts(env)
+        slow = ServerFields("127.0.0.1", tarpit.port, Security.NONE, "someone", "secret")
+        ids = []
+        for name in ("a", "b"):  # two tenants: each may use one of the two workers
+            user = make_tenant_user(ctx, name)
+            with ctx.work(user.tenant_id) as unit:
+                fields = AccountFields(f"{name}@slow.example", None, slow, slow)
+                ids.append(create_account(unit, fields, verify=False).id)
+        redis, jobs = ctx.redis, ctx.jobs
+        running = processes(env)
+        running.start("worker")
+        running.start("worker")
+        running.start("scheduler")
+        running.start("worker", "send")  # idle, waiting on its queue, when Redis dies
+        wait_for(lambda: len(Worker.all(connection=redis)) == 3, timeout=30)
+        wait_for(lambda: list(Scheduler(connection=redis).get_jobs()), timeout=30)
+
+        for account_id in ids:
+            jobs.enqueue(SYNC_ACCOUNT, account_id)
+        wait_for(lambda: tarpit.open == 2, timeout=30, interval=0.05)
+        # Due in the middle of the outage: run by the workers' scheduler of delayed jobs.
+        delayed = jobs.enqueue(HEARTBEAT, delay=2)
+        time.sleep(1.2)  # on disk (appendfsync everysec)
+
+        private_redis.kill()
+        time.sleep(OUTAGE)
+        assert alive(running) == [None] * 4, logs(tmp_path)
+        private_redis.start()
+
+        # The delayed job runs within seconds of the return, not at RQ's next maintenance.
+        wait_for(lambda: status(redis, delayed) == "finished", timeout=15)
+        # Every worker is still registered and takes new work: two slow jobs at once, and
+        # one on the idle worker's queue.
+        assert len(Worker.all(connection=redis)) == 3
+        idle = jobs.enqueue(replace(HEARTBEAT, queue=QueueName.SEND))
+        wait_for(lambda: status(redis, idle) == "finished", timeout=15)
+        before = tarpit.accepted
+        for account_id in ids:
+            jobs.enqueue(SYNC_ACCOUNT, account_id)
+        wait_for(lambda: tarpit.most_open >= 2 and tarpit.accepted >= before + 2, timeout=30)
+        # The scheduler is back at work: a job it holds is put in its queue and run.
+        scheduled = Scheduler(connection=redis).enqueue_in(
+            timedelta(seconds=1), "workers.jobs.heartbeat"
+        )
+        wait_for(lambda: status(redis, scheduled.id) == "finished", timeout=30)
+        assert alive(running) == [None] * 4, logs(tmp_path)
+
+    # The outage is logged once by each part of a process (work loop or horse, scheduler of
+    # delayed jobs), not once per retry.
+    for log in sorted(tmp_path.glob("*.log")):
+        text = log.read_text(errors="replace")
+        assert text.count("unreachable; waiting for it") <= 3, text
+        assert text.count("could not connect to Redis") <= 1, text
+        assert "quitting" not in text, text
+
+
+def test_a_stop_asked_during_a_redis_outage_is_honoured(
+    env, migrated, private_redis, processes, tmp_path
+):
+    settings = {**env, "REDIS_URL": private_redis.url}
+    running = processes(settings)
+    running.start("worker")
+    running.start("scheduler")
+    redis = make_redis(private_redis.url)
+    wait_for(lambda: len(Worker.all(connection=redis)) == 1, timeout=30)
+    time.sleep(1)
+    private_redis.kill()
+    time.sleep(2)
+    assert alive(running) == [None, None], logs(tmp_path)
+    for process in running.running:
+        os.killpg(process.pid, signal.SIGTERM)
+    for process in running.running:
+        assert process.wait(timeout=15) == 0, logs(tmp_path)
+
+
+def test_workers_and_the_scheduler_ride_out_a_postgresql_stop(
+    env, private_postgres, private_redis, contexts, processes, mailbox, tmp_path
+):
+    from tests.conftest import make_tenant_user
+
+    settings = {**env, "DATABASE_URL": private_postgres.url, "REDIS_URL": private_redis.url}
+    ctx = contexts(settings)
+    user = make_tenant_user(ctx)
+    mailbox.fill("INBOX", 3)
+    account_id = add_account(ctx, user.tenant_id, mailbox)
+    running = processes(settings)
+    running.start("worker")
+    running.start("worker")
+    running.start("scheduler")
+    running.start("idle")
+
+    def synced() -> int:
         try:
-            user = make_tenant_user(ctx)
-            account_id = make_account(ctx, user.tenant_id, sender)
-            peer_smtp = ServerFields("127.0.0.1", peer.port, Security.NONE, peer_sender.email, "x")
-            peer_account = make_account(ctx, user.tenant_id, peer_sender, smtp=peer_smtp)
-            workers = [running.start("worker") for _ in range(WORKERS)]
-            scheduler = running.start("scheduler")
+            return len(stored(ctx.sessions, account_id).get("INBOX", {}))
+        except OperationalError:
+            return -1  # this process's pooled connection from before the stop
 
-            def revive() -> None:
-                """Start again a worker or scheduler that exited (not needed once they survive
-                outages by themselves: `restarts` says what this test had to do)."""
-                nonlocal scheduler
-                for i, worker in enumerate(workers):
-                    if worker.poll() is not None:
-                        restarts.append(f"worker rc={worker.returncode}")
-                        workers[i] = running.start("worker")
-                if scheduler.poll() is not None:
-                    restarts.append(f"scheduler rc={scheduler.returncode}")
-                    scheduler = running.start("scheduler")
+    # Synced once (the scheduler's periodic sync, the IDLE watcher's first request).
+    wait_for(lambda: synced() == 3, timeout=60)
+    wait_for(lambda: len(Worker.all(connection=ctx.redis)) == 2, timeout=30)
 
-            with api_process(settings, tmp_path) as (port, _):
-                load = Load(port, user.headers, account_id, recipient.email)
-                threads = [
-                    threading.Thread(target=target, daemon=True)
-                    for target in (load.sender, load.sender, load.reader)
-                ]
-                for thread in threads:
-                    thread.start()
+    private_postgres.stop_immediate()
+    # Asked for while the database is down: the job waits, it is not lost.
+    sync = ctx.jobs.enqueue(SYNC_ACCOUNT, account_id)
+    # New mail: the IDLE watcher sees it and cannot request its sync yet.
+    mailbox.append("INBOX", message(subject="during the outage"))
+    # Work that needs only Redis goes on meanwhile.
+    heartbeat = ctx.jobs.enqueue(replace(HEARTBEAT, queue=QueueName.SYNC))
+    wait_for(lambda: status(ctx.redis, heartbeat) == "finished", timeout=15)
+    time.sleep(OUTAGE)
+    assert alive(running) == [None] * 4, logs(tmp_path)
+    private_postgres.start()
 
-                def back() -> float:
-                    returned = time.time()
-                    wait_for(
-                        lambda: (
-                            (r := http_get(port, "/api/accounts", user.headers)) and r[0] == 200
-                        ),
-                        timeout=BACK_WITHIN,
-                        interval=0.1,
-                    )
-                    return returned
+    wait_for(lambda: synced() == 4, timeout=60)
+    wait_for(lambda: status(ctx.redis, sync) == "finished", timeout=30)
+    assert alive(running) == [None] * 4, logs(tmp_path)
+    idle = (tmp_path / "idle-3.log").read_text()
+    # The watcher met the outage, waited it out, and says so once each way.
+    assert idle.count("(IDLE watcher) unreachable; waiting for it") == 1, idle
+    assert idle.count("(IDLE watcher) back") == 1, idle
 
-                time.sleep(3)
-                assert load.accepted, "no send accepted before the outages"
 
-                # -- Redis crashes ------------------------------------------------------
-                redis_down = time.time()
-                servers.kill_redis()
-                time.sleep(OUTAGE_SECONDS)
-                servers.start_redis()
-                redis_up = back()
-                time.sleep(2)
-                revive()
-                time.sleep(3)
+class SlowProxy(TcpProxy):
+    """A TcpProxy whose server-to-client direction trickles (a slow link) while `slow`."""
 
-                # -- PostgreSQL stops while a server's 250 is on its way ----------------
-                peer.scripts = ["hold_after_dot"]
-                draft = load.call(
-                    "POST",
-                    "/api/compose",
-                    {"account_id": peer_account, "to": [recipient.email], "text": "held"},
-                )
-                assert draft[0] == 201
-                held = load.call(
-                    "POST", f"/api/compose/{json.loads(draft[1])['id']}/send", {}, key="held"
-                )
-                assert held[0] == 202
-                held_id = json.loads(held[1])["id"]
-                assert peer.holding.wait(30)  # a worker sent the whole message and waits
-                pg_down = time.time()
-                servers.stop_postgres()
-                peer.release.set()  # the 250 arrives while PostgreSQL is stopped
-                time.sleep(OUTAGE_SECONDS)
-                servers.start_postgres()
-                pg_up = back()
-                time.sleep(3)
-                revive()
-                time.sleep(2)
-                load.stop.set()
-                for thread in threads:
-                    thread.join(REQUEST_TIMEOUT * 3)
-                assert not any(t.is_alive() for t in threads), "a client hangs"
+    slow = True
 
-                everything = load.statuses(0, time.time())
-                assert set(everything) <= {200, 201, 202, 503}, sorted(
-                    {s for s in everything if s not in (200, 201, 202)}, key=str
-                )
-                for since, until in ((redis_down, redis_up), (pg_down, pg_up)):
-                    assert 503 in load.statuses(since + 0.5, until)  # the outage was seen
-                slowest = max(d for _, _, _, d in load.requests)
-                assert slowest < REQUEST_TIMEOUT / 2
-
-                # Every accepted message ends sent (retries, sweeps) and arrives exactly once.
-                accepted = {**load.accepted, "held": held_id}
-                sessions = ctx.sessions
-
-                def all_settled():
-                    states = {i: entry(sessions, i).state for i in accepted.values()}
-                    busy = {"queued", "sending"} & set(states.values())
-                    return None if busy else states
-
-                revive_until = time.monotonic() + 200
-                states = None
-                while time.monotonic() < revive_until and states is None:
-                    states = all_settled()
-                    if states is None:
-                        revive()
-                        time.sleep(1)
-                if states is None:
-                    stuck = [entry(sessions, i) for i in accepted.values()]
-                    stuck = [
-                        (e.id, e.state, e.attempts, e.last_error, e.next_attempt_at)
-                        for e in stuck
-                        if e.state in ("queued", "sending")
-                    ]
-                    raise AssertionError(f"still queued or sending: {stuck}; restarts {restarts}")
-                assert set(states.values()) == {"sent"}, {
-                    i: s for i, s in states.items() if s != "sent"
-                }
-                held_entry = entry(sessions, held_id)
-                assert (held_entry.attempts, held_entry.last_error) == (1, None)
-                assert peer.sessions == 1
-                wanted = {entry(sessions, i).message_id for i in accepted.values()}
-
-                def delivered():
-                    found = message_ids(recipient)
-                    return found if wanted <= set(found) else None
-
-                found = wait_for(delivered, timeout=60, interval=1)
-                time.sleep(2)  # a duplicate on its way would be in by now
-                found = message_ids(recipient)
-                twice = {m for m in wanted if found.count(m) != 1}
-                assert not twice, f"delivered other than once: {twice}"
-                print(
-                    f"\n{len(load.requests)} requests, {len(accepted)} messages accepted, "
-                    f"{everything.count(503)} answered 503; restarted: {restarts or 'nothing'}"
-                )
+    def _pipe(self, source, sink, downstream: bool) -> None:
+        try:
+            while data := source.recv(512 if self.slow else 65536):
+                if downstream and self.slow:
+                    time.sleep(0.1)
+                sink.sendall(data)
+        except OSError:
+            pass
         finally:
-            running.stop_all()
-            ctx.close()
+            for s in (source, sink):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def test_a_sync_whose_worker_was_killed_is_resumed_without_a_new_request(
+    fresh_migrated_env, contexts, processes, mailbox, tmp_path
+):
+    from app.services.sync import sync_status
+    from app.services.sync.control import lock_held, request_sync
+    from tests.conftest import make_tenant_user
+
+    mailbox.fill("INBOX", 40)
+    proxy = SlowProxy((mailbox.host, mailbox.imap_port))
+    proxy.start()
+    try:
+        env = allowing(fresh_migrated_env, f"127.0.0.1:{proxy.port}")
+        ctx = contexts(env)
+        user = make_tenant_user(ctx)
+        through = type(mailbox)(**{**vars(mailbox), "imap_port": proxy.port})
+        account_id = add_account(ctx, user.tenant_id, through)
+        running = processes(env)
+        first = running.start("worker", "sync", SYNC_BATCH_MESSAGES="5")
+        with ctx.work(user.tenant_id) as unit:
+            request_sync(unit, account_id)
+
+        def syncing() -> bool:
+            with ctx.work() as unit:
+                return lock_held(unit, account_id)
+
+        def midway() -> bool:
+            count = len(stored(ctx.sessions, account_id).get("INBOX", {}))
+            return 0 < count < 40 and syncing()
+
+        wait_for(midway, timeout=60, interval=0.05)
+        kill_tree(first.pid)  # the worker and its work-horse, mid-round
+        first.wait()
+        wait_for(lambda: not syncing(), timeout=15)
+        with ctx.work(user.tenant_id) as unit:
+            interrupted = sync_status(unit, account_id)
+        assert interrupted.state == "failed", interrupted
+        assert len(stored(ctx.sessions, account_id).get("INBOX", {})) < 40
+
+        proxy.slow = False
+        running.start("worker", "sync")  # nobody asks for a sync again
+        wait_for(lambda: len(stored(ctx.sessions, account_id).get("INBOX", {})) == 40, timeout=60)
+
+        def done() -> str:
+            with ctx.work(user.tenant_id) as unit:
+                return sync_status(unit, account_id).state
+
+        wait_for(lambda: done() == "idle", timeout=30)
+    finally:
+        proxy.stop()

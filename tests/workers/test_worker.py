@@ -55,11 +55,17 @@ def test_scheduler_enqueues_its_periodic_jobs_once_however_often_it_starts(
     for _ in range(2):
         result = run_cli(["scheduler", "--burst"], env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-    periodic = ["periodic-heartbeat", "periodic-outbox-sweep", "periodic-sync"]
+    periodic = [
+        "periodic-heartbeat",
+        "periodic-outbox-sweep",
+        "periodic-sync",
+        "periodic-sync-resume",
+    ]
     assert sorted(job.id for job in Scheduler(connection=redis_client).get_jobs()) == periodic
     assert sorted(Jobs(redis_client).queue(QueueName.DEFAULT).job_ids) == [
         "periodic-heartbeat",
         "periodic-sync",
+        "periodic-sync-resume",
     ]
     assert Jobs(redis_client).queue(QueueName.SEND).job_ids == ["periodic-outbox-sweep"]
 

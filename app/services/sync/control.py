@@ -97,6 +97,42 @@ def request_all(ctx: ServiceContext) -> int:
     return requested
 
 
+def resume_interrupted(ctx: ServiceContext) -> int:
+    """Request a sync of every account whose round a killed worker left open (started
+    recently, not finished, no failure recorded, nobody holding its lock, no job waiting:
+    what sync_status reports as interrupted): the next worker carries it on without anyone
+    asking. Run when a worker starts and every minute by the scheduler. How many."""
+    since = datetime.now(timezone.utc) - ROUND_EXPIRY
+    with ctx.work() as unit:
+        ids = list(
+            unit.session.scalars(
+                select(Account.id).where(
+                    Account.state == AccountState.ACTIVE,
+                    Account.sync_started_at.is_not(None),
+                    Account.sync_started_at > since,
+                    # A round that recorded a failure was given up by its own retries (or
+                    # waits for them): only the silent stop of a killed worker is resumed.
+                    Account.last_error.is_(None),
+                )
+            )
+        )
+    resumed = 0
+    for account_id in ids:
+        with ctx.work() as unit:
+            account = unit.session.get(Account, account_id)
+            if account is None or lock_held(unit, account_id):
+                continue  # gone, or a sync runs right now
+            if ctx.jobs.waiting(account.sync_job_id):
+                continue
+            try:
+                request_sync(unit, account_id)
+            except (NotFound, Conflict):
+                continue
+            resumed += 1
+            log.info("interrupted sync resumed", extra={"account_id": account_id})
+    return resumed
+
+
 @dataclass(frozen=True)
 class FolderProgress:
     name: str
