@@ -229,9 +229,12 @@ def test_workers_and_the_scheduler_ride_out_a_redis_kill_while_jobs_run(
 
 
 def test_a_stop_asked_during_a_redis_outage_is_honoured(
-    env, migrated, private_redis, processes, tmp_path
+    fresh_migrated_env, private_redis, processes, tmp_path
 ):
-    settings = {**env, "REDIS_URL": private_redis.url}
+    """An idle worker and the scheduler stop at once on SIGTERM while Redis is down. (A
+    database of the test's own: on the session's, the worker's start-up sweep would find other
+    tests' outbox entries, and a busy worker waits for its job to finish, result and all.)"""
+    settings = {**fresh_migrated_env, "REDIS_URL": private_redis.url}
     running = processes(settings)
     running.start("worker")
     running.start("scheduler")
