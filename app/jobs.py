@@ -85,6 +85,7 @@ HEARTBEAT = JobSpec("workers.jobs.heartbeat", QueueName.DEFAULT, 60)
 SYNC_ALL_ACCOUNTS = JobSpec("workers.jobs.sync_all_accounts", QueueName.DEFAULT, 600)
 SWEEP_OUTBOX = JobSpec("workers.jobs.sweep_outbox", QueueName.SEND, 600)
 RESUME_SYNCS = JobSpec("workers.jobs.resume_syncs", QueueName.DEFAULT, 600)
+RESUME_CHANGES = JobSpec("workers.jobs.resume_changes", QueueName.DEFAULT, 600)
 
 CATALOGUE: tuple[JobSpec, ...] = (
     SYNC_ACCOUNT,
@@ -95,6 +96,7 @@ CATALOGUE: tuple[JobSpec, ...] = (
     SYNC_ALL_ACCOUNTS,
     SWEEP_OUTBOX,
     RESUME_SYNCS,
+    RESUME_CHANGES,
 )
 
 
@@ -117,6 +119,8 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("periodic-outbox-sweep", SWEEP_OUTBOX, 60),
         # Resumes syncs whose worker was killed mid-round (also at worker start).
         PeriodicJob("periodic-sync-resume", RESUME_SYNCS, 60),
+        # Queues message changes (flags, moves, deletions) whose write-back job was lost.
+        PeriodicJob("periodic-changes-resume", RESUME_CHANGES, 60),
     ]
 
 

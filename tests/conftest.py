@@ -188,23 +188,29 @@ def ctx(env, migrated):
 
 
 @pytest.fixture
-def ctx_allowing(env, ctx):
-    """Service contexts whose host policy allows what `ctx`'s does and some HOST:PORT pairs
-    more (a test's own peer): `ctx_allowing("127.0.0.1:PORT")`; closed at the test's end."""
+def contexts():
+    """Service contexts a test builds from settings of its own (`contexts(settings)`), as a
+    worker or the CLI would; closed at the test's end."""
     from app.config import Settings
     from app.context import ServiceContext
 
-    base = dict(env, ALLOWED_PRIVATE_HOSTS=",".join(ctx.settings.allowed_private_hosts))
     built = []
 
-    def build(*pairs: str):
-        context = ServiceContext.build(Settings.from_mapping(allowing(base, *pairs)))
-        built.append(context)
-        return context
+    def build(settings: dict[str, str]):
+        built.append(ServiceContext.build(Settings.from_mapping(settings)))
+        return built[-1]
 
     yield build
     for context in built:
         context.close()
+
+
+@pytest.fixture
+def ctx_allowing(env, ctx, contexts):
+    """Service contexts whose host policy allows what `ctx`'s does and some HOST:PORT pairs
+    more (a test's own peer): `ctx_allowing("127.0.0.1:PORT")`; closed at the test's end."""
+    base = dict(env, ALLOWED_PRIVATE_HOSTS=",".join(ctx.settings.allowed_private_hosts))
+    return lambda *pairs: contexts(allowing(base, *pairs))
 
 
 @pytest.fixture(scope="session")

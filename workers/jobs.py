@@ -48,3 +48,8 @@ def sweep_outbox() -> int:
 def resume_syncs() -> int:
     """Resume syncs a killed worker left half-done (also at worker start)."""
     return sync.control.resume_interrupted(context())
+
+
+def resume_changes() -> int:
+    """Queue message changes whose write-back job was lost (also at worker start)."""
+    return messages.resume_pending(context())

@@ -45,7 +45,7 @@ from rq.worker import DequeueStrategy
 from app.context import DEPENDENCY_ERRORS, REDIS_ERRORS
 from app.jobs import CATALOGUE, QUEUES, JobSpec, QueueName, TenantSlots
 from app.logs import request_id_var
-from app.services import outbox, usage
+from app.services import messages, outbox, usage
 from app.services.sync import control as sync_control
 from workers import runtime
 from workers.runtime import Outage, until_redis_answers
@@ -476,6 +476,10 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
         sync_control.resume_interrupted(ctx)
     except Exception:
         log.exception("resuming interrupted syncs at start failed")
+    try:
+        messages.resume_pending(ctx)
+    except Exception:
+        log.exception("resuming pending message changes at start failed")
     # with_scheduler: RQ's own scheduler moves jobs whose retry interval has passed back
     # into their queue; without it a Retry(interval=...) job would never run again.
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level))

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Table, and_, literal, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, load_only
 
-from app.context import ServiceContext, Unit
+from app.context import DEPENDENCY_ERRORS, ServiceContext, Unit
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.jobs import APPLY_MESSAGE_CHANGES, backoff
 from app.mail import MailConnectionError
@@ -27,11 +27,15 @@ from app.mail.mime import Attachment, attachment_content, parse_message
 from app.models import Account, Folder, Message, MessageChange, MessageRaw
 from app.services.accounts import get_account
 from app.services.sync import count_folder
-from app.states import ChangeKind, ChangeState, FolderRole
+from app.states import AccountState, ChangeKind, ChangeState, FolderRole
 
 log = logging.getLogger(__name__)
 # Network failures are retried this many times, with exponential backoff and jitter.
 APPLY_RETRIES = 5
+# A change still pending this long after it was asked for, with no failure recorded, lost its
+# job (a worker killed mid-change, a database or Redis outage at the wrong moment): the sweep
+# (resume_pending) queues it again. Well above the time a queued change waits normally.
+RESUME_AFTER = timedelta(seconds=60)
 # Columns a moved copy takes over from the original (the rest is its own, or generated).
 _OWN_COLUMNS = {"id", "folder_id", "uidvalidity", "uid", "modseq", "created_at"}
 # What a summary shows (lists and search hits load only these).
@@ -268,7 +272,11 @@ def apply_changes(ctx: ServiceContext, account_id: int, limit: int = 500) -> int
         selected: str | None = None
         for change_id in pending:
             with sessions.begin() as s:
-                change = s.get_one(MessageChange, change_id)
+                # Locked while it is written to the server: two jobs of one account (the
+                # sweep's and the user's) never apply the same change twice.
+                change = s.get(MessageChange, change_id, with_for_update={"skip_locked": True})
+                if change is None or change.state != ChangeState.PENDING:
+                    continue  # another job has it, or had it
                 found = s.execute(
                     select(Message, Folder)
                     .join(Folder, Folder.id == Message.folder_id)
@@ -302,7 +310,9 @@ def apply_changes(ctx: ServiceContext, account_id: int, limit: int = 500) -> int
 
 
 def run_apply_job(ctx: ServiceContext, account_id: int, attempt: int = 0) -> int:
-    """The write-back job: apply the pending changes; a network failure is retried later."""
+    """The write-back job: apply the pending changes. A failure of the mail server is retried
+    with backoff; one of the database is retried within seconds (and, past the retries, by the
+    sweep): a change is written to the server once it is back, either way."""
     try:
         return apply_changes(ctx, account_id)
     except MailConnectionError:
@@ -310,6 +320,48 @@ def run_apply_job(ctx: ServiceContext, account_id: int, attempt: int = 0) -> int
             raise
         ctx.jobs.enqueue(APPLY_MESSAGE_CHANGES, account_id, attempt + 1, delay=backoff(attempt))
         return 0
+    except DEPENDENCY_ERRORS:
+        if attempt >= APPLY_RETRIES:
+            raise
+        log.warning("database unavailable while writing changes back; retrying")
+        delay = backoff(attempt, base=2, cap=30)
+        ctx.jobs.enqueue(APPLY_MESSAGE_CHANGES, account_id, attempt + 1, delay=delay)
+        return 0
+
+
+def resume_job_id(account_id: int) -> str:
+    """The sweep's job of an account: one at a time, however long the queue waits."""
+    return f"apply-resume-{account_id}"
+
+
+def resume_pending(ctx: ServiceContext) -> int:
+    """Queue the write-back of every account whose changes lost their job: pending for
+    RESUME_AFTER with no failure recorded (a failure has its own retries). Run when a worker
+    starts and every minute by the scheduler; how many accounts."""
+    since = datetime.now(timezone.utc) - RESUME_AFTER
+    with ctx.sessions() as s:
+        ids = list(
+            s.scalars(
+                select(MessageChange.account_id)
+                .join(Account, Account.id == MessageChange.account_id)
+                .where(
+                    MessageChange.state == ChangeState.PENDING,
+                    MessageChange.last_error.is_(None),
+                    MessageChange.created_at < since,
+                    Account.state == AccountState.ACTIVE,
+                )
+                .distinct()
+            )
+        )
+    resumed = 0
+    for account_id in ids:
+        job_id = resume_job_id(account_id)
+        if ctx.jobs.waiting(job_id):
+            continue
+        ctx.jobs.enqueue(APPLY_MESSAGE_CHANGES, account_id, job_id=job_id)
+        resumed += 1
+        log.info("pending message changes resumed", extra={"account_id": account_id})
+    return resumed
 
 
 def _apply(

@@ -302,3 +302,80 @@ def test_an_attachment_of_a_message_of_millions_of_empty_parts_costs_little(
     # The raw bytes are read from PostgreSQL for each download (24 MB); parsing every part
     # would add about a gigabyte.
     assert peak < 100 * 1024 * 1024, peak
+
+
+def test_a_change_whose_job_was_lost_is_written_back_by_the_sweep(
+    ctx, env, tmp_path, client, tenant_a, synced, account_id, mailbox, db_sessionmaker, empty_queues
+):
+    from sqlalchemy import update
+
+    from app.jobs import QueueName
+    from app.models import MessageChange
+    from app.services.messages import resume_job_id, resume_pending
+    from tests.support import run_cli
+
+    target = synced["oldest"]
+    response = client.patch(
+        f"/api/messages/{target}", json={"seen": True}, headers=tenant_a.headers
+    )
+    change_id = response.get_json()["id"]
+    ctx.jobs.queue(QueueName.DEFAULT).empty()  # its job lost (a Redis outage, a killed worker)
+    assert resume_pending(ctx) == 0  # just asked for: its own job may still be on the way
+    with db_sessionmaker.begin() as s:
+        s.execute(
+            update(MessageChange)
+            .where(MessageChange.id == change_id)
+            .values(created_at=datetime.now(timezone.utc) - timedelta(minutes=2))
+        )
+    assert resume_pending(ctx) == 1
+    assert resume_pending(ctx) == 0  # one sweep job per account while it waits
+    assert ctx.jobs.queue(QueueName.DEFAULT).job_ids == [resume_job_id(account_id)]
+
+    result = run_cli(["worker", "--burst", "default"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    [uid] = [u for u, m in stored(db_sessionmaker, account_id)["INBOX"].items() if m.id == target]
+    assert b"\\Seen" in mailbox.flags("INBOX")[uid]
+    with db_sessionmaker() as s:
+        done = s.get_one(MessageChange, change_id)
+        assert (done.state, done.attempts) == ("done", 1)  # written once
+    assert resume_pending(ctx) == 0  # nothing left pending
+
+
+def test_a_database_outage_during_write_back_is_retried_within_seconds(
+    env, contexts, client, tenant_a, synced, account_id, mailbox, db_sessionmaker, empty_queues
+):
+    from urllib.parse import urlsplit
+
+    from rq.registry import ScheduledJobRegistry
+
+    from app.jobs import QueueName
+    from app.services.messages import run_apply_job
+    from tests.support import TcpProxy
+
+    database = urlsplit(env["DATABASE_URL"])
+    proxy = TcpProxy((database.hostname, database.port))
+    proxied = database._replace(
+        netloc=database.netloc.replace(f":{database.port}", f":{proxy.port}")
+    )
+    ctx = contexts(dict(env, DATABASE_URL=proxied.geturl()))
+    target = synced["hostile html"]
+    client.patch(f"/api/messages/{target}", json={"flagged": True}, headers=tenant_a.headers)
+    ctx.jobs.queue(QueueName.DEFAULT).empty()
+
+    # PostgreSQL does not answer (the proxy is off): the job neither fails nor waits long.
+    assert run_apply_job(ctx, account_id) == 0
+    queue = ctx.jobs.queue(QueueName.DEFAULT)
+    registry = ScheduledJobRegistry(queue=queue)
+    [retry_id] = registry.get_job_ids()
+    due = registry.get_scheduled_time(retry_id)
+    assert due <= datetime.now(timezone.utc) + timedelta(seconds=4)  # base 2 s, +-50%
+    retry = queue.fetch_job(retry_id)
+    assert retry.args == (account_id, 1)
+
+    proxy.start()  # back
+    try:
+        assert run_apply_job(ctx, *retry.args) == 1
+    finally:
+        proxy.stop()
+    [uid] = [u for u, m in stored(db_sessionmaker, account_id)["INBOX"].items() if m.id == target]
+    assert b"\\Flagged" in mailbox.flags("INBOX")[uid]

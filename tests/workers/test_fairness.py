@@ -75,23 +75,6 @@ class Occupancy:
             self.samples.append(self.count())
 
 
-@pytest.fixture
-def contexts():
-    """Service contexts a test builds from its own settings (a tarpit allowed), closed after."""
-    from app.config import Settings
-    from app.context import ServiceContext
-
-    built = []
-
-    def build(settings: dict[str, str]):
-        built.append(ServiceContext.build(Settings.from_mapping(settings)))
-        return built[-1]
-
-    yield build
-    for context in built:
-        context.close()
-
-
 def test_one_tenants_backlog_never_takes_every_worker_and_others_go_first(
     fresh_migrated_env, contexts, stack_control, user_pools, redis_client, tmp_path
 ):

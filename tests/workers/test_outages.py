@@ -99,23 +99,6 @@ def private_postgres():
 
 
 @pytest.fixture
-def contexts():
-    """Service contexts built from a test's own settings, closed after."""
-    from app.config import Settings
-    from app.context import ServiceContext
-
-    built = []
-
-    def build(settings: dict[str, str]):
-        built.append(ServiceContext.build(Settings.from_mapping(settings)))
-        return built[-1]
-
-    yield build
-    for context in built:
-        context.close()
-
-
-@pytest.fixture
 def processes(tmp_path):
     started: list[Processes] = []
 

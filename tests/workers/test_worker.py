@@ -56,6 +56,7 @@ def test_scheduler_enqueues_its_periodic_jobs_once_however_often_it_starts(
         result = run_cli(["scheduler", "--burst"], env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
     periodic = [
+        "periodic-changes-resume",
         "periodic-heartbeat",
         "periodic-outbox-sweep",
         "periodic-sync",
@@ -63,6 +64,7 @@ def test_scheduler_enqueues_its_periodic_jobs_once_however_often_it_starts(
     ]
     assert sorted(job.id for job in Scheduler(connection=redis_client).get_jobs()) == periodic
     assert sorted(Jobs(redis_client).queue(QueueName.DEFAULT).job_ids) == [
+        "periodic-changes-resume",
         "periodic-heartbeat",
         "periodic-sync",
         "periodic-sync-resume",
