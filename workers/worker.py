@@ -33,8 +33,9 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
+from redis import Redis
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, StopRequested
 from rq.executions import Execution
@@ -149,12 +150,15 @@ class ServiceWorker(Worker):
     ) -> bool:
         """RQ's work loop, except that a Redis error anywhere in it is waited out instead of
         ending the worker (RQ quits on any error it did not expect)."""
-        until_redis_answers(self.outage, self.connection.ping)  # started while Redis is down
-        self.bootstrap(logging_level, date_format, log_format)
+        # Started while Redis is down, or it goes down during RQ's own start-up steps
+        # (registering the worker, subscribing to its commands, starting the scheduler of
+        # delayed jobs): wait, and take the steps again; each is safe to repeat.
+        until_redis_answers(
+            self.outage,
+            lambda: self._start(burst, logging_level, date_format, log_format, with_scheduler),
+        )
         self._dequeue_strategy = dequeue_strategy
         completed = 0
-        if with_scheduler:
-            self._start_scheduler(burst, logging_level, date_format, log_format)
         self._install_signal_handlers()  # type: ignore[no-untyped-call]
         try:
             while True:
@@ -188,6 +192,39 @@ class ServiceWorker(Worker):
             except REDIS_ERRORS:
                 log.warning("worker %s stopped while Redis was unreachable", self.name)
         return bool(completed)
+
+    def _start(
+        self,
+        burst: bool,
+        logging_level: str | None,
+        date_format: str,
+        log_format: str,
+        with_scheduler: bool,
+    ) -> None:
+        if self.pubsub is not None:  # an earlier try subscribed: drop that subscription
+            if self.pubsub_thread is not None:
+                self.pubsub_thread.stop()
+                self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
+            self.pubsub, self.pubsub_thread = None, None
+        self.bootstrap(logging_level, date_format, log_format)
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level, date_format, log_format)
+
+    def _set_ip_address(self, connection: Redis) -> None:
+        """RQ names the worker's connection in its constructor, the first thing that talks to
+        Redis: a worker started while Redis is down waits here instead of exiting."""
+        until_redis_answers(
+            self.outage, lambda: super(ServiceWorker, self)._set_ip_address(connection)
+        )
+
+    def register_birth(self) -> None:
+        """RQ's, which refuses a name that a live worker holds: that is this very worker
+        when an earlier try of its start-up registered it before Redis went away."""
+        pid = cast("bytes | None", self.connection.hget(self.key, "pid"))
+        if pid == str(os.getpid()).encode():
+            self.connection.hset(self.key, "death", "restarting")  # ours: let RQ redo it
+        super().register_birth()  # type: ignore[no-untyped-call]
 
     def _wait_for_redis(self, exc: BaseException) -> None:
         """Wait until Redis answers again, then restart what the outage stopped."""

@@ -143,6 +143,41 @@ def test_the_local_stack_s_redis_keeps_queued_and_delayed_jobs_across_a_kill(pri
     assert status(redis, delayed.id) == "scheduled"
 
 
+@pytest.mark.parametrize("cut_after", [None, 1, 5, 10, 30, 60, 100, 200])
+def test_a_worker_rides_out_redis_going_away_during_its_own_start_up(private_redis, cut_after):
+    """Redis away when the worker is made (None), or cut off `cut_after` bytes into its
+    start: inside RQ's start-up steps (registering the worker, subscribing to its commands,
+    the scheduler of delayed jobs) for the small counts, in its first dequeue for the larger
+    ones. Every time the worker waits, takes the steps again once Redis is back (a second
+    later), and runs the job that was waiting."""
+    import threading
+
+    from rq import Queue
+
+    from workers.worker import ServiceWorker
+
+    proxy = TcpProxy(("127.0.0.1", private_redis.port))
+    direct = make_redis(private_redis.url)
+    job = Queue("default", connection=direct).enqueue("os.getpid")
+    connection = make_redis(f"redis://127.0.0.1:{proxy.port}/0")
+    back = threading.Timer(1.0, proxy.start)  # Redis "restarts" a second later
+    if cut_after is None:
+        back.start()
+        worker = ServiceWorker([Queue("default", connection=connection)], connection=connection)
+    else:
+        proxy.start()
+        worker = ServiceWorker([Queue("default", connection=connection)], connection=connection)
+        proxy.cut_after_bytes(cut_after)
+        back.start()
+    try:
+        assert worker.work(burst=True, with_scheduler=True) is True
+    finally:
+        back.join()
+        proxy.stop()
+    assert status(direct, job.id) == "finished"
+    assert Worker.all(connection=direct) == []  # registered once, and gone after a clean stop
+
+
 def test_workers_and_the_scheduler_ride_out_a_redis_kill_while_jobs_run(
     fresh_migrated_env, private_redis, contexts, processes, tmp_path
 ):
