@@ -560,18 +560,24 @@ def send(ctx: ServiceContext, outbox_id: int) -> str:
 
     Redis may be down when the attempt ends: the outcome is in the database, and the sweep
     enqueues what could not be enqueued here."""
+    started = time.monotonic()
     outcome = Deliverer(ctx).deliver(outbox_id)
-    try:
-        if outcome.attempted:
-            ctx.counters.count_send("deferred" if outcome.retry_in is not None else outcome.state)
-    except DEPENDENCY_ERRORS:
-        log.warning("send outcome not counted: Redis is unavailable")
     if outcome.retry_in is not None:
         attempts = _attempts(ctx, outbox_id)
         job_id = send_job_id(outbox_id, attempts) if attempts is not None else None
         enqueue_or_sweep(ctx, SEND_MESSAGE, outbox_id, delay=outcome.retry_in, job_id=job_id)
     if outcome.copy:
         enqueue_or_sweep(ctx, FILE_SENT_COPY, outbox_id)
+    if outcome.attempted:
+        # Counted once Redis answers, as the job's own result is recorded: the metrics miss
+        # no send that ended during an outage (unless it outlasts the job's time).
+        label = "deferred" if outcome.retry_in is not None else outcome.state
+        retrying(
+            "counting the outcome of a send",
+            lambda: ctx.counters.count_send(label),
+            started + SEND_MESSAGE.timeout - RECORD_MARGIN / 2,
+            outbox_id,
+        )
     return outcome.state
 
 

@@ -519,6 +519,37 @@ def test_a_committed_send_is_answered_when_redis_is_down_and_a_retry_enqueues_it
     assert jobs.depths()["send"] == depth
 
 
+def test_a_send_that_ends_while_redis_is_down_is_counted_once_it_is_back(
+    env, ctx, db_sessionmaker, tenant_a, mailbox, recipient, redis_client, empty_queues, caplog
+):
+    import threading
+    from urllib.parse import urlsplit
+
+    from app.services.outbox import send
+    from app.telemetry import SEND_OUTCOME_KEY
+    from tests.support import TcpProxy
+
+    redis = urlsplit(env["REDIS_URL"])
+    proxy = TcpProxy((redis.hostname, redis.port))  # not started: Redis is down
+    proxied = redis._replace(netloc=redis.netloc.replace(f":{redis.port}", f":{proxy.port}"))
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+    outbox_id = queue(ctx, tenant_a.tenant_id, account_id, [recipient.email])
+    before = int(redis_client.hget(SEND_OUTCOME_KEY, "sent") or 0)
+    no_redis = proxied_context(env, ctx, None, proxied.geturl())
+    back = threading.Timer(5.0, proxy.start)  # long after Postfix's 250
+    back.start()
+    try:
+        assert send(no_redis, outbox_id) == "sent"
+    finally:
+        back.join()
+        no_redis.close()
+        proxy.stop()
+    assert "counting the outcome of a send: a dependency is unavailable" in caplog.text
+    assert int(redis_client.hget(SEND_OUTCOME_KEY, "sent")) == before + 1
+    assert entry(db_sessionmaker, outbox_id).state == "sent"
+    arrived(recipient, entry(db_sessionmaker, outbox_id).message_id)
+
+
 def test_the_sweep_queues_a_due_entry_whose_job_redis_never_got(
     env, ctx, db_sessionmaker, tenant_a, mailbox, recipient, empty_queues
 ):
