@@ -356,3 +356,49 @@ def test_another_tenants_drafts_and_outbox_are_404(client, tenant_a, tenant_b, d
     assert update_.status_code == 404
     listed = client.get("/api/outbox", headers=tenant_b.headers).get_json()
     assert entry["id"] not in [e["id"] for e in listed["items"]]
+
+
+def test_redis_failing_between_the_commit_and_the_enqueue_is_a_202_and_the_retry_enqueues(
+    env, migrated, tenant_a, account_id, db, redis_client, monkeypatch
+):
+    """Redis goes away after the outbox entry is committed and before its job is enqueued
+    (the proxy in front of it is switched off at the first enqueue): the client is told 202
+    (the entry exists), and its retry with the same key, once Redis is back, enqueues it."""
+    from urllib.parse import urlsplit
+
+    from app import create_app
+    from app.jobs import Jobs
+    from app.services.outbox import send_job_id
+    from tests.support import TcpProxy
+
+    redis = urlsplit(env["REDIS_URL"])
+    proxy = TcpProxy((redis.hostname, redis.port))
+    proxy.start()
+    proxied = redis._replace(netloc=redis.netloc.replace(f":{redis.port}", f":{proxy.port}"))
+    client = create_app(dict(env, REDIS_URL=proxied.geturl())).test_client()
+    draft = client.post("/api/compose", json=draft_body(account_id), headers=tenant_a.headers)
+    draft_id = draft.get_json()["id"]
+
+    enqueue = Jobs.enqueue
+
+    def redis_gone_first(self, *args, **kwargs):
+        proxy.stop()  # every try of the accept path's enqueue meets a Redis that is gone
+        return enqueue(self, *args, **kwargs)
+
+    monkeypatch.setattr(Jobs, "enqueue", redis_gone_first)
+    headers = {**tenant_a.headers, "Idempotency-Key": "redis-gone-after-commit"}
+    try:
+        first = client.post(f"/api/compose/{draft_id}/send", headers=headers)
+    finally:
+        monkeypatch.undo()
+        proxy.start()
+    assert first.status_code == 202, first.get_json()
+    entry_id = first.get_json()["id"]
+    assert db.get(OutboxEntry, entry_id).state == "queued"
+    jobs = Jobs(redis_client)
+    assert jobs.state(send_job_id(entry_id, 0)) is None  # Redis never got the job
+
+    again = client.post(f"/api/compose/{draft_id}/send", headers=headers)
+    proxy.stop()
+    assert (again.status_code, again.get_json()["id"]) == (202, entry_id)
+    assert jobs.state(send_job_id(entry_id, 0)) == "queued"
