@@ -2,10 +2,11 @@
 
 Turns fresh Debian 12 hosts into the whole stack: PostgreSQL, Redis and backups (db role),
 Dovecot and Postfix (mail), the service's API instances behind nginx (api), its workers,
-scheduler and IDLE watcher (workers), TLS, a firewall and a health-check timer, then checks
-/health through nginx. A host in no role group has every role (tasks/roles.py). A second run
-changes nothing. Settings come from inventories/group_data/ (templates read only host.data);
-secrets from the deploying person's environment or inventories/secrets/ (tasks/secrets.py).
+scheduler and IDLE watcher (workers), TLS (self-signed, provided or ACME), a firewall and a
+health-check timer, then checks /health through nginx. A host in no role group has every
+role (tasks/roles.py). A second run changes nothing. Settings come from
+inventories/group_data/ (templates read only host.data); secrets from the deploying person's
+environment or inventories/secrets/ (tasks/secrets.py).
 """
 
 from pyinfra import host
@@ -49,6 +50,7 @@ if roles.has(*roles.APP):
     ops += app.install(release.build(), secrets)
 if roles.has("api"):
     ops += nginx.configure(app.api_ports())
+    ops += tls.acme()
 ops += firewall.configure(roles.remote_app_addresses() if split and roles.has("db") else [])
 if roles.has("api"):
     health.verify(ops)

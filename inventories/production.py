@@ -6,8 +6,17 @@ names and private addresses with yours; more app hosts are more entries in `api`
 import os
 
 if os.environ.get("EMAILSERVICE_PRODUCTION_SPLIT") == "1":
-    _app = ("app1.example.com", {"_sudo": True, "private_address": "10.0.0.11"})
-    _data = ("data1.example.com", {"_sudo": True, "private_address": "10.0.0.21"})
+    # The app host gets its ACME certificate for the API's own name (its DNS names this host);
+    # the data/mail host has no nginx to answer ACME: put its certificate for mail_hostname at
+    # tls_cert_path/tls_key_path ("provided").
+    _app = (
+        "app1.example.com",
+        {"_sudo": True, "private_address": "10.0.0.11", "api_hostname": "api.example.com"},
+    )
+    _data = (
+        "data1.example.com",
+        {"_sudo": True, "private_address": "10.0.0.21", "tls_mode": "provided"},
+    )
     production = [_app, _data]
     api = [_app[0]]
     workers = [_app[0]]

@@ -17,6 +17,8 @@ def install_packages() -> list:
     wanted = list(host.data.packages)
     for role in sorted(roles.of()):
         wanted += host.data.role_packages.get(role, [])
+    if roles.has("api", "mail"):
+        wanted += host.data.tls_packages.get(host.data.tls_mode, [])
     missing = [p for p in dict.fromkeys(wanted) if p not in installed]
     if not missing:
         return []  # nothing to do, and nothing reported: a second run changes nothing

@@ -1,16 +1,54 @@
-"""A certificate per host: self-signed, generated once (vagrant), or provided paths."""
+"""A certificate per host: self-signed (generated once), provided files, or ACME (certbot).
+
+ACME: `certificate()` first puts a self-signed placeholder at tls_cert_path/tls_key_path, so
+nginx, Postfix and Dovecot start before there is a real certificate. Once nginx answers on
+port 80, `acme()` asks the CA for one certificate naming api_hostname and mail_hostname
+(HTTP-01, `certbot certonly --webroot`: the nginx plugin would rewrite configuration this
+deploy owns). certbot's deploy hook copies each new certificate over the placeholder and
+reloads the servers that use it; Debian's certbot.timer renews it twice a day when it is due,
+running the same hook. The issuance runs once: a later deploy sees certbot's renewal
+configuration and changes nothing.
+"""
 
 from __future__ import annotations
 
 from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.files import File
-from pyinfra.operations import files, server
+from pyinfra.operations import files, server, systemd
+
+from tasks import roles
+from tasks.common import template
+
+CERT_NAME = "emailservice"
+DEPLOY_HOOK = "/etc/emailservice/certbot-deploy-hook"
+# Extra roots for a private ACME CA, where update-ca-certificates picks them up (Debian's
+# certbot, through python3-requests, trusts the system's store; so does the service).
+CA_BUNDLE = "/usr/local/share/ca-certificates/emailservice-acme.crt"
+
+
+def api_hostname() -> str:
+    return str(host.data.api_hostname or host.data.mail_hostname)
+
+
+def packages() -> list[str]:
+    """The TLS mode's Debian packages (certbot for ACME)."""
+    return list(host.data.tls_packages.get(host.data.tls_mode, []))
 
 
 def certificate() -> list:
     data = host.data
-    if data.tls_mode != "selfsigned":
-        return []  # provided: certbot or the operator keeps the files at tls_cert_path/key_path
+    if data.tls_mode not in ("selfsigned", "provided", "acme"):
+        raise PyinfraError(f"tls_mode {data.tls_mode!r}: use selfsigned, provided or acme")
+    if data.tls_mode == "provided":
+        return []  # the operator keeps the files at tls_cert_path/tls_key_path
+    if data.tls_mode == "acme" and not roles.has("api"):
+        raise PyinfraError(
+            "tls_mode 'acme' needs the api role on the host (nginx answers the ACME "
+            "challenge): give a mail-only host tls_mode 'provided'"
+        )
+    if data.tls_mode == "acme" and not data.acme_email:
+        raise PyinfraError("tls_mode 'acme' needs acme_email (the CA's contact address)")
     ops = [
         files.directory(
             name="TLS directory",
@@ -21,8 +59,15 @@ def certificate() -> list:
         )
     ]
     # Generated once: a new certificate on every run would never report "no changes". It
-    # names the host as the deploy reaches it, so clients can verify it there too.
-    names = [f"DNS:{data.mail_hostname}", "DNS:localhost", "IP:127.0.0.1", _san(host.name)]
+    # names the host as the deploy reaches it, so clients can verify it there too. With ACME
+    # it is the placeholder until the first certificate arrives.
+    names = [
+        f"DNS:{data.mail_hostname}",
+        f"DNS:{api_hostname()}",
+        "DNS:localhost",
+        "IP:127.0.0.1",
+        _san(host.name),
+    ]
     if host.get_fact(File, path=data.tls_cert_path) is None:
         ops.append(
             server.shell(
@@ -48,6 +93,64 @@ def certificate() -> list:
             name="TLS cert mode", path=data.tls_cert_path, user="root", group="root", mode="644"
         )
     )
+    return ops
+
+
+def acme() -> list:
+    """Obtain the ACME certificate once (nginx must be serving port 80) and keep it renewed."""
+    data = host.data
+    if data.tls_mode != "acme":
+        return []
+    ops = [
+        files.directory(
+            name="ACME challenge directory",
+            path=f"{data.acme_webroot}/.well-known/acme-challenge",
+            user="root",
+            group="root",
+            mode="755",
+        ),
+        template(
+            "certbot/deploy-hook.j2",
+            DEPLOY_HOOK,
+            mode="755",
+            cert_path=data.tls_cert_path,
+            key_path=data.tls_key_path,
+        ),
+    ]
+    if data.acme_ca_bundle:
+        bundle = files.put(
+            name="Trust the ACME CA's roots", src=data.acme_ca_bundle, dest=CA_BUNDLE, mode="644"
+        )
+        ops += [bundle]
+        ops.append(
+            server.shell(
+                name="Update the system's CA store",
+                commands=["update-ca-certificates"],
+                _if=bundle.did_change,
+            )
+        )
+    ops.append(
+        systemd.service(
+            name="certbot.timer renews the certificate",
+            service="certbot.timer",
+            running=True,
+            enabled=True,
+        )
+    )
+    if host.get_fact(File, path=f"/etc/letsencrypt/renewal/{CERT_NAME}.conf") is None:
+        names = dict.fromkeys([api_hostname(), data.mail_hostname])
+        domains = " ".join(f"-d {name}" for name in names)
+        ops.append(
+            server.shell(
+                name=f"Obtain the certificate from {data.acme_server}",
+                commands=[
+                    "certbot certonly --non-interactive --agree-tos --webroot "
+                    f"--webroot-path {data.acme_webroot} --cert-name {CERT_NAME} {domains} "
+                    f"--server {data.acme_server} --email {data.acme_email} "
+                    f"--deploy-hook {DEPLOY_HOOK}"
+                ],
+            )
+        )
     return ops
 
 

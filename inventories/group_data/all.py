@@ -15,10 +15,24 @@ mail_users = {}
 # Maildirs, owned by the vmail user (not under /var/mail, whose setgid bit directories inherit).
 mail_root = "/var/vmail"
 
-# TLS: "selfsigned" (generated once on the host) or "provided" (paths below).
+# TLS: "selfsigned" (generated once on the host), "provided" (the operator keeps the files at
+# the paths below) or "acme" (certbot obtains the certificate for api_hostname and
+# mail_hostname over HTTP-01 through nginx, renews it, and reloads nginx, Postfix and Dovecot;
+# a self-signed placeholder is served until the first issuance).
 tls_mode = "selfsigned"
 tls_cert_path = "/etc/emailservice/tls/cert.pem"
 tls_key_path = "/etc/emailservice/tls/key.pem"
+# The name the API is reached at (nginx); empty: mail_hostname.
+api_hostname = ""
+# ACME (tls_mode "acme"): the CA's directory URL, the account's contact address (required),
+# and, for a private ACME CA, a PEM file on the deploying machine with the roots the host must
+# trust (the ACME server's TLS certificate and the CA that issues): installed system-wide.
+acme_server = "https://acme-v02.api.letsencrypt.org/directory"
+acme_email = ""
+acme_ca_bundle = ""
+acme_webroot = "/var/lib/emailservice/acme"
+# Packages of a TLS mode, on hosts with the api or mail role.
+tls_packages = {"acme": ["certbot"]}
 
 # The service
 app_user = "emailservice"

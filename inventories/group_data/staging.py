@@ -1,10 +1,9 @@
-"""Staging: certificates provided at the paths below (e.g. by certbot)."""
+"""Staging: certificates from Let's Encrypt (ACME), renewed on the host."""
 
 env = "staging"
 mail_domain = "staging.example.com"
 mail_hostname = "staging.example.com"
-tls_mode = "provided"
-tls_cert_path = "/etc/letsencrypt/live/staging.example.com/fullchain.pem"
-tls_key_path = "/etc/letsencrypt/live/staging.example.com/privkey.pem"
+tls_mode = "acme"
+acme_email = "postmaster@staging.example.com"
 api_instances = 2
 worker_count = 2

@@ -22,4 +22,6 @@ def all_packages(env: str) -> list[str]:
     every = list(data["packages"])
     for role in ("api", "workers", "db", "mail"):
         every += data["role_packages"][role]
+    for tls_packages in data["tls_packages"].values():  # one image for every TLS mode
+        every += tls_packages
     return sorted(set(every))

@@ -32,6 +32,9 @@ TOOLS = {
     "unshare": "util-linux",
     "setpriv": "util-linux",
     "chroot": "coreutils",
+    # A local ACME CA for the certificate tests (tests/deploy/test_acme.py).
+    "pebble": "pebble",
+    "pebble-challtestsrv": "pebble",
 }
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
