@@ -30,7 +30,7 @@ api_hostname = ""
 acme_server = "https://acme-v02.api.letsencrypt.org/directory"
 acme_email = ""
 acme_ca_bundle = ""
-acme_webroot = "/var/lib/emailservice/acme"
+acme_webroot = "/var/www/emailservice-acme"  # nginx (www-data) reads it: outside state_dir
 # Packages of a TLS mode, on hosts with the api or mail role.
 tls_packages = {"acme": ["certbot"]}
 
