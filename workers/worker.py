@@ -502,21 +502,19 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
         ctx.connector.load_trust_store()
     except (OSError, ValueError):
         log.exception("loading the TLS trust store failed; each job will try again")
-    # Sends a crashed worker left half-done are settled before new work starts (and every
-    # minute by the scheduler, which also covers a database that is down right now).
-    try:
-        outbox.recover(ctx)
-    except Exception:
-        log.exception("outbox sweep at start failed")
-    # Syncs a killed worker left half-done resume now, not when someone asks.
-    try:
-        sync_control.resume_interrupted(ctx)
-    except Exception:
-        log.exception("resuming interrupted syncs at start failed")
-    try:
-        messages.resume_pending(ctx)
-    except Exception:
-        log.exception("resuming pending message changes at start failed")
+    # What a crashed worker left half-done is taken up before new work starts, not when
+    # someone asks: sends settled, syncs and message changes resumed (and every minute by the
+    # scheduler's sweeps, which also cover a database that is down right now).
+    sweeps = {
+        "outbox sweep": outbox.recover,
+        "resuming interrupted syncs": sync_control.resume_interrupted,
+        "resuming pending message changes": messages.resume_pending,
+    }
+    for what, sweep in sweeps.items():
+        try:
+            sweep(ctx)
+        except Exception:
+            log.exception("%s at start failed", what)
     # with_scheduler: RQ's own scheduler moves jobs whose retry interval has passed back
     # into their queue; without it a Retry(interval=...) job would never run again.
     return bool(worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level))
