@@ -35,7 +35,6 @@ from datetime import datetime, timedelta, timezone
 from functools import cache
 from typing import Any, cast
 
-from redis import Redis
 from rq import Queue, Worker
 from rq.exceptions import InvalidJobOperation, StopRequested
 from rq.executions import Execution
@@ -211,7 +210,7 @@ class ServiceWorker(Worker):
         if with_scheduler:
             self._start_scheduler(burst, logging_level, date_format, log_format)
 
-    def _set_ip_address(self, connection: Redis) -> None:
+    def _set_ip_address(self, connection: Any) -> None:
         """RQ names the worker's connection in its constructor, the first thing that talks to
         Redis: a worker started while Redis is down waits here instead of exiting."""
         until_redis_answers(
