@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.conftest import PEER_DOMAIN
 from tests.deploy.deployment import ROOT, changed_operations, failure_summary
 from tests.deploy.dkim_mail import (
     BODY,
+    SENDER,
     dns_records,
     parse_records,
     received,
@@ -109,6 +111,15 @@ def test_mail_with_an_8bit_body_leaves_signed_and_verifies_after_the_7bit_conver
     assert verifies(message, records)
     # The body hash is checked: one changed character fails verification.
     assert not verifies(message.replace(b"Ende.", b"Ende!"), records)
+
+
+def test_mail_sent_on_the_host_with_sendmail_is_signed_too(deployed):
+    host, subject = deployed.host, f"local {uuid.uuid4().hex}"
+    local = f"From: {SENDER}\nTo: someone@{PEER_DOMAIN}\nSubject: {subject}\n\nfrom cron\n"
+    host.run(f"/usr/sbin/sendmail -f {SENDER} someone@{PEER_DOMAIN}", input=local, check=True)
+    message, _ = received(deployed, subject)
+    assert signature_tags(message)["d"] == DOMAIN
+    assert verifies(message, dns_records(host))
 
 
 def test_the_key_is_made_once_and_private(deployed):
