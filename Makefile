@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 ENV ?= vagrant
 
 .DEFAULT_GOAL := help
-.PHONY: help dev stop test lock lint health check db-upgrade deploy deploy-check test-deploy clean
+.PHONY: help dev stop test lock lint health check db-upgrade deploy deploy-check dns test-deploy clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,16 @@ deploy: $(STAMP) ## Deploy to ENV (vagrant, staging or production): make deploy 
 deploy-check: $(STAMP) ## Dry run against ENV: what a deploy would change, with diffs (secrets hidden)
 	@test -f inventories/$(ENV).py || { echo "no inventory inventories/$(ENV).py" >&2; exit 2; }
 	$(BIN)/pyinfra inventories/$(ENV).py deploy.py --dry --diff
+
+# `make dns` reads ENV's inventory (INVENTORY=path for another); only mail hosts print records.
+dns: $(STAMP) ## Print the DNS records to publish for ENV's mail domains (MX, SPF, DKIM, DMARC, ...)
+	@inventory=$(or $(INVENTORY),inventories/$(ENV).py); log=$$(mktemp); \
+	test -f $$inventory || { echo "no inventory $$inventory" >&2; exit 2; }; \
+	if $(BIN)/pyinfra -y --group-data inventories/group_data $$inventory exec -- \
+		'test ! -x /usr/local/sbin/emailservice-dns || /usr/local/sbin/emailservice-dns' \
+		> "$$log" 2>&1; \
+	then sed -n 's/^\[[^]]*\] //p' "$$log"; rm -f "$$log"; \
+	else cat "$$log" >&2; rm -f "$$log"; exit 1; fi
 
 test-deploy: $(STAMP) ## Deploy onto a booted Debian 12 test host (twice) and check it from outside
 	$(BIN)/python -m devstack install --test-tools

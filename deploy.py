@@ -16,6 +16,7 @@ from tasks import (
     app,
     backup,
     base,
+    dkim,
     dovecot,
     firewall,
     health,
@@ -45,6 +46,7 @@ if roles.has("db"):
     ops += redis.configure(secrets["REDIS_PASSWORD"], private=split)
 if roles.has("mail"):
     ops += dovecot.configure(secrets)
+    ops += dkim.configure()
     ops += postfix.configure()
 if roles.has(*roles.APP):
     ops += app.install(release.build(), secrets)

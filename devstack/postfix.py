@@ -62,6 +62,10 @@ def variables(
         "dovecot_auth": f"inet:127.0.0.1:{ports.auth}",
         "tls_cert": str(cert),
         "tls_key": str(key),
+        # Nothing leaves the stack, so nothing is signed, and no domain has a route of its own.
+        "dkim_signing_port": None,
+        "dkim_milter": None,
+        "transports": None,
     }
 
 

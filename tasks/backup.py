@@ -4,7 +4,9 @@
 Layout on the host:
   /usr/local/lib/emailservice/backup      the dump (run by emailservice-backup.service)
   /usr/local/sbin/emailservice-restore     restore a dump: sudo emailservice-restore FILE
-  /var/backups/emailservice/               <database>-<UTC time>.dump, postgres:postgres 0700
+  /var/backups/emailservice/               <database>-<UTC time>.dump, postgres:postgres 0700,
+                                           and dkim-<UTC time>.tar (the DKIM keys, root 0600)
+                                           when the host is also the mail host
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.operations import files, systemd
 
+from tasks import roles
 from tasks.common import changed, template
 
 UNITS = ["emailservice-backup.service", "emailservice-backup.timer"]
@@ -32,7 +35,12 @@ def configure() -> list:
         template("backup/backup.j2", "/usr/local/lib/emailservice/backup", mode="755"),
         template("backup/restore.j2", "/usr/local/sbin/emailservice-restore", mode="755"),
     ]
-    units = [template(f"systemd/{unit}.j2", f"/etc/systemd/system/{unit}") for unit in UNITS]
+    # On a host that is also the mail host, the DKIM keys are backed up with the database.
+    keys = roles.has("mail")
+    units = [
+        template(f"systemd/{unit}.j2", f"/etc/systemd/system/{unit}", dkim_keys=keys)
+        for unit in UNITS
+    ]
     ops += units
     if changed(*units):
         ops.append(systemd.daemon_reload(name="Reload systemd units (backup)"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.operations import server, systemd
 
+from tasks import dkim
 from tasks.common import changed, template
 
 
@@ -33,6 +34,10 @@ def variables(data) -> dict:
         "dovecot_auth": "private/auth",
         "tls_cert": data.tls_cert_path,
         "tls_key": data.tls_key_path,
+        # Outgoing mail is signed on its way out (tasks/dkim.py).
+        "dkim_signing_port": dkim.SIGNING_PORT,
+        "dkim_milter": f"inet:127.0.0.1:{dkim.MILTER_PORT}",
+        "transports": dict(data.mail_transports),
     }
 
 
@@ -44,6 +49,7 @@ def configure() -> list:
         template("postfix/virtual_mailboxes.j2", "/etc/postfix/virtual_mailboxes", **values),
         template("postfix/sender_logins.j2", "/etc/postfix/sender_logins", **values),
         template("postfix/local_senders.j2", "/etc/postfix/local_senders", **values),
+        template("postfix/transport.j2", "/etc/postfix/transport", **values),
     ]
     restart = changed(*ops)
     if restart:

@@ -8,7 +8,9 @@ Each connection follows the next script in `scripts` (then "accept"):
 - "close_mid_payload": closes after reading part of the payload (no "." seen).
 - "hold_after_dot": keeps (and relays) the message, sets `holding`, then waits for `release`
   before replying 250: the window in which a test kills the sending worker.
-AUTH PLAIN/LOGIN accept any credentials.
+AUTH PLAIN/LOGIN accept any credentials. With `eightbitmime=False` it does not announce 8BITMIME
+(RFC 6152), so a sending Postfix must convert 8-bit bodies to 7 bits for it; `mail_params` keeps
+each MAIL command's parameters. It listens on `address` (loopback unless a test host must reach it).
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ from collections.abc import Callable
 
 
 class SmtpPeer:
-    def __init__(self, relay: Callable[[str, list[str], bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        relay: Callable[[str, list[str], bytes], None] | None = None,
+        *,
+        address: str = "127.0.0.1",
+        eightbitmime: bool = True,
+    ) -> None:
         self.scripts: list[str] = []
         self.received: list[bytes] = []
+        self.mail_params: list[str] = []
+        self.eightbitmime = eightbitmime
         self.sessions = 0
         self.relay = relay
         self.holding = threading.Event()
@@ -42,7 +52,7 @@ class SmtpPeer:
                     pass
 
         socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server = socketserver.ThreadingTCPServer((address, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -70,8 +80,9 @@ class SmtpPeer:
             verb = line.decode("ascii", "replace").strip().split(" ")[0].upper()
             if verb in ("EHLO", "HELO"):
                 say("250-peer.test")
-                say("250-AUTH PLAIN LOGIN")
-                say("250 8BITMIME")
+                if self.eightbitmime:
+                    say("250-8BITMIME")
+                say("250 AUTH PLAIN LOGIN")
             elif verb == "AUTH":
                 if line.upper().startswith(b"AUTH LOGIN"):
                     say("334 VXNlcm5hbWU6")
@@ -80,7 +91,10 @@ class SmtpPeer:
                     rfile.readline()
                 say("235 2.7.0 Authentication successful")
             elif verb == "MAIL":
-                sender = line.decode().split(":", 1)[1].strip().strip("<>")
+                argument = line.decode().split(":", 1)[1].strip()
+                sender, _, params = argument.partition(" ")
+                sender = sender.strip("<>")
+                self.mail_params.append(params)
                 recipients = []
                 say("250 2.1.0 Ok")
             elif verb == "RCPT":

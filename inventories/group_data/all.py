@@ -14,6 +14,19 @@ mail_hostname = "mail.example.test"
 mail_users = {}
 # Maildirs, owned by the vmail user (not under /var/mail, whose setgid bit directories inherit).
 mail_root = "/var/vmail"
+# Where mail for some domains goes instead of their MX (Postfix's transport map):
+# domain -> "smtp:[host]:port", e.g. a smarthost for one domain. Empty: every domain by its MX.
+mail_transports = {}
+
+# DKIM (tasks/dkim.py): OpenDKIM signs the mail leaving through Postfix for mail_domain and these
+# other domains, with a key per domain made once on the mail host (rotation: docs/deploy.md).
+dkim_extra_domains = []
+dkim_key_bits = 2048
+# DNS records printed by `sudo emailservice-dns` (or `make dns ENV=...`): the DMARC policy
+# ({domain} is replaced), and the mail host's public addresses for its A/AAAA records (empty:
+# the addresses of its interfaces).
+dmarc_record = "v=DMARC1; p=quarantine"
+public_addresses = []
 
 # TLS: "selfsigned" (generated once on the host), "provided" (the operator keeps the files at
 # the paths below) or "acme" (certbot obtains the certificate for api_hostname and
@@ -77,7 +90,7 @@ role_packages = {
     "api": ["nginx", "python3-venv"],
     "workers": ["python3-venv"],
     "db": ["postgresql", "redis-server"],
-    "mail": ["postfix", "dovecot-imapd", "dovecot-lmtpd"],
+    "mail": ["postfix", "dovecot-imapd", "dovecot-lmtpd", "opendkim", "opendkim-tools"],
 }
 
 # nginx's own limit on POST /auth/login per client address, in front of the API's (which

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.deploy.testhost import TestHost
+from tests.smtp_peer import SmtpPeer
 
 ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -169,6 +170,8 @@ class Deployment:
     secrets: dict[str, str] = field(repr=False)
     first: subprocess.CompletedProcess = field(repr=False)
     second: subprocess.CompletedProcess = field(repr=False)
+    # Where the host's Postfix delivers mail for conftest.PEER_DOMAIN (not every Deployment has it).
+    peer: SmtpPeer | None = field(default=None, repr=False)
 
     @property
     def environ(self) -> dict[str, str]:

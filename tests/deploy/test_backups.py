@@ -1,6 +1,7 @@
 """Backups on the deployed host, checked from outside (level 4 in docs/deploy.md): the daily
 pg_dump timer, its files, old dumps removed, and a restore that brings back what was lost, seen
-through the API via nginx."""
+through the API via nginx; the DKIM keys backed up beside the dumps and restored, seen in the
+DNS records and in signatures that verify."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uuid
 import pytest
 
 from tests.deploy.deployment import Deployment, wait_for_health
+from tests.deploy.dkim_mail import dns_records, received, send_8bit, signature_tags, verifies
 from tests.deploy.inventory import group_data
 
 pytestmark = pytest.mark.level4
@@ -112,3 +114,25 @@ def test_a_failed_restore_changes_nothing(deployed):
     assert deployed.api(f"/api/accounts/{account['id']}", token=token) == (200, account)
     databases = host.run("runuser -u postgres -- psql -XAtc 'SELECT datname FROM pg_database'")
     assert f"{DATABASE}_restoring" not in databases.stdout.split()
+
+
+def test_the_dkim_keys_are_backed_up_and_restored(deployed):
+    host, domain = deployed.host, DATA["mail_domain"]
+    before = dns_records(host)
+    _backup(host)
+    archive = host.run(f"ls -1t {BACKUPS}/dkim-*.tar | head -1", check=True).stdout.strip()
+    assert host.run(f"stat -c '%a %U' {archive}").stdout.split() == ["600", "root"]
+    assert f"{domain}/active" in host.run(f"tar -tf {archive}").stdout
+
+    # Lost: every key of the domain. Mail waits in the queue rather than leaving unsigned.
+    host.run(f"rm -rf /etc/dkimkeys/{domain} && emailservice-dkim list", check=True)
+    assert "no DKIM key yet" in host.run("emailservice-dns").stdout
+
+    restored = host.run(f"emailservice-dkim restore {archive}")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert dns_records(host) == before  # the same keys, so the published records stay right
+    subject = f"after restore {secrets.token_hex(8)}"
+    send_8bit(deployed, subject)
+    message, _ = received(deployed, subject)
+    assert signature_tags(message)["d"] == domain
+    assert verifies(message, before)

@@ -31,6 +31,7 @@ UNITS = [
     "redis-server.service",
     "dovecot.service",
     "postfix.service",
+    "opendkim.service",
     "nginx.service",
     "nftables.service",
     "emailservice-api@8001.service",
@@ -43,7 +44,8 @@ UNITS = [
     "emailservice-backup.timer",
 ]
 PUBLIC_PORTS = {22, 25, 80, 443, 465, 587, 143, 993}
-PRIVATE_PORTS = {5432, 6379, 8001, 8002}
+# 8891: OpenDKIM; 10028: Postfix's signing listener (tasks/dkim.py).
+PRIVATE_PORTS = {5432, 6379, 8001, 8002, 8891, 10028}
 
 pytestmark = pytest.mark.level4
 
