@@ -101,6 +101,7 @@ def test_ssh_reaches_a_booted_systemd(host: TestHost):
         host.ssh_key.with_suffix(".pub").read_text()
     )
     assert host.run("hostname", check=True).stdout.strip() == host.hostname
+    # Debian 12 unless asked otherwise (test_each_release_boots_from_its_own_image).
     assert "Debian GNU/Linux 12" in host.run("cat /etc/os-release", check=True).stdout
 
 
@@ -286,6 +287,30 @@ def test_the_image_stays_pristine(host: TestHost):
     assert "Package: nginx\n" in index and "Package: curl\n" in index
     assert image_key([*reversed(PACKAGES), PACKAGES[0]]) == host.image.key
     assert image_key(PACKAGES[1:]) != host.image.key
+
+
+def _stanza(repo: Path, package: str) -> str:
+    """The package's entry in the image's apt index."""
+    return (repo / "Packages").read_text().split(f"Package: {package}\n", 1)[1].split("\n\n")[0]
+
+
+def test_each_release_boots_from_its_own_image(host: TestHost):
+    """Debian 13 beside Debian 12: its own base and image in the same cache, booted the same way."""
+    assert host.image.release == "bookworm"
+    with boot_test_host(_name(), PACKAGES, release="trixie") as new:
+        os_release = new.run("cat /etc/os-release", check=True).stdout
+        assert "VERSION_CODENAME=trixie" in os_release and 'VERSION_ID="13"' in os_release
+        assert new.run("systemctl is-system-running --wait").stdout.strip() in (
+            "running",
+            "degraded",
+        )
+        assert new.image.release == "trixie"
+        assert new.image.key == image_key(PACKAGES, "trixie") != host.image.key
+        assert new.image.rootfs != host.image.rootfs
+        assert "Version: 1.26." in _stanza(new.image.repo, "nginx")  # trixie's nginx
+    assert "Version: 1.22." in _stanza(host.image.repo, "nginx")  # bookworm's
+    with pytest.raises(ValueError, match="not a release"):
+        image_key(PACKAGES, "sid")
 
 
 def test_leaving_the_block_leaves_nothing_running():
