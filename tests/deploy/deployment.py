@@ -169,6 +169,7 @@ class Deployment:
     secrets: dict[str, str] = field(repr=False)
     first: subprocess.CompletedProcess = field(repr=False)
     second: subprocess.CompletedProcess = field(repr=False)
+    release: str = "trixie"  # the host's Debian release (codename)
 
     @property
     def environ(self) -> dict[str, str]:

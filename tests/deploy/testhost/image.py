@@ -76,7 +76,7 @@ from tests.deploy.testhost.machine import (
 
 # The Debian releases a test host can run (docs/deploy.md: both are supported).
 RELEASES = ("trixie", "bookworm")
-DEFAULT_RELEASE = "bookworm"
+DEFAULT_RELEASE = "trixie"
 MIRROR = os.environ.get("EMAILSERVICE_TESTHOST_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get(
     "EMAILSERVICE_TESTHOST_SECURITY_MIRROR", "http://deb.debian.org/debian-security"
