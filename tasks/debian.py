@@ -38,7 +38,7 @@ BOOKWORM = Release(
 SUPPORTED = {release.version: release for release in (TRIXIE, BOOKWORM)}
 
 
-def release_of(distribution: dict) -> Release:
+def release_of(distribution: dict, host_name: str) -> Release:
     """The supported release a LinuxDistribution fact describes; a clear error otherwise."""
     name, major = distribution.get("name"), distribution.get("major")
     if name == "Debian" and major in SUPPORTED:
@@ -46,9 +46,9 @@ def release_of(distribution: dict) -> Release:
     meta = distribution.get("release_meta") or {}
     seen = meta.get("PRETTY_NAME") or f"{name} {major}"
     supported = " or ".join(f"Debian {r.version} ({r.codename})" for r in SUPPORTED.values())
-    raise PyinfraError(f"{host.name} runs {seen}; the deploy supports {supported}")
+    raise PyinfraError(f"{host_name} runs {seen}; the deploy supports {supported}")
 
 
 def release() -> Release:
     """The release of the host being deployed."""
-    return release_of(host.get_fact(LinuxDistribution))
+    return release_of(host.get_fact(LinuxDistribution), host.name)
