@@ -425,25 +425,28 @@ def test_nginx_sends_the_security_headers(deployed):
 
 def test_nginx_limits_a_burst_of_logins(deployed):
     """From one address (the host itself), a burst beyond nginx's limit_req is refused by
-    nginx (no X-Request-ID: the API never saw it), in the API's error shape."""
+    nginx (no X-Request-ID: the API never saw it), in the API's error shape.
+
+    Every answer of the burst is looked at, not one more request afterwards: nginx lets one
+    request through every 2 s (30 a minute), and on a loaded machine a request sent after the
+    burst may pass nginx and meet the API's own per-address limit instead."""
     body = json.dumps({"tenant": f"t-{uuid.uuid4().hex[:8]}", "username": "x", "password": "y"})
     curl = (
-        "curl -sk -o /dev/null -w '%{http_code}\\n' -X POST -H 'Content-Type: application/json'"
-        f" -d '{body}' https://127.0.0.1/auth/login"
-    )
-    statuses = deployed.host.run(f"for i in $(seq 1 25); do {curl}; done").stdout
-    codes = [int(code) for code in statuses.split()]
-    assert len(codes) == 25, statuses
-    assert codes.count(429) >= 10, codes
-    last = deployed.host.run(
         "curl -sk -D - -X POST -H 'Content-Type: application/json'"
         f" -d '{body}' https://127.0.0.1/auth/login"
-    ).stdout
-    head, _, payload = last.partition("\n\n")  # (the output's CRLF arrive as LF)
-    assert head.split()[1] == "429"
-    assert "x-request-id" not in head.lower()
-    assert "retry-after: 60" in head.lower()
-    assert json.loads(payload)["error"]["code"] == "rate_limited"
+    )
+    out = deployed.host.run(f"for i in $(seq 1 25); do {curl}; echo; echo =====; done").stdout
+    answers = [a.strip() for a in out.split("=====") if a.strip()]
+    assert len(answers) == 25, out[-2000:]
+    by_nginx = []
+    for answer in answers:
+        head, _, payload = answer.partition("\n\n")  # (the output's CRLF arrive as LF)
+        if head.split()[1] == "429" and "x-request-id" not in head.lower():
+            by_nginx.append((head.lower(), payload))
+    assert len(by_nginx) >= 10, [a.split()[1] for a in answers]
+    for head, payload in by_nginx:
+        assert "retry-after: 60" in head
+        assert json.loads(payload)["error"]["code"] == "rate_limited"
 
 
 def test_dovecot_users_are_argon2id_hashes(deployed):
