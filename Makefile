@@ -31,13 +31,15 @@ test: $(STAMP) ## Run the test suite against real PostgreSQL, Redis, Dovecot and
 	$(BIN)/python -m devstack install --test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lock: ## Re-resolve requirements.lock (exact versions with hashes) from pyproject.toml
+lock: ## Re-resolve the locks (exact versions, hashes); fail if a pin lacks a 3.13 or 3.11 wheel
 	@scripts/ensure-venv $(PYTHON) $(VENV)
 	@$(BIN)/pip install --quiet --disable-pip-version-check pip-tools
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
 		--no-emit-find-links --output-file requirements.lock pyproject.toml
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
 		--no-emit-find-links --output-file requirements-build.lock requirements-build.in
+	@# Fails when a pin has no wheel (or no hash in the lock) for Debian 13's or Debian 12's Python.
+	$(BIN)/python scripts/check_wheels.py
 
 lint: $(STAMP) ## Static checks: ruff, the architecture's import contracts, mypy --strict
 	$(BIN)/ruff check app workers devstack tests tasks inventories bench scripts deploy.py
@@ -71,7 +73,7 @@ dns: $(STAMP) ## Print the DNS records to publish for ENV's mail domains (MX, SP
 	then sed -n 's/^\[[^]]*\] //p' "$$log"; rm -f "$$log"; \
 	else cat "$$log" >&2; rm -f "$$log"; exit 1; fi
 
-test-deploy: $(STAMP) ## Deploy onto a booted Debian 12 test host (twice) and check it from outside
+test-deploy: $(STAMP) ## Deploy onto booted Debian 13 and 12 test hosts (twice each), check from outside
 	$(BIN)/python -m devstack install --test-tools
 	$(BIN)/python -m pytest tests/deploy $(PYTEST_ARGS)
 

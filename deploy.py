@@ -1,12 +1,12 @@
 """The emailservice deploy: `pyinfra inventories/<env>.py deploy.py` (or `make deploy ENV=...`).
 
-Turns fresh Debian 12 hosts into the whole stack: PostgreSQL, Redis and backups (db role),
-Dovecot and Postfix (mail), the service's API instances behind nginx (api), its workers,
-scheduler and IDLE watcher (workers), TLS (self-signed, provided or ACME), a firewall and a
-health-check timer, then checks /health through nginx. A host in no role group has every
-role (tasks/roles.py). A second run changes nothing. Settings come from
-inventories/group_data/ (templates read only host.data); secrets from the deploying person's
-environment or inventories/secrets/ (tasks/secrets.py).
+Turns fresh Debian 13 or 12 hosts into the whole stack, configured for each host's release
+(tasks/debian.py): PostgreSQL, Redis and backups (db role), Dovecot and Postfix (mail), the
+service's API instances behind nginx (api), its workers, scheduler and IDLE watcher (workers),
+TLS (self-signed, provided or ACME), a firewall and a health-check timer, then checks /health
+through nginx. A host in no role group has every role (tasks/roles.py). A second run changes
+nothing. Settings come from inventories/group_data/ (templates read only host.data); secrets
+from the deploying person's environment or inventories/secrets/ (tasks/secrets.py).
 """
 
 from pyinfra import host

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "install":
             packages.ensure(test_tools=args.test_tools, bench_tools=args.bench_tools)
-            tools = (", Chromium" if args.test_tools else "") + (
+            tools = (", Chromium, Vagrant" if args.test_tools else "") + (
                 ", mbsync, wrk" if args.bench_tools else ""
             )
             print(f"PostgreSQL, Redis, Dovecot, Postfix, openssl{tools}: installed")

@@ -38,8 +38,19 @@ class DovecotPorts:
     auth: int
 
 
-# Debian 12's Dovecot 2.3 (2.4 changed the configuration format); the deploy renders it too.
-TEMPLATE = "dovecot/dovecot-2.3.conf.j2"
+# One template for Dovecot 2.4 (Debian 13) and 2.3 (Debian 12), whose formats differ; the deploy
+# renders it too.
+TEMPLATE = "dovecot/dovecot.conf.j2"
+
+
+def installed_version() -> str:
+    """The configuration format of this machine's Dovecot: "2.4" or "2.3" (`dovecot --version`
+    prints e.g. "2.4.1-4 (7d8c0e5759)")."""
+    out = run(["dovecot", "--version"], what="asking Dovecot its version").stdout.strip()
+    major_minor = ".".join(out.split()[0].split(".")[:2]) if out else ""
+    if major_minor not in ("2.3", "2.4"):
+        raise StackError(f"Dovecot {out!r} is neither 2.3 nor 2.4, the formats the stack writes")
+    return major_minor
 
 
 def variables(
@@ -51,11 +62,14 @@ def variables(
     key: Path,
     mail_domain: str,
     extra: str,
+    dovecot_version: str | None = None,
 ) -> dict[str, object]:
-    """What the Dovecot template is rendered with for a stack (on a host: tasks/dovecot.py)."""
+    """What the Dovecot template is rendered with for a stack (on a host: tasks/dovecot.py);
+    dovecot_version: "2.4" or "2.3", default this machine's."""
     mail = pwd.getpwnam(MAIL_USER)
     return {
         "devstack": True,
+        "dovecot_version": dovecot_version or installed_version(),
         "instance_name": instance,
         "state_dir": str(state),
         "listen": "127.0.0.1",

@@ -40,8 +40,9 @@ def _present(*paths: str) -> bool:
     return all(os.access(p, os.X_OK) for p in paths)
 
 
-# Tools the test suite drives besides the servers: headless Chromium loads /docs.
-TEST_TOOLS = {"chromium": "chromium"}
+# Tools the test suite drives besides the servers: headless Chromium loads /docs; Vagrant
+# validates the Vagrantfile (no hypervisor needed for that).
+TEST_TOOLS = {"chromium": "chromium", "vagrant": "vagrant"}
 # The benchmarks' comparators (bench/): mbsync (isync) and wrk; smtp-source comes with postfix.
 BENCH_TOOLS = {"isync": "mbsync", "wrk": "wrk"}
 

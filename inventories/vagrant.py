@@ -1,4 +1,4 @@
-"""The Vagrant box (`vagrant up`): one Debian 12 host with every role, at a private address."""
+"""The Vagrant box (`vagrant up`): one Debian 13 host with every role, at a private address."""
 
 from pathlib import Path
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.operations import files, server, systemd
 
+from tasks import debian
 from tasks.common import changed, template
 from tasks.secrets import dovecot_hash, secret_file
 
-# Debian 12's Dovecot 2.3 (2.4 changed the configuration format).
-TEMPLATE = "dovecot/dovecot-2.3.conf.j2"
+# One template for Dovecot 2.4 (Debian 13) and 2.3 (Debian 12), whose formats differ.
+TEMPLATE = "dovecot/dovecot.conf.j2"
 
 
-def variables(data) -> dict:
-    """What the Dovecot template is rendered with on a host (`data`: its host.data); the
-    devstack renders the same template with its own values (devstack/dovecot.py)."""
+def variables(data, dovecot_version: str) -> dict:
+    """What the Dovecot template is rendered with on a host (`data`: its host.data), for the
+    host's Dovecot ("2.4" or "2.3"); the devstack renders the same template with its own values
+    (devstack/dovecot.py)."""
     return {
         "devstack": False,
+        "dovecot_version": dovecot_version,
         "listen": "*, ::",
         "imap_port": 143,
         "imaps_port": 993,
@@ -47,8 +50,17 @@ def configure(secrets: dict[str, str]) -> list:
         files.directory(
             name="Mailbox root", path=data.mail_root, user="vmail", group="vmail", mode="750"
         ),
+        # Dovecot's sockets for Postfix go here. Debian 12's postfix package makes it when
+        # installed; Debian 13's only when Postfix first starts, which is after Dovecot.
+        files.directory(
+            name="Postfix's private socket directory",
+            path="/var/spool/postfix/private",
+            user="postfix",
+            group="root",
+            mode="700",
+        ),
     ]
-    values = variables(data)
+    values = variables(data, debian.release().dovecot)
     conf = template(TEMPLATE, "/etc/dovecot/dovecot.conf", group="dovecot", **values)
     # The passwd-file is re-read by Dovecot on its own: new users need no restart.
     users = secret_file(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyinfra.operations import files, server, systemd
 
+from tasks import debian
 from tasks.common import changed, template
 
 
@@ -12,6 +13,7 @@ def configure(api_ports: list[int]) -> list:
         "nginx/emailservice.conf.j2",
         "/etc/nginx/sites-available/emailservice",
         api_ports=api_ports,
+        http2_directive=debian.release().nginx_http2_directive,
     )
     enabled = files.link(
         name="Enable the site",

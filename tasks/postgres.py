@@ -7,28 +7,30 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.operations import postgres, server, systemd
 
-from tasks import roles
+from tasks import debian, roles
 from tasks.common import changed, template
 from tasks.secrets import scram_sha256, secret_file
 
-# Debian 12 ships PostgreSQL 15.
-VERSION = 15
-CONF_DIR = f"/etc/postgresql/{VERSION}/main"
+
+def conf_dir() -> str:
+    """The main cluster's configuration directory (PostgreSQL 17 on Debian 13, 15 on 12)."""
+    return f"/etc/postgresql/{debian.release().postgresql}/main"
 
 
 def configure(password: str | None = None) -> list:
     """`password`: the app role's, when app hosts connect over the network (roles.split())."""
     data = host.data
+    version = debian.release().postgresql
     clients = roles.remote_app_addresses() if password else []
     listen = ["localhost", roles.private_address()] if clients else ["localhost"]
     conf = template(
         "postgresql/emailservice.conf.j2",
-        f"{CONF_DIR}/conf.d/emailservice.conf",
+        f"{conf_dir()}/conf.d/emailservice.conf",
         listen_addresses=listen,
     )
     hba = template(
         "postgresql/pg_hba.conf.j2",
-        f"{CONF_DIR}/pg_hba.conf",
+        f"{conf_dir()}/pg_hba.conf",
         user="postgres",
         group="postgres",
         mode="640",
@@ -36,7 +38,7 @@ def configure(password: str | None = None) -> list:
     )
     cluster = systemd.service(
         name="PostgreSQL running",
-        service=f"postgresql@{VERSION}-main",
+        service=f"postgresql@{version}-main",
         running=True,
         enabled=True,
         restarted=changed(conf, hba),
@@ -70,7 +72,7 @@ def _role_password(password: str) -> list:
     """The app role's password, as a SCRAM verifier (stable for a given password): written to
     a hidden file, applied only when it changed, never on a command line or in the output."""
     data = host.data
-    path = f"{CONF_DIR}/emailservice-role.sql"
+    path = f"{conf_dir()}/emailservice-role.sql"
     verifier = scram_sha256(data.app_user, password)
     statement = secret_file(
         name="The app role's password (SCRAM verifier)",

@@ -18,34 +18,60 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from tasks.debian import SUPPORTED
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
 # setuptools new enough to build the few sdist-only dependencies on the target, offline.
 BUILD_LOCK = ROOT / "requirements-build.lock"
 BUILD = ROOT / "build" / "release"
-# Debian 12: CPython 3.11 on x86_64, glibc 2.36.
-TARGET = [
-    "--python-version",
-    "3.11",
-    "--implementation",
-    "cp",
-    "--abi",
-    "cp311",
-    "--abi",
-    "abi3",
-    "--abi",
-    "none",
-    "--platform",
-    "manylinux2014_x86_64",
-    "--platform",
-    "manylinux_2_17_x86_64",
-    "--platform",
-    "manylinux_2_28_x86_64",
-    "--platform",
-    "manylinux_2_34_x86_64",
-    "--platform",
-    "any",
-]
+# The CPython of each supported Debian release (3.13 and 3.11).
+PYTHONS = tuple(sorted({release.python for release in SUPPORTED.values()}))
+# Pinned packages that publish only an sdist: pure Python, built on the target offline with the
+# build lock's setuptools. Every other pin must have a wheel for each Python below, or the
+# download (and `make lock`'s check) fails rather than leave a host to compile C.
+SDIST_ONLY = ("crontab",)
+
+
+def target(python: str) -> list[str]:
+    """pip's platform arguments for a Debian host's CPython `python` ("3.13") on x86_64, glibc
+    2.36 or newer (Debian 12's; Debian 13 has 2.41)."""
+    abi = "cp" + python.replace(".", "")
+    platforms = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"]
+    platforms += ["manylinux_2_34_x86_64", "any"]
+    return [
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        *(arg for a in (abi, "abi3", "none") for arg in ("--abi", a)),
+        *(arg for p in platforms for arg in ("--platform", p)),
+        "--only-binary=:all:",
+        *(f"--no-binary={name}" for name in SDIST_ONLY),
+    ]
+
+
+def download(lock: Path, dest: Path, python: str) -> None:
+    """Every pin of `lock` for `python`, hash-checked, into dest (exits with pip's error)."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            *target(python),
+            "--require-hashes",
+            "-r",
+            str(lock),
+            "-d",
+            str(dest),
+        ]
+    )
+
+
 # Wheels are zip files: their timestamps come from here, not from the clock.
 SOURCE_DATE_EPOCH = "315532800"
 
@@ -66,30 +92,19 @@ def _run(args: list[str], **kwargs) -> None:
 def build() -> Release:
     """Build (once per deploy run) the wheel and gather the locked dependencies' wheels."""
     deps = BUILD / "deps"
-    lock_hash = hashlib.sha256(LOCK.read_bytes() + BUILD_LOCK.read_bytes()).hexdigest()[:16]
+    pythons = " ".join(PYTHONS).encode()
+    lock_hash = hashlib.sha256(LOCK.read_bytes() + BUILD_LOCK.read_bytes() + pythons).hexdigest()
+    lock_hash = lock_hash[:16]
     marker = deps / f".lock-{lock_hash}"
     if not marker.exists():
         shutil.rmtree(deps, ignore_errors=True)
         deps.mkdir(parents=True)
-        # Wheels for the target where they exist; a few pure-Python packages publish only an
-        # sdist, which the target builds offline with the build lock's setuptools, hash-checked.
-        for lock in (BUILD_LOCK, LOCK):
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--quiet",
-                    "--no-deps",
-                    *TARGET,
-                    "--require-hashes",
-                    "-r",
-                    str(lock),
-                    "-d",
-                    str(deps),
-                ]
-            )
+        # Wheels for the Python of every supported Debian release (one wheelhouse serves both:
+        # pip on the host picks its own); SDIST_ONLY's sdists, which the target builds offline
+        # with the build lock's setuptools, hash-checked.
+        for python in PYTHONS:
+            for lock in (BUILD_LOCK, LOCK):
+                download(lock, deps, python)
         marker.touch()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,7 +52,7 @@ def load(env: str, names: list[str]) -> dict[str, str]:
 
 
 def dovecot_hash(email: str, password: str, realm: str = "") -> str:
-    """{ARGON2ID} for Dovecot's passwd-file: Debian 12's Dovecot 2.3 verifies it (libsodium),
+    """{ARGON2ID} for Dovecot's passwd-file: Dovecot 2.4 (Debian 13) and 2.3 (Debian 12) verify it,
     with argon2-cffi's RFC 9106 low-memory profile (64 MiB, 3 passes), as the service hashes
     its own users' passwords.
 

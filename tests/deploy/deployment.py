@@ -170,6 +170,7 @@ class Deployment:
     secrets: dict[str, str] = field(repr=False)
     first: subprocess.CompletedProcess = field(repr=False)
     second: subprocess.CompletedProcess = field(repr=False)
+    release: str = "trixie"  # the host's Debian release (codename)
     # Where the host's Postfix delivers mail for conftest.PEER_DOMAIN (not every Deployment has it).
     peer: SmtpPeer | None = field(default=None, repr=False)
 

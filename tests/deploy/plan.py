@@ -4,7 +4,7 @@ Runs the real pyinfra CLI (`--dry --diff`) on the local connector, with every fa
 what a fresh Debian host would (each fact's own default: no packages, no files, no units), so
 no command runs anywhere and every operation is planned as on a first deploy.
 
-    python tests/deploy/plan.py ENV
+    python tests/deploy/plan.py ENV [RELEASE]      (RELEASE: trixie, the default, or bookworm)
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ EMPTY = {
 }
 
 
-# And what a Debian 12 host says of itself.
+# What a Debian host says of its release, as pyinfra's LinuxDistribution fact reads it.
+RELEASES = {
+    "trixie": {"name": "Debian", "major": 13, "minor": 8, "release_meta": {"ID": "debian"}},
+    "bookworm": {"name": "Debian", "major": 12, "minor": 12, "release_meta": {"ID": "debian"}},
+}
+
+# And what a Debian host says of itself otherwise.
 DEBIAN = {
     "Os": "Linux",
     "Kernel": "Linux",
@@ -42,7 +48,6 @@ DEBIAN = {
     "TmpDir": "/tmp",
     "Command": "",
     "LinuxName": "Debian",
-    "OsVersion": "12",
 }
 
 
@@ -58,7 +63,9 @@ def fresh_fact(self, fact_cls, *args, **kwargs):
     return value
 
 
-def main(env: str) -> int:
+def main(env: str, release: str = "trixie") -> int:
+    DEBIAN["LinuxDistribution"] = RELEASES[release]
+    DEBIAN["OsVersion"] = str(RELEASES[release]["major"])
     Host.get_fact = fresh_fact  # type: ignore[method-assign]
     os.chdir(ROOT)  # as `make deploy` runs it: deploy.py imports tasks/ from here
     from pyinfra_cli.main import cli
@@ -82,4 +89,4 @@ def main(env: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(*sys.argv[1:3]))

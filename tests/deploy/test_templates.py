@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from tasks import debian
 from tasks import dovecot as dovecot_task
 from tasks import postfix as postfix_task
 from tests.deploy.inventory import group_data
@@ -154,17 +155,59 @@ def test_postfix_maps_list_the_inventorys_mailboxes(env):
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_dovecot_requires_tls_and_serves_postfix(env):
+@pytest.mark.parametrize("release", [debian.TRIXIE, debian.BOOKWORM], ids=lambda r: r.codename)
+def test_dovecot_requires_tls_and_serves_postfix(env, release):
     data = SimpleNamespace(**group_data(env))
-    conf = render(dovecot_task.TEMPLATE, env, **dovecot_task.variables(data))
+    conf = render(dovecot_task.TEMPLATE, env, **dovecot_task.variables(data, release.dovecot))
+    cert, key = group_data(env)["tls_cert_path"], group_data(env)["tls_key_path"]
     assert re.search(r"^ssl = required$", conf, re.M)
-    assert re.search(r"^disable_plaintext_auth = yes$", conf, re.M)
-    assert f"ssl_cert = <{group_data(env)['tls_cert_path']}\n" in conf
     assert "unix_listener /var/spool/postfix/private/dovecot-lmtp" in conf
     assert "unix_listener /var/spool/postfix/private/auth" in conf
     assert re.search(r"inet_listener imaps \{\s*port = 993\s*ssl = yes", conf)
-    assert "driver = passwd-file" in conf
-    assert "args = scheme=ARGON2ID username_format=%u /etc/dovecot/users" in conf
+    settings_lines = [
+        line.strip() for line in conf.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    if release.dovecot == "2.4":
+        # 2.4 refuses to start unless its version settings come first.
+        assert settings_lines[:2] == [
+            "dovecot_config_version = 2.4.0",
+            "dovecot_storage_version = 2.4.0",
+        ]
+        assert re.search(r"^auth_allow_cleartext = no$", conf, re.M)
+        assert f"ssl_server_cert_file = {cert}\n" in conf
+        assert f"ssl_server_key_file = {key}\n" in conf
+        assert re.search(
+            r"passdb passwd-file \{\s*passwd_file_path = /etc/dovecot/users\s*"
+            r"default_password_scheme = ARGON2ID\s*\}",
+            conf,
+        )
+        assert "home = /var/vmail/%{user | domain}/%{user | username}" in conf
+        # No 2.3 setting is left (2.4 refuses every one of them).
+        for old in ("disable_plaintext_auth", "ssl_cert =", "mail_location", "args =", "%d", "%n"):
+            assert old not in conf, old
+    else:
+        assert "dovecot_config_version" not in conf
+        assert re.search(r"^disable_plaintext_auth = yes$", conf, re.M)
+        assert f"ssl_cert = <{cert}\n" in conf
+        assert "driver = passwd-file" in conf
+        assert "args = scheme=ARGON2ID username_format=%u /etc/dovecot/users" in conf
+
+
+@pytest.mark.parametrize("release", [debian.TRIXIE, debian.BOOKWORM], ids=lambda r: r.codename)
+def test_nginx_http2_in_each_releases_syntax(release):
+    conf = render(
+        "nginx/emailservice.conf.j2",
+        "vagrant",
+        api_ports=api_ports("vagrant"),
+        http2_directive=release.nginx_http2_directive,
+    )
+    listens = re.findall(r"^\s*listen (.*);$", conf, re.M)
+    if release.nginx_http2_directive:
+        assert re.search(r"^\s*http2 on;$", conf, re.M)
+        assert not any("http2" in listen for listen in listens)
+    else:
+        assert "http2 on;" not in conf
+        assert "443 ssl http2 default_server" in listens
 
 
 def test_dovecot_hashes_are_argon2id_that_dovecot_verifies():
@@ -206,7 +249,7 @@ def test_dovecot_hashes_are_argon2id_that_dovecot_verifies():
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_nginx_terminates_tls_in_front_of_local_api_ports(env):
     ports = api_ports(env)
-    conf = render("nginx/emailservice.conf.j2", env, api_ports=ports)
+    conf = render("nginx/emailservice.conf.j2", env, api_ports=ports, http2_directive=True)
     assert re.findall(r"server 127\.0\.0\.1:(\d+)", conf) == [str(p) for p in ports]
     assert "listen 443 ssl" in conf
     assert "return 301 https://" in conf
@@ -233,7 +276,7 @@ def headers_of(block: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_nginx_sends_security_headers_and_limits_logins(env):
-    conf = render("nginx/emailservice.conf.j2", env, api_ports=api_ports(env))
+    conf = render("nginx/emailservice.conf.j2", env, api_ports=api_ports(env), http2_directive=True)
     data = group_data(env)
     https = conf.split("listen 443 ssl")[1]
     server_level = https.split("location ")[0]
@@ -376,7 +419,8 @@ def test_the_environment_file_holds_every_required_setting():
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, tmp_path):
+@pytest.mark.parametrize("release", ["trixie", "bookworm"])
+def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, release, tmp_path):
     secret_values = {
         "JWT_SECRET": secrets.token_urlsafe(40),
         "ENCRYPTION_KEY": secrets.token_urlsafe(32),
@@ -387,7 +431,7 @@ def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, tmp_p
     secrets_file = ROOT / "inventories" / "secrets" / f"{env}.env"
     existed = secrets_file.exists()
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "deploy" / "plan.py"), env],
+        [sys.executable, str(ROOT / "tests" / "deploy" / "plan.py"), env, release],
         env={**os.environ, **environ},
         capture_output=True,
         text=True,
@@ -405,6 +449,8 @@ def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, tmp_p
         "emailservice-scheduler.service running",
         "Firewall active",
         "/health answers 200 through nginx",
+        # The release's own PostgreSQL cluster (17 on Debian 13, 15 on 12).
+        f"Render /etc/postgresql/{17 if release == 'trixie' else 15}/main/pg_hba.conf",
     ]:
         assert expected in output, expected
     for name, value in secret_values.items():

@@ -101,7 +101,8 @@ def test_ssh_reaches_a_booted_systemd(host: TestHost):
         host.ssh_key.with_suffix(".pub").read_text()
     )
     assert host.run("hostname", check=True).stdout.strip() == host.hostname
-    assert "Debian GNU/Linux 12" in host.run("cat /etc/os-release", check=True).stdout
+    # Debian 13 unless asked otherwise (test_each_release_boots_from_its_own_image).
+    assert "Debian GNU/Linux 13" in host.run("cat /etc/os-release", check=True).stdout
 
 
 def test_the_host_has_a_network_of_its_own(host: TestHost):
@@ -270,7 +271,7 @@ def test_pyinfra_reaches_the_host(host: TestHost):
     ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd="/")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "12." in result.stdout + result.stderr  # pyinfra prints the command's output on stderr
+    assert "13." in result.stdout + result.stderr  # pyinfra prints the command's output on stderr
 
 
 def test_the_image_stays_pristine(host: TestHost):
@@ -286,6 +287,30 @@ def test_the_image_stays_pristine(host: TestHost):
     assert "Package: nginx\n" in index and "Package: curl\n" in index
     assert image_key([*reversed(PACKAGES), PACKAGES[0]]) == host.image.key
     assert image_key(PACKAGES[1:]) != host.image.key
+
+
+def _stanza(repo: Path, package: str) -> str:
+    """The package's entry in the image's apt index."""
+    return (repo / "Packages").read_text().split(f"Package: {package}\n", 1)[1].split("\n\n")[0]
+
+
+def test_each_release_boots_from_its_own_image(host: TestHost):
+    """Debian 12 beside Debian 13: its own base and image in the same cache, booted the same way."""
+    assert host.image.release == "trixie"
+    with boot_test_host(_name(), PACKAGES, release="bookworm") as old:
+        os_release = old.run("cat /etc/os-release", check=True).stdout
+        assert "VERSION_CODENAME=bookworm" in os_release and 'VERSION_ID="12"' in os_release
+        assert old.run("systemctl is-system-running --wait").stdout.strip() in (
+            "running",
+            "degraded",
+        )
+        assert old.image.release == "bookworm"
+        assert old.image.key == image_key(PACKAGES, "bookworm") != host.image.key
+        assert old.image.rootfs != host.image.rootfs
+        assert "Version: 1.22." in _stanza(old.image.repo, "nginx")  # bookworm's nginx
+    assert "Version: 1.26." in _stanza(host.image.repo, "nginx")  # trixie's
+    with pytest.raises(ValueError, match="not a release"):
+        image_key(PACKAGES, "sid")
 
 
 def test_leaving_the_block_leaves_nothing_running():

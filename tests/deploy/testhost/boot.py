@@ -14,7 +14,8 @@ started detached (new session, stdin /dev/null, console to `<run>/console.log`, 
 in every error), under `setpriv --pdeathsig=TERM` so that a killed test run powers its hosts
 off. `--register=no --keep-unit` are needed here (no systemd as PID 1 on this machine).
 
-* The key is injected with a systemd credential: Debian 12's tmpfiles `provision.conf` writes it
+* The key is injected with a systemd credential: systemd's tmpfiles `provision.conf` (Debian 12
+  and 13) writes it
   to /root/.ssh/authorized_keys (0600) at boot, as a real file in the overlay, the way
   cloud-init provisions a cloud host; /etc/hosts comes the same way, and the hostname is set with
   --hostname and written to /etc/hostname after boot, so the deploy may still change all three.
@@ -47,7 +48,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.deploy.testhost.image import REPO_MOUNT, Image, use_image
+from tests.deploy.testhost.image import DEFAULT_RELEASE, REPO_MOUNT, Image, use_image
 from tests.deploy.testhost.machine import (
     ENV,
     STATE_DIR,
@@ -62,6 +63,11 @@ from tests.deploy.testhost.machine import (
 from tests.deploy.testhost.network import attach, link_exists, netns_exists, remove_network
 from tests.deploy.testhost.ssh import SSHTarget, make_key
 
+# Debian 13's systemd (257) can take its 90 s default to stop root's user manager (user@0,
+# started by our SSH logins through pam_systemd) when the host powers off soon after a login:
+# seen hanging on "Job user@0.service/stop running" in its exit.target. Nothing in the tests
+# uses the user manager, so its stop is capped (a drop-in bound into each boot, not the image).
+USER_MANAGER_STOP = "[Service]\nTimeoutStopSec=5s\n"
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,10}[a-z0-9])?$")  # es-<name> fits IFNAMSIZ (15)
 
 
@@ -182,6 +188,8 @@ class TestHost(SSHTarget):
             "::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\n"
             "ff02::2\tip6-allrouters\n"
         )
+        user_stop = self.rundir / "user-stop.conf"
+        user_stop.write_text(USER_MANAGER_STOP)
         self.gateway, self.address = attach(self.name, self.netns, self.veth)
         argv = [
             "systemd-nspawn",
@@ -199,6 +207,7 @@ class TestHost(SSHTarget):
             f"--bind-ro={self.image.repo}:{REPO_MOUNT}",
             f"--load-credential=ssh.authorized_keys.root:{keys}",
             f"--load-credential=network.hosts:{hosts}",
+            f"--bind-ro={user_stop}:/etc/systemd/system/user@.service.d/testhost-stop.conf",
             "--resolv-conf=off",
             "--timezone=off",
             "--link-journal=no",
@@ -221,7 +230,7 @@ class TestHost(SSHTarget):
         self.run(f"echo {shlex.quote(self.hostname)} > /etc/hostname", check=True, timeout=30)
         say(
             f"{self.machine} booted in {time.monotonic() - started:.1f} s at {self.address} "
-            f"(image {self.image.key})"
+            f"({self.image.release} image {self.image.key})"
         )
 
     def _wait_until_up(self, deadline: float) -> None:
@@ -311,18 +320,20 @@ def boot_test_host(
     *,
     hostname: str | None = None,
     boot_timeout: float = 180,
+    release: str = DEFAULT_RELEASE,
 ) -> Iterator[TestHost]:
-    """Boot a fresh Debian 12 host whose apt offers `packages` offline; power it off on exit.
+    """Boot a fresh Debian host whose apt offers `packages` offline; power it off on exit.
 
     name: short unique id ([a-z0-9-], up to 12 characters), e.g. a few hex digits.
     hostname: the host's name (default testhost-<name>); with a dot it is also an FQDN.
+    release: the Debian release, one of image.RELEASES ("trixie", "bookworm").
     """
     if not _NAME.match(name):
         raise ValueError(f"name must match {_NAME.pattern} (it names a veth): {name!r}")
     require_root()
     ensure_tools()
     _sweep_orphans()
-    with use_image(packages) as image:
+    with use_image(packages, release) as image:
         host = TestHost(name, image, hostname)
         try:
             host._start(boot_timeout)

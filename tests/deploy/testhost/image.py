@@ -1,14 +1,21 @@
-"""The test host's image: a cached Debian 12 root filesystem and a local apt repository.
+"""The test host's image: a cached Debian root filesystem and a local apt repository, for a
+release of RELEASES (Debian 13 "trixie" or Debian 12 "bookworm").
 
 * Cache outside the clone: /var/cache/emailservice-testhost (env EMAILSERVICE_TESTHOST_CACHE).
-  `base/<key>/rootfs`: `debootstrap --variant=minbase bookworm` from http://deb.debian.org/debian
+  `base/<key>/rootfs`: `debootstrap --variant=minbase <release>` from http://deb.debian.org/debian
   (the mirror this machine's own /etc/apt/sources.list.d/debian.sources uses; env
-  EMAILSERVICE_TESTHOST_MIRROR), then, in a chroot, dist-upgrade against bookworm,
-  bookworm-updates and bookworm-security and `apt-get install --no-install-recommends` of
+  EMAILSERVICE_TESTHOST_MIRROR), then, in a chroot, dist-upgrade against <release>,
+  <release>-updates and <release>-security and `apt-get install --no-install-recommends` of
   BASE_PACKAGES (systemd, systemd-sysv, dbus, libpam-systemd, openssh-server, iproute2, python3,
   sudo, ca-certificates, procps). No `locales`: LANG=C.UTF-8 is built into glibc, and our ssh
   runs with `-F /dev/null` so no client LANG is forwarded. The base depends only on the recipe,
   so a changed package list does not repeat debootstrap.
+* Debian 13 from this Debian 12 machine needs nothing newer: Debian 12's debootstrap
+  (1.0.128+nmu2+deb12u2) has a `trixie` script (a link to `sid`, like `bookworm`'s) and Debian
+  12's debian-archive-keyring (2023.3+deb12u2) holds trixie's archive, security and release
+  keys, so `debootstrap trixie` verifies the Release file as it does bookworm's. Debian 13 is
+  merged-/usr, which that debootstrap sets up by default; its apt still reads a one-line
+  /etc/apt/sources.list (the deb822 debian.sources is only its installer's default).
 * `images/<key>/`: a copy of the base (`cp -a --reflink=auto`) in which, with the chroot still
   online, `apt-get install --download-only <packages>` resolves the deploy's packages against this
   exact system (Recommends included, so the deploy may install with or without them). The .debs
@@ -18,7 +25,8 @@
   deploy's packages are NOT installed in the image, apt's lists are empty (the deploy must
   `apt-get update`, as on any fresh host), and there is no policy-rc.d (handling service starts
   during installs is the deploy's job).
-* <key> is a hash of (RECIPE_VERSION, suite, mirrors, base packages, sorted package list).
+* <key> is a hash of (RECIPE_VERSION, release, mirrors, base packages, sorted package list):
+  each release has its own base and images, side by side in the same cache.
   Builds run under an fcntl lock (`build.lock`; a second run waits, then reuses the image), in
   `tmp/`, and are renamed into place only when complete, so an interrupted build is never
   trusted (the next build removes its leftovers, after checking nothing is mounted inside).
@@ -66,7 +74,9 @@ from tests.deploy.testhost.machine import (
     tail,
 )
 
-SUITE = "bookworm"
+# The Debian releases a test host can run (docs/deploy.md: both are supported).
+RELEASES = ("trixie", "bookworm")
+DEFAULT_RELEASE = "trixie"
 MIRROR = os.environ.get("EMAILSERVICE_TESTHOST_MIRROR", "http://deb.debian.org/debian")
 SECURITY_MIRROR = os.environ.get(
     "EMAILSERVICE_TESTHOST_SECURITY_MIRROR", "http://deb.debian.org/debian-security"
@@ -107,11 +117,12 @@ def _mb(size: int) -> str:
 
 @dataclass(frozen=True)
 class Image:
-    """A built image: `rootfs` to boot and `repo` of the deploy's .debs."""
+    """A built image of a Debian release: `rootfs` to boot and `repo` of the deploy's .debs."""
 
     key: str
     path: Path
     packages: tuple[str, ...]
+    release: str = DEFAULT_RELEASE
 
     @property
     def rootfs(self) -> Path:
@@ -136,10 +147,17 @@ def _normalise(packages: Sequence[str]) -> tuple[str, ...]:
     return wanted
 
 
-def _key(extra: dict) -> str:
+def _release(release: str) -> str:
+    if release not in RELEASES:
+        supported = ", ".join(RELEASES)
+        raise ValueError(f"not a release the test host supports ({supported}): {release!r}")
+    return release
+
+
+def _key(release: str, extra: dict) -> str:
     spec = {
         "recipe": RECIPE_VERSION,
-        "suite": SUITE,
+        "suite": _release(release),
         "mirror": MIRROR,
         "security": SECURITY_MIRROR,
         "base": BASE_PACKAGES,
@@ -148,15 +166,15 @@ def _key(extra: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def image_key(packages: Sequence[str]) -> str:
-    return _key({"packages": _normalise(packages)})
+def image_key(packages: Sequence[str], release: str = DEFAULT_RELEASE) -> str:
+    return _key(release, {"packages": _normalise(packages)})
 
 
-def _online_sources() -> str:
+def _online_sources(release: str) -> str:
     return (
-        f"deb {MIRROR} {SUITE} main\n"
-        f"deb {MIRROR} {SUITE}-updates main\n"
-        f"deb {SECURITY_MIRROR} {SUITE}-security main\n"
+        f"deb {MIRROR} {release} main\n"
+        f"deb {MIRROR} {release}-updates main\n"
+        f"deb {SECURITY_MIRROR} {release}-security main\n"
     )
 
 
@@ -198,19 +216,19 @@ def _chroot(
         )
 
 
-def _build_base(target: Path, log: IO[str]) -> None:
+def _build_base(target: Path, release: str, log: IO[str]) -> None:
     rootfs = target / "rootfs"
-    log.write(f"### debootstrap --variant=minbase {SUITE} {rootfs} {MIRROR}\n")
+    log.write(f"### debootstrap --variant=minbase {release} {rootfs} {MIRROR}\n")
     log.flush()
     result = run(
-        [*_ISOLATED, "--", "debootstrap", "--variant=minbase", SUITE, rootfs, MIRROR],
+        [*_ISOLATED, "--", "debootstrap", "--variant=minbase", release, rootfs, MIRROR],
         check=False,
         stdout=log,
         timeout=1800,
     )
     if result.returncode != 0:
         raise TestHostError(f"debootstrap failed:\n{file_tail(Path(log.name))}")
-    (rootfs / "etc/apt/sources.list").write_text(_online_sources())
+    (rootfs / "etc/apt/sources.list").write_text(_online_sources(release))
     for old in (rootfs / "etc/apt/sources.list.d").glob("*"):
         old.unlink()
     packages = " ".join(BASE_PACKAGES)
@@ -238,10 +256,12 @@ def _build_base(target: Path, log: IO[str]) -> None:
     (rootfs / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
 
 
-def _build_image(base: Path, target: Path, packages: tuple[str, ...], log: IO[str]) -> int:
+def _build_image(
+    base: Path, target: Path, release: str, packages: tuple[str, ...], log: IO[str]
+) -> int:
     rootfs, repo = target / "rootfs", target / "repo"
     run(["cp", "-a", "--reflink=auto", base / "rootfs", rootfs])
-    (rootfs / "etc/apt/sources.list").write_text(_online_sources())
+    (rootfs / "etc/apt/sources.list").write_text(_online_sources(release))
     wanted = " ".join(shlex.quote(p) for p in packages)
     # Recommends included: the repo then serves the deploy with or without --no-install-recommends.
     _chroot(
@@ -292,8 +312,8 @@ def _clean_tmp(cache: Path) -> None:
         remove_tree(leftover)
 
 
-def _ensure_base(cache: Path) -> Path:
-    key = _key({})
+def _ensure_base(cache: Path, release: str) -> Path:
+    key = _key(release, {})
     final = cache / "base" / key
     if (final / "manifest.json").exists():
         return final
@@ -301,35 +321,50 @@ def _ensure_base(cache: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"base-{key}.", dir=cache / "tmp"))
     try:
         with open(tmp / "build.log", "w") as log:
-            _build_base(tmp, log)
-        (tmp / "manifest.json").write_text(
-            json.dumps({"key": key, "recipe": RECIPE_VERSION, "base": BASE_PACKAGES}, indent=1)
-        )
+            _build_base(tmp, release, log)
+        manifest = {"key": key, "recipe": RECIPE_VERSION, "release": release, "base": BASE_PACKAGES}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, final)
     except BaseException:
         remove_tree(tmp)
         raise
-    for other in (cache / "base").iterdir():  # bases of older recipes
-        if other.name != key:
+    for other in (cache / "base").iterdir():  # bases of older recipes (not other releases')
+        if other.name != key and not _current_recipe(other):
             remove_tree(other)
     took = time.monotonic() - started
-    say(f"base image {key} built in {took:.1f} s ({_mb(_du(final / 'rootfs'))})")
+    say(f"{release} base image {key} built in {took:.1f} s ({_mb(_du(final / 'rootfs'))})")
     return final
 
 
+def _built_release(built: Path) -> str | None:
+    """The release a base or image was built for, None if by an older RECIPE_VERSION."""
+    try:
+        manifest = json.loads((built / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    release = manifest.get("release", "bookworm")  # the first recipes built only bookworm
+    return release if manifest.get("recipe") == RECIPE_VERSION and release in RELEASES else None
+
+
+def _current_recipe(built: Path) -> bool:
+    return _built_release(built) is not None
+
+
 def _prune(cache: Path, keep: Path) -> None:
-    """Remove least recently used images beyond KEEP_IMAGES, never one that is in use."""
+    """Remove each release's least recently used images beyond EMAILSERVICE_TESTHOST_KEEP, and
+    those of older recipes, never one that is in use."""
     limit = int(os.environ.get("EMAILSERVICE_TESTHOST_KEEP", "3"))
     images = [p for p in (cache / "images").iterdir() if (p / "manifest.json").exists()]
     images.sort(key=lambda p: (p / "manifest.json").stat().st_mtime, reverse=True)
-    for rank, old in enumerate(images):
+    ranks: dict[str | None, int] = {}
+    for old in images:
+        release = _built_release(old)
+        rank = ranks[release] = ranks.get(release, -1) + 1
         if old == keep:
             continue
-        with contextlib.suppress(OSError, ValueError):
-            recipe = json.loads((old / "manifest.json").read_text()).get("recipe")
-            if rank < limit and recipe == RECIPE_VERSION:
-                continue
+        if rank < limit and release is not None:
+            continue
         fd = os.open(old / "inuse.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -344,13 +379,14 @@ def _prune(cache: Path, keep: Path) -> None:
             os.close(fd)
 
 
-def ensure_image(packages: Sequence[str]) -> Image:
-    """The cached image for this package list, built first if needed (needs root)."""
+def ensure_image(packages: Sequence[str], release: str = DEFAULT_RELEASE) -> Image:
+    """The cached image of this release for this package list, built first if needed (needs
+    root)."""
     wanted = _normalise(packages)
-    key = image_key(wanted)
+    key = image_key(wanted, release)
     cache = cache_dir()
     final = cache / "images" / key
-    image = Image(key=key, path=final, packages=wanted)
+    image = Image(key=key, path=final, packages=wanted, release=release)
     if (final / "manifest.json").exists():
         return image
     require_root()
@@ -361,14 +397,15 @@ def ensure_image(packages: Sequence[str]) -> Image:
             return image
         _clean_tmp(cache)
         started = time.monotonic()
-        base = _ensure_base(cache)
+        base = _ensure_base(cache, release)
         tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cache / "tmp"))
         try:
             with open(tmp / "build.log", "w") as log:
-                count = _build_image(base, tmp, wanted, log)
+                count = _build_image(base, tmp, release, wanted, log)
             manifest = {
                 "key": key,
                 "recipe": RECIPE_VERSION,
+                "release": release,
                 "packages": wanted,
                 "debs": count,
                 "rootfs_bytes": _du(tmp / "rootfs"),
@@ -382,7 +419,7 @@ def ensure_image(packages: Sequence[str]) -> Image:
             raise
         took = time.monotonic() - started
         say(
-            f"image {key} built in {took:.1f} s: rootfs {_mb(manifest['rootfs_bytes'])}, "
+            f"{release} image {key} built in {took:.1f} s: rootfs {_mb(manifest['rootfs_bytes'])}, "
             f"repo of {count} .debs {_mb(manifest['repo_bytes'])} ({' '.join(wanted)})"
         )
         _prune(cache, keep=final)
@@ -390,10 +427,10 @@ def ensure_image(packages: Sequence[str]) -> Image:
 
 
 @contextlib.contextmanager
-def use_image(packages: Sequence[str]) -> Iterator[Image]:
+def use_image(packages: Sequence[str], release: str = DEFAULT_RELEASE) -> Iterator[Image]:
     """ensure_image, holding the image's shared in-use lock (so pruning leaves it alone)."""
     for _ in range(3):
-        image = ensure_image(packages)
+        image = ensure_image(packages, release)
         fd = os.open(image.path / "inuse.lock", os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_SH)
         try:
