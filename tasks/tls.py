@@ -31,11 +31,6 @@ def api_hostname() -> str:
     return str(host.data.api_hostname or host.data.mail_hostname)
 
 
-def packages() -> list[str]:
-    """The TLS mode's Debian packages (certbot for ACME)."""
-    return list(host.data.tls_packages.get(host.data.tls_mode, []))
-
-
 def certificate() -> list:
     data = host.data
     if data.tls_mode not in ("selfsigned", "provided", "acme"):
