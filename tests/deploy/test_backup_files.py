@@ -169,6 +169,24 @@ def test_restore_puts_back_only_what_is_missing_and_no_uid_list(tool, tmp_path):
     assert f"{ADDRESS}: 0 messages put back" in again
 
 
+def test_keep_uids_gives_back_the_uid_lists_of_folders_missing_here_only(tool, tmp_path):
+    path, _ = tool
+    root, backups = tmp_path / "vmail", tmp_path / "backups"
+    home = maildir(root)
+    deliver(home, "1700000030.M1.host", "in")
+    deliver(home / ".Sent", "1700000031.M2.host", "out")
+    (home / ".Sent" / "dovecot-uidlist").write_text("3 V1700000001 N2\n1 1700000031.M2.host\n")
+    run(path, "backup", str(backups), "14")
+    (snapshot,) = snapshots(backups)
+    # A new host: INBOX exists already (a first delivery), Sent does not.
+    subprocess.run(["rm", "-rf", str(home / ".Sent")], check=True)
+    (home / "dovecot-uidlist").write_text("3 V1800000000 N1\n")
+    out = run(path, "restore-mail", "--keep-uids", str(snapshot)).stdout
+    assert "1 messages put back" in out and "1 folders kept their UIDs" in out
+    assert (home / ".Sent" / "dovecot-uidlist").read_text().startswith("3 V1700000001 N2")
+    assert (home / "dovecot-uidlist").read_text() == "3 V1800000000 N1\n"
+
+
 def test_restore_names_what_it_cannot_use(tool, tmp_path):
     path, _ = tool
     root, backups = tmp_path / "vmail", tmp_path / "backups"
