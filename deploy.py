@@ -1,12 +1,13 @@
 """The emailservice deploy: `pyinfra inventories/<env>.py deploy.py` (or `make deploy ENV=...`).
 
 Turns fresh Debian 13 or 12 hosts into the whole stack, configured for each host's release
-(tasks/debian.py): PostgreSQL, Redis and backups (db role), Dovecot and Postfix (mail), the
-service's API instances behind nginx (api), its workers, scheduler and IDLE watcher (workers),
-TLS (self-signed, provided or ACME), a firewall and a health-check timer, then checks /health
-through nginx. A host in no role group has every role (tasks/roles.py). A second run changes
-nothing. Settings come from inventories/group_data/ (templates read only host.data); secrets
-from the deploying person's environment or inventories/secrets/ (tasks/secrets.py).
+(tasks/debian.py): PostgreSQL and Redis (db role), Dovecot and Postfix (mail), the service's
+API instances behind nginx (api), its workers, scheduler and IDLE watcher (workers), TLS
+(self-signed, provided or ACME), backups of what each host keeps (tasks/backup.py), a firewall
+and a health-check timer, then checks /health through nginx. A host in no role group has every
+role (tasks/roles.py). A second run changes nothing. Settings come from inventories/group_data/
+(templates read only host.data); secrets from the deploying person's environment or
+inventories/secrets/ (tasks/secrets.py).
 """
 
 from pyinfra import host
@@ -42,12 +43,13 @@ if roles.has("api", "mail"):
     ops += tls.certificate()
 if roles.has("db"):
     ops += postgres.configure(secrets["DATABASE_PASSWORD"] if split else None)
-    ops += backup.configure()
     ops += redis.configure(secrets["REDIS_PASSWORD"], private=split)
 if roles.has("mail"):
     ops += dovecot.configure(secrets)
     ops += dkim.configure()
     ops += postfix.configure()
+if roles.has("db", "mail", "api"):
+    ops += backup.configure()  # what each role keeps: the database, mailboxes, certificate
 if roles.has(*roles.APP):
     ops += app.install(release.build(), secrets)
 if roles.has("api"):

@@ -1,12 +1,20 @@
-"""Backups of the service's database: a daily `pg_dump -Fc` (systemd timer), kept N days, and
-`emailservice-restore FILE` for the operator. Only on hosts with the db role.
+"""Backups, on a daily systemd timer, kept backup_keep_days; a restore command for each part.
+
+What each host backs up, by its roles:
+  db      the service's database: `pg_dump -Fc` (run as postgres)
+  mail    the DKIM keys (emailservice-dkim backup) and the mailboxes: a Maildir copy per run in
+          which unchanged messages are hard links to the previous copy (emailservice-files)
+  api or mail   the TLS certificate and key, and /etc/letsencrypt when ACME is used
 
 Layout on the host:
-  /usr/local/lib/emailservice/backup      the dump (run by emailservice-backup.service)
+  /usr/local/lib/emailservice/backup       the dump (db hosts)
   /usr/local/sbin/emailservice-restore     restore a dump: sudo emailservice-restore FILE
-  /var/backups/emailservice/               <database>-<UTC time>.dump, postgres:postgres 0700,
-                                           and dkim-<UTC time>.tar (the DKIM keys, root 0600)
-                                           when the host is also the mail host
+  /usr/local/sbin/emailservice-files       mailboxes and certificate: backup, list,
+                                           restore-mail SNAPSHOT [ADDRESS...],
+                                           restore-certificate ARCHIVE
+  /var/backups/emailservice/               0700, postgres's on db hosts (root reads it too):
+                                           <database>-<UTC time>.dump, dkim-<time>.tar,
+                                           mail-<time>/ and certificate-<time>.tar (root only)
 """
 
 from __future__ import annotations
@@ -18,27 +26,40 @@ from tasks import roles
 from tasks.common import changed, template
 
 UNITS = ["emailservice-backup.service", "emailservice-backup.timer"]
+FILES_TOOL = "/usr/local/sbin/emailservice-files"
 
 
 def configure() -> list:
     data = host.data
+    database, mail = roles.has("db"), roles.has("mail")
+    owner = "postgres" if database else "root"
     ops = [
-        # The dumps hold every tenant's mail and encrypted credentials: the database's owner
-        # only (root reads them too).
+        # Every tenant's mail, encrypted credentials and keys: private to the backup's owner.
         files.directory(
-            name="Backup directory",
-            path=data.backup_dir,
-            user="postgres",
-            group="postgres",
-            mode="700",
+            name="Backup directory", path=data.backup_dir, user=owner, group=owner, mode="700"
         ),
-        template("backup/backup.j2", "/usr/local/lib/emailservice/backup", mode="755"),
-        template("backup/restore.j2", "/usr/local/sbin/emailservice-restore", mode="755"),
+        template(
+            "backup/files.j2",
+            FILES_TOOL,
+            mode="755",
+            mail_root=data.mail_root if mail else None,
+            cert_path=data.tls_cert_path,
+            key_path=data.tls_key_path,
+        ),
     ]
-    # On a host that is also the mail host, the DKIM keys are backed up with the database.
-    keys = roles.has("mail")
+    if database:
+        ops += [
+            template("backup/backup.j2", "/usr/local/lib/emailservice/backup", mode="755"),
+            template("backup/restore.j2", "/usr/local/sbin/emailservice-restore", mode="755"),
+        ]
     units = [
-        template(f"systemd/{unit}.j2", f"/etc/systemd/system/{unit}", dkim_keys=keys)
+        template(
+            f"systemd/{unit}.j2",
+            f"/etc/systemd/system/{unit}",
+            database=database,
+            mail=mail,
+            files_tool=FILES_TOOL,
+        )
         for unit in UNITS
     ]
     ops += units

@@ -1,16 +1,23 @@
 """Backups on the deployed host, checked from outside (level 4 in docs/deploy.md): the daily
 pg_dump timer, its files, old dumps removed, and a restore that brings back what was lost, seen
 through the API via nginx; the DKIM keys backed up beside the dumps and restored, seen in the
-DNS records and in signatures that verify."""
+DNS records and in signatures that verify; the mailboxes, a deleted folder put back and seen over
+IMAP; the certificate, put back and served again by nginx, Dovecot and Postfix."""
 
 from __future__ import annotations
 
+import imaplib
+import re
 import secrets
+import smtplib
+import socket
+import ssl
+import time
 import uuid
 
 import pytest
 
-from tests.deploy.deployment import Deployment, wait_for_health
+from tests.deploy.deployment import Deployment, tls, wait_for_health
 from tests.deploy.dkim_mail import dns_records, received, send_8bit, signature_tags, verifies
 from tests.deploy.inventory import group_data
 
@@ -19,6 +26,7 @@ pytestmark = pytest.mark.level4
 DATA = group_data("vagrant")
 BACKUPS = DATA["backup_dir"]
 DATABASE = DATA["postgres_database"]
+MAILBOX = next(iter(DATA["mail_users"]))
 
 
 def _backup(host) -> str:
@@ -136,3 +144,107 @@ def test_the_dkim_keys_are_backed_up_and_restored(deployed):
     message, _ = received(deployed, subject)
     assert signature_tags(message)["d"] == domain
     assert verifies(message, before)
+
+
+def _newest(host, pattern: str) -> str:
+    found = host.run(f"ls -1dt {BACKUPS}/{pattern} | head -1", check=True).stdout.strip()
+    assert found, f"no {pattern} in {BACKUPS}"
+    return found
+
+
+def _folder(imap: imaplib.IMAP4, name: str) -> list | None:
+    """The messages of folder `name` (flags and body), or None when there is no such folder."""
+    status, listed = imap.list('""', name)
+    if status != "OK" or listed == [None]:
+        return None
+    imap.select(name, readonly=True)
+    _, data = imap.fetch("1:*", "(FLAGS BODY.PEEK[TEXT])")
+    imap.close()
+    found = []
+    for part in data:
+        if isinstance(part, tuple):
+            flags = re.search(rb"FLAGS \(([^)]*)\)", part[0]).group(1).split()
+            found.append((sorted(f for f in flags if f != b"\\Recent"), part[1]))
+    return sorted(found)
+
+
+def test_a_deleted_folder_comes_back_from_the_mailbox_backup(deployed):
+    host, password = deployed.host, deployed.secrets["MAILBOX_TEST_PASSWORD"]
+    folder = f"Kept-{secrets.token_hex(4)}"
+    with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
+        imap.login(MAILBOX, password)
+        assert imap.create(folder)[0] == "OK"
+        for n, flags in ((1, "(\\Seen)"), (2, "()")):
+            message = f"Subject: kept {n}\r\nFrom: a@example.test\r\n\r\nbody {n} of {folder}\r\n"
+            assert imap.append(folder, flags, None, message.encode())[0] == "OK"
+        before = _folder(imap, folder)
+    assert sorted(flags for flags, _ in before) == [[], [b"\\Seen"]]
+
+    _backup(host)
+    snapshot = _newest(host, "mail-*")
+    assert host.run(f"stat -c '%a %U' {snapshot}").stdout.split() == ["700", "root"]
+    # Lost: the user deletes the folder.
+    with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
+        imap.login(MAILBOX, password)
+        assert imap.delete(folder)[0] == "OK"
+        assert _folder(imap, folder) is None
+
+    for _ in range(2):  # a second restore adds nothing
+        restored = host.run(f"emailservice-files restore-mail {snapshot} {MAILBOX}", timeout=120)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
+            imap.login(MAILBOX, password)
+            assert _folder(imap, folder) == before  # the same messages, flags included
+
+    # A second backup of the unchanged messages links them to the first one's files.
+    time.sleep(1)  # backups are named by the second
+    _backup(host)
+    second = host.run("journalctl -u emailservice-backup.service -n 20 -o cat").stdout
+    assert "unchanged linked to " + snapshot.rsplit("/", 1)[1] in second
+
+
+def _served(address: str, port: int, starttls: bool = False) -> bytes:
+    """The certificate a server presents (not verified: the point is which one it is)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    if starttls:
+        with smtplib.SMTP(address, port, timeout=20) as smtp:
+            smtp.starttls(context=context)
+            return smtp.sock.getpeercert(binary_form=True)
+    with socket.create_connection((address, port), timeout=20) as raw:
+        with context.wrap_socket(raw) as wrapped:
+            return wrapped.getpeercert(binary_form=True)
+
+
+def _all_served(address: str) -> list[bytes]:
+    return [_served(address, 443), _served(address, 993), _served(address, 587, starttls=True)]
+
+
+def test_the_certificate_is_backed_up_and_restored(deployed):
+    host = deployed.host
+    cert, key = DATA["tls_cert_path"], DATA["tls_key_path"]
+    original = _all_served(deployed.address)
+    assert len(set(original)) == 1
+    _backup(host)
+    archive = _newest(host, "certificate-*.tar")
+    assert host.run(f"stat -c '%a %U' {archive}").stdout.split() == ["600", "root"]
+    host.run(f"cp -p {cert} /root/cert.saved && cp -p {key} /root/key.saved", check=True)
+    try:
+        # Lost: the certificate, replaced by another one (as a careless renewal would).
+        host.run(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other "
+            f"-keyout {key} -out {cert} 2>/dev/null && "
+            "systemctl reload nginx postfix dovecot",
+            check=True,
+        )
+        assert set(_all_served(deployed.address)).isdisjoint(original)
+
+        restored = host.run(f"emailservice-files restore-certificate {archive}")
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        assert "reloaded nginx, postfix, dovecot" in restored.stdout
+        assert _all_served(deployed.address) == original
+    finally:
+        host.run(
+            f"cmp -s /root/cert.saved {cert} || (cp -p /root/cert.saved {cert} && "
+            f"cp -p /root/key.saved {key} && systemctl reload nginx postfix dovecot)"
+        )

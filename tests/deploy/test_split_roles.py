@@ -46,7 +46,6 @@ DATA_UNITS = [
     "redis-server.service",
     "dovecot.service",
     "postfix.service",
-    "emailservice-backup.timer",
 ]
 DEPLOYED_PYTHON = (
     "cd /var/lib/emailservice && runuser -u emailservice -- sh -c "
@@ -135,6 +134,21 @@ def test_each_host_runs_its_roles_only(split):
         587,
         993,
     ]
+
+
+def test_each_host_backs_up_what_it_keeps(split):
+    """The data host: the database, DKIM keys, mailboxes and its certificate; the app host:
+    its certificate only (it keeps nothing else)."""
+    kept = {}
+    for name, host in (("app", split.app), ("data", split.data)):
+        started = host.run("systemctl start emailservice-backup.service", timeout=120)
+        assert started.returncode == 0, host.journal("emailservice-backup.service")
+        listing = host.run("ls -1 /var/backups/emailservice", check=True).stdout.split()
+        kept[name] = sorted({entry.split("-")[0] for entry in listing})
+    assert kept == {
+        "app": ["certificate"],
+        "data": ["certificate", "dkim", "emailservice", "mail"],
+    }
 
 
 def test_the_api_on_the_app_host_uses_the_data_host(split):
