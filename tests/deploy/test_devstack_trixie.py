@@ -30,7 +30,9 @@ from tests.deploy.testhost import TestHost, boot_test_host, ensure_tools
 pytestmark = [pytest.mark.level4, pytest.mark.slow, pytest.mark.timeout(900)]
 
 # What devstack/packages.py installs for `make dev` (the servers), what scripts/ensure-venv
-# installs (python3-venv), and make itself (the README's `apt-get install -y git make`).
+# installs (python3-venv), and make itself (the README's `apt-get install -y git make`). The
+# host's repository holds nothing else: should the stack come to need another package, `make
+# dev` fails here naming it.
 STACK_PACKAGES = [
     "postgresql",
     "redis-server",
