@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -49,6 +50,7 @@ PYTHON = "3.13"  # Debian 13's
 # API's --reload, at the versions this machine's `make .venv/.installed` chose.
 DEV_RUNTIME = ("watchfiles", "anyio")
 READY = "Ctrl-C or `make stop` stops everything."
+API = "http://127.0.0.1:5000"  # make dev's API_HOST and API_PORT defaults
 
 
 def dev_wheels() -> Path:
@@ -102,8 +104,41 @@ def missing_packages(host: TestHost) -> list[str]:
     return [p for p in STACK_PACKAGES if p not in installed]
 
 
-def dev_log(host: TestHost) -> str:
-    return host.run("journalctl -u make-dev --no-pager -o cat").stdout
+def dev_log(host: TestHost, unit: str) -> str:
+    return host.run(f"journalctl -u {unit} --no-pager -o cat").stdout
+
+
+def make_dev(host: TestHost, unit: str) -> str:
+    """Start `make dev` in the clone (as a transient unit: it runs until stopped); return its
+    output once it says it is ready (after the demo seed)."""
+    run(
+        host,
+        f"systemd-run --quiet --unit={unit} --working-directory={CLONE} "
+        "--setenv=HOME=/root make dev",
+    )
+    deadline = time.monotonic() + 240
+    while READY not in (log := dev_log(host, unit)):
+        state = host.run(f"systemctl is-active {unit}").stdout.strip()
+        assert state in ("active", "activating"), f"make dev ended ({state}):\n{log[-6000:]}"
+        assert time.monotonic() < deadline, f"make dev not ready in 240 s:\n{log[-6000:]}"
+        time.sleep(1)
+    assert "make: ***" not in log, log[-3000:]
+    return log
+
+
+def make_stop(host: TestHost, unit: str, info: dict) -> None:
+    """`make stop`, then check that nothing `make dev` started is left."""
+    run(host, "make stop", timeout=120)
+    assert host.run(f"systemctl is-active {unit}").stdout.strip() != "active"
+    status = host.run(f"cd {CLONE} && .venv/bin/python -m devstack status --name dev")
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert "postgres=NO  redis=NO  dovecot=NO  postfix=NO" in status.stdout, status.stdout
+    # The stack's daemons and the service's processes are gone (the host's own Debian services,
+    # which the package installs started, are not its business).
+    pids = " ".join(str(pid) for pid in info["pids"].values())
+    left = host.run(f"ps -o pid=,args= -p {pids}; pgrep -a -f 'app[.]cli'")
+    assert left.stdout.strip() == "", left.stdout
+    assert "dev stack stopped (data kept in .stack/dev)" in dev_log(host, unit)
 
 
 def test_make_dev_on_debian_13_installs_its_servers_seeds_sends_and_stops(tmp_path):
@@ -137,19 +172,8 @@ def test_make_dev_on_debian_13_installs_its_servers_seeds_sends_and_stops(tmp_pa
         timings["venv"] = time.monotonic() - step
 
         step = time.monotonic()
-        run(
-            host,
-            f"systemd-run --quiet --unit=make-dev --working-directory={CLONE} "
-            "--setenv=HOME=/root make dev",
-        )
-        deadline = time.monotonic() + 240
-        while READY not in (log := dev_log(host)):
-            state = host.run("systemctl is-active make-dev").stdout.strip()
-            assert state in ("active", "activating"), f"make dev ended ({state}):\n{log[-6000:]}"
-            assert time.monotonic() < deadline, f"make dev not ready in 240 s:\n{log[-6000:]}"
-            time.sleep(1)
+        log = make_dev(host, "make-dev")
         timings["make dev"] = time.monotonic() - step
-        assert "make: ***" not in log, log[-3000:]
         # It installed the servers itself, from the host's apt repository.
         assert f"devstack: installing {' '.join(absent)} ..." in log
         assert missing_packages(host) == []
@@ -164,33 +188,29 @@ def test_make_dev_on_debian_13_installs_its_servers_seeds_sends_and_stops(tmp_pa
         assert postgres.strip() == "/usr/lib/postgresql/17/bin/postgres", postgres
 
         step = time.monotonic()
-        check = run(
-            host,
-            f".venv/bin/python tests/deploy/dev_roundtrip.py {info['state_dir']} "
-            "http://127.0.0.1:5000",
-            timeout=240,
-        )
+        check = f".venv/bin/python tests/deploy/dev_roundtrip.py {info['state_dir']} {API}"
+        seen = json.loads(run(host, check, timeout=240).stdout)
         timings["round trip"] = time.monotonic() - step
-        seen = json.loads(check.stdout)
-        assert seen["account"] == {"email": "alice@example.test", "state": "active"}
+        assert seen["account"]["email"] == "alice@example.test"
+        assert seen["account"]["state"] == "active"
         assert "Lunch on Thursday?" in seen["seeded_subjects"]
         assert seen["outbox"]["state"] == "sent" and seen["outbox"]["attempts"] == 1
         assert seen["outbox"]["smtp_reply"].startswith("250")
         assert seen["delivered"]["from"]["email"] == "alice@example.test"
 
         step = time.monotonic()
-        run(host, "make stop", timeout=120)
+        make_stop(host, "make-dev", info)
         timings["make stop"] = time.monotonic() - step
-        assert host.run("systemctl is-active make-dev").stdout.strip() != "active"
-        status = host.run(f"cd {CLONE} && .venv/bin/python -m devstack status --name dev")
-        assert status.returncode == 1, status.stdout + status.stderr
-        assert "postgres=NO  redis=NO  dovecot=NO  postfix=NO" in status.stdout, status.stdout
-        # Nothing it started is left: the stack's daemons (the host's own Debian services, which
-        # the package installs started, are not its business) and the service's processes.
-        pids = " ".join(str(pid) for pid in info["pids"].values())
-        left = host.run(f"ps -o pid=,args= -p {pids}; pgrep -a -f 'app[.]cli'")
-        assert left.stdout.strip() == "", left.stdout
-        assert "dev stack stopped (data kept in .stack/dev)" in dev_log(host)
+
+        # Started again, it keeps its data: no install, the same state, account and mail.
+        step = time.monotonic()
+        again = make_dev(host, "make-dev-again")
+        assert "devstack: installing" not in again
+        info = json.loads(run(host, "cat .stack/dev/stack.json").stdout)
+        kept = json.loads(run(host, f"{check} --kept {shlex.quote(seen['subject'])}").stdout)
+        assert kept["account"] == seen["account"]
+        make_stop(host, "make-dev-again", info)
+        timings["restart"] = time.monotonic() - step
     timings["total"] = time.monotonic() - began
     print(
         "make dev on trixie: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
