@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -53,13 +54,18 @@ READY = "Ctrl-C or `make stop` stops everything."
 API = "http://127.0.0.1:5000"  # make dev's API_HOST and API_PORT defaults
 
 
+def dev_pins() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in DEV_RUNTIME]
+
+
 def dev_wheels() -> Path:
     """Python 3.13 wheels of DEV_RUNTIME, downloaded once into build/ (like the wheelhouse)."""
-    pins = [f"{name}=={importlib.metadata.version(name)}" for name in DEV_RUNTIME]
+    pins = dev_pins()
     dest = ROOT / "build" / "devstack-wheels" / PYTHON
     marker = dest / (".pins-" + "-".join(pins))
     if not marker.exists():
-        dest.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
         downloaded = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
             + ["--no-deps", *release.target(PYTHON), "-d", str(dest), *pins],
@@ -165,7 +171,7 @@ def test_make_dev_on_debian_13_installs_its_servers_seeds_sends_and_stops(tmp_pa
         pip = f".venv/bin/pip install --quiet --no-index --find-links {WHEELS}/release"
         run(host, f"{pip} --require-hashes -r {WHEELS}/release/requirements-build.lock")
         run(host, f"{pip} --require-hashes --no-build-isolation -r requirements.lock")
-        run(host, f"{pip} --find-links {WHEELS}/dev {' '.join(DEV_RUNTIME)}")
+        run(host, f"{pip} --find-links {WHEELS}/dev {' '.join(dev_pins())}")
         run(host, f"{pip} --no-build-isolation --no-deps -e . && touch .venv/.installed")
         python = run(host, ".venv/bin/python -c 'import sys; print(sys.version)'").stdout
         assert python.startswith(PYTHON + "."), python
