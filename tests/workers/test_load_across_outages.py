@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import email
 import json
-import shutil
 import signal
 import subprocess
 import threading
@@ -33,7 +32,7 @@ from app.context import ServiceContext
 from app.models import OutboxEntry
 from app.services.accounts import ServerFields
 from app.states import Security
-from devstack import postgres, redisdb
+from devstack import paths, postgres, redisdb
 from tests.mailbox import UserPool
 from tests.services.test_outbox import make_account
 from tests.smtp_peer import SmtpPeer, relay_to
@@ -52,8 +51,11 @@ class PrivateServers:
     """A PostgreSQL cluster and a redis-server of the test's own, to stop and start at will."""
 
     def __init__(self) -> None:
-        self.state = ROOT / ".stack" / f"outage-{uuid.uuid4().hex[:8]}"
-        self.state.mkdir(parents=True, mode=0o755)
+        # Like a stack's state: in .stack/, or linked from there to a place the postgres user
+        # can reach when the clone is private (root's home, for one).
+        name = f"outage-{uuid.uuid4().hex[:8]}"
+        self.link = paths.link_path(name, ROOT / ".stack")
+        self.state = paths.prepare(name, ROOT / ".stack")
         self.pg_port, self.redis_port = free_port(), free_port()
         self.redis: subprocess.Popen | None = None
         admin = f"postgresql+psycopg://postgres@127.0.0.1:{self.pg_port}/postgres"
@@ -118,7 +120,7 @@ class PrivateServers:
     def stop(self) -> None:
         self.kill_redis()
         self.stop_postgres()
-        shutil.rmtree(self.state, ignore_errors=True)
+        paths.remove(self.link)
 
 
 @dataclass
