@@ -1,13 +1,18 @@
-"""Certificates from an ACME CA (`tls_mode = "acme"`), on a booted host (level 4, docs/deploy.md).
+"""Certificates from an ACME CA (`tls_mode = "acme"`), on booted hosts (level 4, docs/deploy.md).
 
 The CA is Pebble (Debian's `pebble` package), run by the test on this machine at the test
 host's gateway address; `pebble-challtestsrv` answers Pebble's DNS lookups of the host's names
-with the test host's address, so Pebble's HTTP-01 check reaches the host's nginx on port 80,
-as Let's Encrypt's would. The deploy is the vagrant environment's, switched to ACME by host data
-(the staging and production examples use ACME too). Checked from outside, with Pebble's root
-only: nginx (443), Dovecot (993) and Postfix (587, STARTTLS) serve the issued certificate; a
-forced renewal puts a new one in all three without restarting the API; a second deploy changes
-nothing.
+with the test host's address, so Pebble's HTTP-01 check reaches the host on port 80, as Let's
+Encrypt's would. The deploy is the vagrant environment's, switched to ACME by host data (the
+staging and production examples use ACME too). Checked from outside, with Pebble's root only:
+
+* a host with every role: nginx (443), Dovecot (993) and Postfix (587, STARTTLS) serve the
+  issued certificate (answered through nginx); a forced renewal puts a new one in all three
+  without restarting the API; a second deploy changes nothing;
+* a mail host without nginx (the inventory's `mail` group only, as the data/mail host of the
+  production example's split layout): certbot answers the challenge itself on port 80, Dovecot
+  and Postfix serve a certificate for the mail name, a forced renewal (certbot's own server
+  again, as certbot.timer renews) reaches both, a second deploy changes nothing.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -146,10 +153,11 @@ class Pebble:
                     process.wait()
 
 
-@pytest.fixture(scope="module")
-def acme_host(tmp_path_factory):
+@contextmanager
+def _deployed_with_acme(tmp: Path, groups: tuple[str, ...] = (), **extra) -> Iterator[tuple]:
+    """A booted host in the inventory's `groups` (none: every role), its own Pebble, deployed
+    once with ACME: (host, source, inventory, environ, Pebble's root, pebble)."""
     ensure_tools()
-    tmp = tmp_path_factory.mktemp("acme")
     source = snapshot(tmp / "source")
     secret_values = new_secrets()
     environ = {f"EMAILSERVICE_{k}": v for k, v in secret_values.items()}
@@ -164,21 +172,41 @@ def acme_host(tmp_path_factory):
             data = {
                 **host.pyinfra_host_data(),
                 "tls_mode": "acme",
-                "api_hostname": API_NAME,
                 "mail_hostname": MAIL_NAME,
                 "acme_server": pebble.directory,
                 "acme_email": "postmaster@example.test",
                 "acme_ca_bundle": str(bundle),
+                **extra,
             }
-            inventory = write_inventory(tmp / "vagrant.py", {"vagrant": [(host.address, data)]})
+            inventory = write_inventory(
+                tmp / "vagrant.py",
+                {"vagrant": [(host.address, data)], **{g: [host.address] for g in groups}},
+            )
             started = time.monotonic()
             first = pyinfra(source, inventory, environ, "--diff")
-            print(f"ACME deploy: {time.monotonic() - started:.0f} s", file=sys.stderr)
+            print(
+                f"ACME deploy ({'+'.join(groups) or 'every role'}): "
+                f"{time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
             if first.returncode != 0:
                 pytest.fail(f"deploy failed:\n{failure_summary(first)}\n{pebble.log()}")
             yield host, source, inventory, environ, roots, pebble
         finally:
             pebble.stop()
+
+
+@pytest.fixture(scope="module")
+def acme_host(tmp_path_factory):
+    with _deployed_with_acme(tmp_path_factory.mktemp("acme"), api_hostname=API_NAME) as deployed:
+        yield deployed
+
+
+@pytest.fixture(scope="module")
+def acme_mail_host(tmp_path_factory):
+    """A host with the mail role only: no nginx, no API, no database."""
+    with _deployed_with_acme(tmp_path_factory.mktemp("acme-mail"), ("mail",)) as deployed:
+        yield deployed
 
 
 def _served(address: str, port: int, name: str, roots: Path, starttls: bool = False) -> dict:
@@ -256,6 +284,64 @@ def test_a_renewed_certificate_is_served_without_restarting_the_api(acme_host):
 
 def test_a_second_acme_deploy_changes_nothing(acme_host):
     host, source, inventory, environ, _, pebble = acme_host
+    second = pyinfra(source, inventory, environ, "--json")
+    assert second.returncode == 0, failure_summary(second)
+    assert changed_operations(second) == []
+
+
+def _port(address: str, port: int) -> str:
+    """From outside: "refused" (the firewall lets it in, nothing listens), "open" or "dropped"."""
+    try:
+        with socket.create_connection((address, port), timeout=3):
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError:
+        return "dropped"
+
+
+def _mail_serials(address: str, roots: Path) -> set[str]:
+    """The serial numbers Dovecot and Postfix serve for the mail name (verified with `roots`)."""
+    return {
+        _served(address, 993, MAIL_NAME, roots)["serialNumber"],
+        _served(address, 587, MAIL_NAME, roots, starttls=True)["serialNumber"],
+    }
+
+
+def test_a_mail_host_without_nginx_is_issued_a_certificate_by_certbot_itself(acme_mail_host):
+    host, _, _, _, roots, _ = acme_mail_host
+    assert host.run("test -e /usr/sbin/nginx").returncode != 0  # no nginx on this host
+    assert len(_mail_serials(host.address, roots)) == 1  # one certificate in Dovecot and Postfix
+    names = {
+        value
+        for kind, value in _served(host.address, 993, MAIL_NAME, roots)["subjectAltName"]
+        if kind == "DNS"
+    }
+    assert names == {MAIL_NAME}
+    # Answered by certbot's own server, as every renewal will be (certbot keeps the method).
+    renewal = host.run("cat /etc/letsencrypt/renewal/emailservice.conf", check=True).stdout
+    assert "authenticator = standalone" in renewal
+    # Port 80 passes the firewall (refused, not dropped) and nothing listens there between
+    # issuances; 443 stays shut.
+    assert (_port(host.address, 80), _port(host.address, 443)) == ("refused", "dropped")
+    # The hook reloads the servers this host has, nginx not among them.
+    hook = host.run("cat /etc/emailservice/certbot-deploy-hook", check=True).stdout
+    assert "\nfor unit in postfix dovecot; do\n" in hook
+
+
+def test_a_forced_renewal_on_the_mail_host_reaches_dovecot_and_postfix(acme_mail_host):
+    host, _, _, _, roots, _ = acme_mail_host
+    before = _mail_serials(host.address, roots)
+    # As certbot.timer runs it: certbot binds port 80 itself for Pebble's check.
+    host.run("certbot renew --force-renewal --no-random-sleep-on-renew -q", check=True)
+    after = _mail_serials(host.address, roots)
+    assert len(after) == 1 and after != before
+    assert _port(host.address, 80) == "refused"  # certbot's server is gone again
+    assert host.run("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
+
+
+def test_a_second_acme_deploy_of_the_mail_host_changes_nothing(acme_mail_host):
+    host, source, inventory, environ, _, _ = acme_mail_host
     second = pyinfra(source, inventory, environ, "--json")
     assert second.returncode == 0, failure_summary(second)
     assert changed_operations(second) == []
