@@ -54,7 +54,10 @@ if roles.has(*roles.APP):
     ops += app.install(release.build(), secrets)
 if roles.has("api"):
     ops += nginx.configure(app.api_ports())
-    ops += tls.acme()
 ops += firewall.configure(roles.remote_app_addresses() if split and roles.has("db") else [])
+if roles.has("api", "mail"):
+    # After the firewall: the CA's HTTP-01 check must reach port 80 (nginx, or certbot's own
+    # server on a mail host without nginx).
+    ops += tls.acme()
 if roles.has("api"):
     health.verify(ops)

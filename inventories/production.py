@@ -6,17 +6,14 @@ names and private addresses with yours; more app hosts are more entries in `api`
 import os
 
 if os.environ.get("EMAILSERVICE_PRODUCTION_SPLIT") == "1":
-    # The app host gets its ACME certificate for the API's own name (its DNS names this host);
-    # the data/mail host has no nginx to answer ACME: put its certificate for mail_hostname at
-    # tls_cert_path/tls_key_path ("provided").
+    # Each host gets its own ACME certificate for the names it serves (DNS names each one):
+    # the app host for the API's name (answered through nginx), the data/mail host for
+    # mail_hostname (answered by certbot itself on port 80: it has no nginx).
     _app = (
         "app1.example.com",
         {"_sudo": True, "private_address": "10.0.0.11", "api_hostname": "api.example.com"},
     )
-    _data = (
-        "data1.example.com",
-        {"_sudo": True, "private_address": "10.0.0.21", "tls_mode": "provided"},
-    )
+    _data = ("data1.example.com", {"_sudo": True, "private_address": "10.0.0.21"})
     production = [_app, _data]
     api = [_app[0]]
     workers = [_app[0]]

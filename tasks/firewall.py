@@ -14,6 +14,9 @@ def public_ports() -> list[int]:
     ports = {host.data.ssh_port}
     for role in roles.of():
         ports.update(host.data.role_tcp_ports.get(role, []))
+    if host.data.tls_mode == "acme" and roles.has("api", "mail"):
+        # The CA's HTTP-01 check: nginx answers it, or certbot's own server on a mail host.
+        ports.add(80)
     return sorted(ports)
 
 

@@ -1,12 +1,15 @@
 """A certificate per host: self-signed (generated once), provided files, or ACME (certbot).
 
 ACME: `certificate()` first puts a self-signed placeholder at tls_cert_path/tls_key_path, so
-nginx, Postfix and Dovecot start before there is a real certificate. Once nginx answers on
-port 80, `acme()` asks the CA for one certificate naming api_hostname and mail_hostname
-(HTTP-01, `certbot certonly --webroot`: the nginx plugin would rewrite configuration this
-deploy owns). certbot's deploy hook copies each new certificate over the placeholder and
-reloads the servers that use it; Debian's certbot.timer renews it twice a day when it is due,
-running the same hook. The issuance runs once: a later deploy sees certbot's renewal
+nginx, Postfix and Dovecot start before there is a real certificate. Then `acme()` asks the CA
+for one certificate naming the host's own names (api_hostname with the api role, mail_hostname
+with the mail role) over HTTP-01 on port 80, which the firewall opens: on a host with nginx
+(api role) through nginx (`certbot certonly --webroot`: the nginx plugin would rewrite
+configuration this deploy owns); on a mail host without nginx, certbot answers it with its own
+server (`--standalone`: nothing else listens on port 80 there, at issuance or at renewals).
+certbot's deploy hook copies each new certificate over the placeholder and reloads the servers
+of the host that use it; Debian's certbot.timer renews it twice a day when it is due, the same
+way and with the same hook. The issuance runs once: a later deploy sees certbot's renewal
 configuration and changes nothing.
 """
 
@@ -31,17 +34,30 @@ def api_hostname() -> str:
     return str(host.data.api_hostname or host.data.mail_hostname)
 
 
+def acme_names() -> list[str]:
+    """The names the ACME certificate is for: those the host's own servers answer at (with
+    split roles another host's name would fail its challenge here)."""
+    names = []
+    if roles.has("api"):
+        names.append(api_hostname())
+    if roles.has("mail"):
+        names.append(str(host.data.mail_hostname))
+    return list(dict.fromkeys(names))
+
+
+def reloaded_units() -> list[str]:
+    """The servers of the host that read the certificate, reloaded by the deploy hook."""
+    return (["nginx"] if roles.has("api") else []) + (
+        ["postfix", "dovecot"] if roles.has("mail") else []
+    )
+
+
 def certificate() -> list:
     data = host.data
     if data.tls_mode not in ("selfsigned", "provided", "acme"):
         raise PyinfraError(f"tls_mode {data.tls_mode!r}: use selfsigned, provided or acme")
     if data.tls_mode == "provided":
         return []  # the operator keeps the files at tls_cert_path/tls_key_path
-    if data.tls_mode == "acme" and not roles.has("api"):
-        raise PyinfraError(
-            "tls_mode 'acme' needs the api role on the host (nginx answers the ACME "
-            "challenge): give a mail-only host tls_mode 'provided'"
-        )
     if data.tls_mode == "acme" and not data.acme_email:
         raise PyinfraError("tls_mode 'acme' needs acme_email (the CA's contact address)")
     ops = [
@@ -92,26 +108,34 @@ def certificate() -> list:
 
 
 def acme() -> list:
-    """Obtain the ACME certificate once (nginx must be serving port 80) and keep it renewed."""
+    """Obtain the ACME certificate once and keep it renewed. Port 80 must reach the host (the
+    firewall is configured first): nginx serves the challenge with the api role; otherwise
+    (a mail host) certbot's standalone server does."""
     data = host.data
     if data.tls_mode != "acme":
         return []
-    ops = [
-        files.directory(
-            name="ACME challenge directory",
-            path=f"{data.acme_webroot}/.well-known/acme-challenge",
-            user="root",
-            group="root",
-            mode="755",
-        ),
+    webroot = roles.has("api")
+    ops = []
+    if webroot:
+        ops.append(
+            files.directory(
+                name="ACME challenge directory",
+                path=f"{data.acme_webroot}/.well-known/acme-challenge",
+                user="root",
+                group="root",
+                mode="755",
+            )
+        )
+    ops.append(
         template(
             "certbot/deploy-hook.j2",
             DEPLOY_HOOK,
             mode="755",
             cert_path=data.tls_cert_path,
             key_path=data.tls_key_path,
-        ),
-    ]
+            units=reloaded_units(),
+        )
+    )
     if data.acme_ca_bundle:
         bundle = files.put(
             name="Trust the ACME CA's roots", src=data.acme_ca_bundle, dest=CA_BUNDLE, mode="644"
@@ -133,14 +157,15 @@ def acme() -> list:
         )
     )
     if host.get_fact(File, path=f"/etc/letsencrypt/renewal/{CERT_NAME}.conf") is None:
-        names = dict.fromkeys([api_hostname(), data.mail_hostname])
-        domains = " ".join(f"-d {name}" for name in names)
+        domains = " ".join(f"-d {name}" for name in acme_names())
+        # certbot keeps the method in the renewal configuration: renewals answer the same way.
+        method = f"--webroot --webroot-path {data.acme_webroot}" if webroot else "--standalone"
         ops.append(
             server.shell(
                 name=f"Obtain the certificate from {data.acme_server}",
                 commands=[
-                    "certbot certonly --non-interactive --agree-tos --webroot "
-                    f"--webroot-path {data.acme_webroot} --cert-name {CERT_NAME} {domains} "
+                    f"certbot certonly --non-interactive --agree-tos {method} "
+                    f"--cert-name {CERT_NAME} {domains} "
                     f"--server {data.acme_server} --email {data.acme_email} "
                     f"--deploy-hook {DEPLOY_HOOK}"
                 ],

@@ -29,9 +29,11 @@ dmarc_record = "v=DMARC1; p=quarantine"
 public_addresses = []
 
 # TLS: "selfsigned" (generated once on the host), "provided" (the operator keeps the files at
-# the paths below) or "acme" (certbot obtains the certificate for api_hostname and
-# mail_hostname over HTTP-01 through nginx, renews it, and reloads nginx, Postfix and Dovecot;
-# a self-signed placeholder is served until the first issuance).
+# the paths below) or "acme" (certbot obtains the certificate for the host's names,
+# api_hostname with the api role and mail_hostname with the mail role, over HTTP-01 on port
+# 80: through nginx, or with certbot's own server on a mail host without nginx; renews it, and
+# reloads the host's nginx, Postfix and Dovecot; a self-signed placeholder is served until the
+# first issuance).
 tls_mode = "selfsigned"
 tls_cert_path = "/etc/emailservice/tls/cert.pem"
 tls_key_path = "/etc/emailservice/tls/key.pem"
@@ -79,8 +81,9 @@ backup_on_calendar = "*-*-* 03:30:00"
 # Redis
 redis_maxmemory = "256mb"
 
-# Firewall: the only ports open to the world: SSH on every host, and those of the host's roles
-# (tasks/roles.py). PostgreSQL and Redis are open only to the app hosts, with split roles.
+# Firewall: the only ports open to the world: SSH on every host, those of the host's roles
+# (tasks/roles.py), and 80 with tls_mode "acme" (the CA's HTTP-01 check, on a mail host too).
+# PostgreSQL and Redis are open only to the app hosts, with split roles.
 ssh_port = 22
 role_tcp_ports = {"api": [80, 443], "mail": [25, 465, 587, 143, 993]}
 

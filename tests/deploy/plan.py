@@ -4,7 +4,10 @@ Runs the real pyinfra CLI (`--dry --diff`) on the local connector, with every fa
 what a fresh Debian host would (each fact's own default: no packages, no files, no units), so
 no command runs anywhere and every operation is planned as on a first deploy.
 
-    python tests/deploy/plan.py ENV [RELEASE]      (RELEASE: trixie, the default, or bookworm)
+    python tests/deploy/plan.py ENV [RELEASE [GROUPS]]
+
+RELEASE: trixie (the default) or bookworm. GROUPS: role groups the host is in, comma-separated
+(e.g. `mail`: a mail host of a split layout); none: every role.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def fresh_fact(self, fact_cls, *args, **kwargs):
     return value
 
 
-def main(env: str, release: str = "trixie") -> int:
+def main(env: str, release: str = "trixie", groups: str = "") -> int:
     DEBIAN["LinuxDistribution"] = RELEASES[release]
     DEBIAN["OsVersion"] = str(RELEASES[release]["major"])
     Host.get_fact = fresh_fact  # type: ignore[method-assign]
@@ -72,7 +75,10 @@ def main(env: str, release: str = "trixie") -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         inventory = Path(tmp) / f"{env}.py"
-        inventory.write_text(f'{env} = [("@local", {{}})]\n')
+        inventory.write_text(
+            f'{env} = [("@local", {{}})]\n'
+            + "".join(f'{group} = ["@local"]\n' for group in groups.split(",") if group)
+        )
         args = [
             "--group-data",
             str(ROOT / "inventories" / "group_data"),
@@ -89,4 +95,4 @@ def main(env: str, release: str = "trixie") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:3]))
+    sys.exit(main(*sys.argv[1:4]))

@@ -457,3 +457,42 @@ def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, relea
         assert value not in output, f"{name} printed by the plan"
     # Every secret came from the environment: no secrets file was generated.
     assert secrets_file.exists() == existed
+
+
+@pytest.mark.parametrize("release", ["trixie", "bookworm"])
+def test_a_mail_host_without_nginx_plans_its_acme_certificate(release, tmp_path):
+    """The production example's data/mail host alone (the `mail` group only, tls_mode acme):
+    the deploy plans certbot's issuance there without nginx, API or database."""
+    environ = {
+        "EMAILSERVICE_JWT_SECRET": secrets.token_urlsafe(40),
+        "EMAILSERVICE_ENCRYPTION_KEY": secrets.token_urlsafe(32),
+        "EMAILSERVICE_REDIS_PASSWORD": secrets.token_urlsafe(24),
+    }
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "deploy" / "plan.py"), "production", release, "mail"],
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    for expected in [
+        "Render /etc/postfix/main.cf",
+        "Dovecot running",
+        "Render /etc/emailservice/certbot-deploy-hook",
+        "certbot.timer renews the certificate",
+        "Obtain the certificate from https://acme-v02.api.letsencrypt.org/directory",
+    ]:
+        assert expected in output, expected
+    for absent in [
+        "nginx",
+        "ACME challenge directory",
+        "/health",
+        "postgresql",
+        "emailservice-api",
+    ]:
+        assert absent not in output, absent
+    # The firewall comes first: the CA's check must pass it on port 80.
+    assert output.index("Firewall active") < output.index("Obtain the certificate")

@@ -32,7 +32,7 @@ TOOLS = {
     "unshare": "util-linux",
     "setpriv": "util-linux",
     "chroot": "coreutils",
-    # A local ACME CA for the certificate tests (tests/deploy/test_acme.py).
+    # A local ACME CA for the certificate tests (tests/deploy/acme.py).
     "pebble": "pebble",
     "pebble-challtestsrv": "pebble",
 }
