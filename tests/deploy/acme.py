@@ -181,6 +181,19 @@ def deployed_with_acme(tmp: Path, groups: tuple[str, ...] = (), **extra) -> Iter
             pebble.stop()
 
 
+def until_renewed(serials, before: set[str], timeout: float = 30) -> set[str]:
+    """Poll `serials()` (the serial numbers the host's servers serve) until every server serves
+    one new certificate: the deploy hook's reloads are asynchronous (nginx's old workers may
+    still answer a connection made right after it), so the new one is served within moments."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = serials()
+        if len(after) == 1 and after != before:
+            return after
+        assert time.monotonic() < deadline, f"still served after the renewal: {after}"
+        time.sleep(1)
+
+
 def served(address: str, port: int, name: str, roots: Path, starttls: bool = False) -> dict:
     """The certificate a server at `address` shows for `name`, verified against `roots`
     (SMTP: after EHLO and STARTTLS, spoken here: smtplib would check the address, not `name`)."""
