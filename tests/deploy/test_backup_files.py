@@ -113,6 +113,19 @@ def test_a_second_backup_links_unchanged_messages_even_after_a_flag_change(tool,
     assert [p.name for p in snapshots(backups)] == [new.parents[2].name]
 
 
+def test_two_backups_within_a_second_are_both_kept(tool, tmp_path, monkeypatch):
+    _, module = tool
+    backups = tmp_path / "backups"
+    deliver(maildir(tmp_path / "vmail"), "1700000040.M1.host", "x")
+    clock = iter(["20261207T000000Z"] * 3 + ["20261207T000001Z"])
+    monkeypatch.setattr(module, "now_stamp", lambda: next(clock))
+    module.backup_mail(str(backups), 14)
+    module.backup_mail(str(backups), 14)  # in the same second: waits for the next
+    first, second = snapshots(backups)
+    assert (first / "example.test/ann/Maildir/cur").is_dir()
+    assert (second / "example.test/ann/Maildir/cur").is_dir()
+
+
 def test_a_message_renamed_while_it_is_copied_is_found_under_its_new_name(tool, tmp_path):
     _, module = tool
     root = tmp_path / "vmail"

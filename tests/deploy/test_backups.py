@@ -169,39 +169,80 @@ def _folder(imap: imaplib.IMAP4, name: str) -> list | None:
     return sorted(found)
 
 
-def test_a_deleted_folder_comes_back_from_the_mailbox_backup(deployed):
-    host, password = deployed.host, deployed.secrets["MAILBOX_TEST_PASSWORD"]
-    folder = f"Kept-{secrets.token_hex(4)}"
+def _uids(imap: imaplib.IMAP4, name: str) -> tuple[int, list[int]]:
+    """A folder's UIDVALIDITY and its messages' UIDs."""
+    _, status = imap.status(name, "(UIDVALIDITY)")
+    validity = int(re.search(rb"UIDVALIDITY (\d+)", status[0]).group(1))
+    imap.select(name, readonly=True)
+    _, found = imap.uid("SEARCH", "ALL")
+    imap.close()
+    return validity, [int(uid) for uid in found[0].split()]
+
+
+def _kept_folder(deployed: Deployment, folder: str) -> tuple[list, tuple[int, list[int]]]:
+    """A new folder of two messages (one seen), made over IMAP: its messages and UIDs."""
+    password = deployed.secrets["MAILBOX_TEST_PASSWORD"]
     with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
         imap.login(MAILBOX, password)
         assert imap.create(folder)[0] == "OK"
         for n, flags in ((1, "(\\Seen)"), (2, "()")):
             message = f"Subject: kept {n}\r\nFrom: a@example.test\r\n\r\nbody {n} of {folder}\r\n"
             assert imap.append(folder, flags, None, message.encode())[0] == "OK"
-        before = _folder(imap, folder)
+        return _folder(imap, folder), _uids(imap, folder)
+
+
+def _delete_folder(deployed: Deployment, folder: str) -> None:
+    with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
+        imap.login(MAILBOX, deployed.secrets["MAILBOX_TEST_PASSWORD"])
+        assert imap.delete(folder)[0] == "OK"
+        assert _folder(imap, folder) is None
+
+
+def _restored(deployed: Deployment, folder: str) -> tuple[list, tuple[int, list[int]]]:
+    with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
+        imap.login(MAILBOX, deployed.secrets["MAILBOX_TEST_PASSWORD"])
+        return _folder(imap, folder), _uids(imap, folder)
+
+
+def test_a_deleted_folder_comes_back_from_the_mailbox_backup(deployed):
+    host, folder = deployed.host, f"Kept-{secrets.token_hex(4)}"
+    before, (validity, _) = _kept_folder(deployed, folder)
     assert sorted(flags for flags, _ in before) == [[], [b"\\Seen"]]
 
     _backup(host)
     snapshot = _newest(host, "mail-*")
     assert host.run(f"stat -c '%a %U' {snapshot}").stdout.split() == ["700", "root"]
-    # Lost: the user deletes the folder.
-    with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
-        imap.login(MAILBOX, password)
-        assert imap.delete(folder)[0] == "OK"
-        assert _folder(imap, folder) is None
+    _delete_folder(deployed, folder)  # lost: the user deletes the folder
 
     for _ in range(2):  # a second restore adds nothing
         restored = host.run(f"emailservice-files restore-mail {snapshot} {MAILBOX}", timeout=120)
         assert restored.returncode == 0, restored.stdout + restored.stderr
-        with imaplib.IMAP4_SSL(deployed.address, 993, ssl_context=tls(deployed.ca)) as imap:
-            imap.login(MAILBOX, password)
-            assert _folder(imap, folder) == before  # the same messages, flags included
+        after, (new_validity, _) = _restored(deployed, folder)
+        assert after == before  # the same messages, flags included
+        # ... in a folder no client can take for the old one (its UIDs may be handed out again)
+        assert new_validity != validity
 
     # A second backup of the unchanged messages links them to the first one's files.
     time.sleep(1)  # backups are named by the second
     _backup(host)
     second = host.run("journalctl -u emailservice-backup.service -n 20 -o cat").stdout
     assert "unchanged linked to " + snapshot.rsplit("/", 1)[1] in second
+
+
+def test_keep_uids_restores_a_missing_folder_with_its_uids(deployed):
+    """As on a new host: a folder the host does not have comes back with its UIDVALIDITY and
+    UIDs, read back by Dovecot from the restored UID list."""
+    host, folder = deployed.host, f"Moved-{secrets.token_hex(4)}"
+    before, uids = _kept_folder(deployed, folder)
+    _backup(host)
+    snapshot = _newest(host, "mail-*")
+    _delete_folder(deployed, folder)
+    restored = host.run(
+        f"emailservice-files restore-mail --keep-uids {snapshot} {MAILBOX}", timeout=120
+    )
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "1 folders kept their UIDs" in restored.stdout  # the others are still there
+    assert _restored(deployed, folder) == (before, uids)
 
 
 def _served(address: str, port: int, starttls: bool = False) -> bytes:
