@@ -2,16 +2,19 @@
 
 What each host backs up, by its roles:
   db      the service's database: `pg_dump -Fc` (run as postgres)
-  mail    the DKIM keys (emailservice-dkim backup) and the mailboxes: a Maildir copy per run in
-          which unchanged messages are hard links to the previous copy (emailservice-files)
+  mail    the DKIM keys (a tar of the key directory's domains) and the mailboxes: a Maildir
+          copy per run in which unchanged messages are hard links to the previous copy
   api or mail   the TLS certificate and key, and /etc/letsencrypt when ACME is used
+emailservice-files writes (under a temporary name, renamed when complete) and prunes all but the
+dump (which runs as postgres, in the unit's sandbox).
 
 Layout on the host:
   /usr/local/lib/emailservice/backup       the dump (db hosts)
   /usr/local/sbin/emailservice-restore     restore a dump: sudo emailservice-restore FILE
-  /usr/local/sbin/emailservice-files       mailboxes and certificate: backup, list,
-                                           restore-mail SNAPSHOT [ADDRESS...],
-                                           restore-certificate ARCHIVE
+  /usr/local/sbin/emailservice-files       mailboxes, DKIM keys and certificate: backup,
+                                           list, restore-mail SNAPSHOT [ADDRESS...],
+                                           restore-certificate ARCHIVE (the DKIM keys:
+                                           emailservice-dkim restore ARCHIVE, tasks/dkim.py)
   /var/backups/emailservice/               0700, postgres's on db hosts (root reads it too):
                                            <database>-<UTC time>.dump, dkim-<time>.tar,
                                            mail-<time>/ and certificate-<time>.tar (root only)
@@ -22,7 +25,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.operations import files, systemd
 
-from tasks import roles
+from tasks import dkim, roles
 from tasks.common import changed, template
 
 UNITS = ["emailservice-backup.service", "emailservice-backup.timer"]
@@ -43,6 +46,7 @@ def configure() -> list:
             FILES_TOOL,
             mode="755",
             mail_root=data.mail_root if mail else None,
+            dkim_keys=dkim.KEYS_DIR if mail else None,
             cert_path=data.tls_cert_path,
             key_path=data.tls_key_path,
         ),

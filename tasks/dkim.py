@@ -19,8 +19,9 @@ Layout on a mail host:
   /etc/opendkim.conf                     from templates/opendkim/
   /etc/dkimkeys/<domain>/<sel>.private   the keys (opendkim, 0600), made once on the host
   /etc/dkimkeys/<domain>/active          the selector that signs
-  /usr/local/sbin/emailservice-dkim      keys: ensure, list, rotate, activate, remove, backup,
-                                         restore (templates/dkim/)
+  /usr/local/sbin/emailservice-dkim      keys: ensure, list, rotate, activate, remove, restore
+                                         (templates/dkim/); the backup timer's
+                                         emailservice-files backs them up (tasks/backup.py)
   /usr/local/sbin/emailservice-dns       the DNS records to publish (same program)
 The deploy never replaces a key: it runs `emailservice-dkim ensure` only when a domain has none
 (or the program changed), so a second deploy changes nothing and a rotation done by the operator

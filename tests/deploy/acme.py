@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import pytest
 from tests.deploy.conftest import new_secrets
 from tests.deploy.deployment import failure_summary, pyinfra, snapshot, write_inventory
 from tests.deploy.inventory import all_packages
-from tests.deploy.testhost import boot_test_host, ensure_tools
+from tests.deploy.testhost import TestHost, boot_test_host, ensure_tools
 from tests.support import free_port
 
 MAIL_NAME = "mail.example.test"
@@ -192,6 +192,18 @@ def until_renewed(serials, before: set[str], timeout: float = 30) -> set[str]:
             return after
         assert time.monotonic() < deadline, f"still served after the renewal: {after}"
         time.sleep(1)
+
+
+def force_renewal(host: TestHost, serials: Callable[[], set[str]]) -> set[str]:
+    """Renew as certbot.timer does (`certbot renew`, with what certbot kept from the first
+    issuance: the deploy hook, and the way the challenge is answered), forced because the
+    certificate is days old, not due; then wait until every server `serials()` reads serves the
+    new one, and check that certbot.timer stays enabled. The serials served after."""
+    before = serials()
+    host.run("certbot renew --force-renewal --no-random-sleep-on-renew -q", check=True)
+    after = until_renewed(serials, before)
+    assert host.run("systemctl is-enabled certbot.timer").stdout.strip() == "enabled"
+    return after
 
 
 def served(address: str, port: int, name: str, roots: Path, starttls: bool = False) -> dict:

@@ -1,36 +1,47 @@
-"""The mailbox and certificate backup tool (templates/backup/files.j2) as the deploy renders it,
-run on this machine against Maildirs made here (level 1 in docs/deploy.md; the booted host's
-backup tests run it under systemd with Dovecot's real mailboxes): copies of unchanged messages
-are hard links, renamed messages are found, restores add only what is missing and never a UID
-list."""
+"""The backup tool of mailboxes, DKIM keys and certificate (templates/backup/files.j2) as the
+deploy renders it, run on this machine against Maildirs made here (level 1 in docs/deploy.md;
+the booted host's backup tests run it under systemd with Dovecot's real mailboxes): copies of
+unchanged messages are hard links, renamed messages are found, restores add only what is missing
+and never a UID list; the DKIM keys' archive is one that `emailservice-dkim restore` puts back;
+every kind of backup is removed by the time in its name."""
 
 from __future__ import annotations
 
+import datetime
 import importlib.machinery
 import importlib.util
 import os
+import pwd
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from tasks import backup as backup_task
+from tasks import dkim
+from tests.deploy.inventory import group_data
 from tests.deploy.test_templates import render
 
 ADDRESS = "ann@example.test"
+DOMAIN = "example.test"
 
 
 @pytest.fixture
 def tool(tmp_path):
-    """The rendered tool, with its mail root and certificate under tmp_path; (path, module)."""
+    """The rendered tool, with its mail root, DKIM key directory and certificate under tmp_path;
+    (path, module)."""
     mail_root = tmp_path / "vmail"
     mail_root.mkdir()
     (tmp_path / "tls").mkdir()
+    (tmp_path / "dkimkeys").mkdir(mode=0o700)
     text = render(
         "backup/files.j2",
         "vagrant",
         mail_root=str(mail_root),
+        dkim_keys=str(tmp_path / "dkimkeys"),
         cert_path=str(tmp_path / "tls/cert.pem"),
         key_path=str(tmp_path / "tls/key.pem"),
     )
@@ -242,3 +253,109 @@ def test_the_certificate_archive_holds_the_certificate_and_refuses_strangers(too
     assert (tmp_path / "tls/cert.pem").read_text() == "CERT"
     assert (tmp_path / "tls/key.pem").read_text() == "KEY"
     assert oct((tmp_path / "tls/key.pem").stat().st_mode & 0o777) == "0o640"
+
+
+def dkim_tool(keys: Path) -> dict:
+    """emailservice-dkim as the deploy renders it for the vagrant inventory, its keys in `keys`,
+    loaded: its functions by name. The keys' owner is this test's user (no opendkim here), and
+    OpenDKIM (not running here) is not reloaded."""
+    data = SimpleNamespace(**group_data("vagrant"))
+    source = render(
+        "dkim/emailservice-dkim.j2",
+        "vagrant",
+        keys_dir=str(keys),
+        domains=dkim.domains(data),
+        mail_hostname=data.mail_hostname,
+        public_addresses=data.public_addresses,
+        dmarc=data.dmarc_record,
+        key_bits=data.dkim_key_bits,
+    )
+    namespace: dict = {"__name__": "emailservice_dkim"}
+    exec(compile(source, "emailservice-dkim", "exec"), namespace)
+    assert namespace["DOMAINS"] == [DOMAIN]
+    namespace["OWNER"] = pwd.getpwuid(os.getuid()).pw_name
+    namespace["reload_signer"] = lambda: None
+    return namespace
+
+
+def test_the_dkim_keys_archive_is_one_emailservice_dkim_restores(tool, tmp_path):
+    path, _ = tool
+    keys, backups = tmp_path / "dkimkeys", tmp_path / "backups"
+    home = keys / DOMAIN
+    home.mkdir(mode=0o700)
+    (home / "s20261207.private").write_text("OLD KEY")
+    (home / "s20261208.private").write_text("SIGNING KEY")
+    (home / "active").write_text("s20261208\n")
+    (keys / "key.table").write_text("made again from the keys")
+    (keys / f".{DOMAIN}.restoring").mkdir()  # a restore's leftover: no domain
+
+    out = run(path, "backup", str(backups), "14").stdout
+    (archive,) = backups.glob("dkim-*.tar")
+    assert f"backup {archive}: {home}" in out
+    assert oct(archive.stat().st_mode & 0o777) == "0o600"
+    with tarfile.open(archive) as tar:
+        names = sorted(tar.getnames())
+    assert names == [
+        DOMAIN,
+        *(f"{DOMAIN}/{n}" for n in ("active", "s20261207.private", "s20261208.private")),
+    ]
+    assert not list(backups.glob(".*"))  # no partial file left
+    assert str(archive) in run(path, "list", str(backups)).stdout.split("\n")
+
+    # Lost: every key of the domain; the archive puts them back, the same selector signing.
+    subprocess.run(["rm", "-rf", str(home)], check=True)
+    tool_ = dkim_tool(keys)
+    tool_["cmd_restore"](SimpleNamespace(archive=str(archive)))
+    assert (home / "s20261208.private").read_text() == "SIGNING KEY"
+    assert (home / "s20261207.private").read_text() == "OLD KEY"
+    assert tool_["active"](DOMAIN) == "s20261208"
+    assert oct((home / "s20261208.private").stat().st_mode & 0o777) == "0o600"
+    assert f"*@{DOMAIN} s20261208._domainkey.{DOMAIN}" in (keys / "signing.table").read_text()
+
+
+def test_old_backups_of_every_kind_go_by_the_time_in_their_name(tool, tmp_path):
+    path, _ = tool
+    backups = tmp_path / "backups"
+    deliver(maildir(tmp_path / "vmail"), "1700000050.M1.host", "x")
+    (tmp_path / "dkimkeys" / DOMAIN).mkdir()
+    (tmp_path / "dkimkeys" / DOMAIN / "active").write_text("s20261207\n")
+    (tmp_path / "tls/cert.pem").write_text("CERT")
+    (tmp_path / "tls/key.pem").write_text("KEY")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    old, recent = [(now - datetime.timedelta(days=d)).strftime("%Y%m%dT%H%M%SZ") for d in (15, 13)]
+    kinds = ("mail-{}", "dkim-{}.tar", "certificate-{}.tar")
+    for kind in kinds:
+        for stamp in (old, recent):
+            made = backups / kind.format(stamp)
+            if kind.startswith("mail"):
+                made.mkdir()
+            else:
+                made.write_bytes(b"")
+            os.utime(made, (0, 0))  # the file's own time does not count, the name's does
+
+    out = run(path, "backup", str(backups), "14").stdout
+    for kind in kinds:
+        assert not (backups / kind.format(old)).exists(), kind
+        assert f"removed old backup {backups / kind.format(old)}" in out
+        assert (backups / kind.format(recent)).exists(), kind
+        assert len(list(backups.glob(kind.format("*")))) == 2, kind  # the recent one and today's
+
+
+@pytest.mark.parametrize("database", [True, False], ids=["db", "no-db"])
+@pytest.mark.parametrize("mail", [True, False], ids=["mail", "no-mail"])
+def test_the_backup_unit_runs_the_files_tool_once_whatever_the_roles(database, mail):
+    """emailservice-files writes every backup but the dump (DKIM keys included): the unit runs
+    it once, as root, after the dump; emailservice-dkim has no backup command."""
+    data = group_data("vagrant")
+    unit = render(
+        "systemd/emailservice-backup.service.j2",
+        "vagrant",
+        database=database,
+        mail=mail,
+        files_tool=backup_task.FILES_TOOL,
+    )
+    started = [
+        line.partition("=")[2] for line in unit.splitlines() if line.startswith("ExecStart=")
+    ]
+    files = f"+{backup_task.FILES_TOOL} backup {data['backup_dir']} {data['backup_keep_days']}"
+    assert started == (["/usr/local/lib/emailservice/backup"] if database else []) + [files]

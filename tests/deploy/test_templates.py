@@ -418,6 +418,23 @@ def test_the_environment_file_holds_every_required_setting():
     )
 
 
+def _plan(env: str, release: str, *groups: str, environ: dict[str, str], cwd: Path) -> str:
+    """The whole deploy planned by tests/deploy/plan.py (a host in `groups`; none: every role),
+    with `environ` added to the environment; its output (stdout and stderr), checked to succeed."""
+    plan = ROOT / "tests" / "deploy" / "plan.py"
+    result = subprocess.run(
+        [sys.executable, str(plan), env, release, ",".join(groups)],
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return output
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 @pytest.mark.parametrize("release", ["trixie", "bookworm"])
 def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, release, tmp_path):
@@ -430,16 +447,7 @@ def test_the_whole_deploy_plans_without_a_target_and_prints_no_secret(env, relea
     environ = {f"EMAILSERVICE_{k}": v for k, v in secret_values.items()}
     secrets_file = ROOT / "inventories" / "secrets" / f"{env}.env"
     existed = secrets_file.exists()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "deploy" / "plan.py"), env, release],
-        env={**os.environ, **environ},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    output = _plan(env, release, environ=environ, cwd=tmp_path)
     for expected in [
         "nginx, python3-venv, postgresql, redis-server, postfix, dovecot-imapd, dovecot-lmtpd",
         "Render /etc/postfix/main.cf",
@@ -468,16 +476,7 @@ def test_a_mail_host_without_nginx_plans_its_acme_certificate(release, tmp_path)
         "EMAILSERVICE_ENCRYPTION_KEY": secrets.token_urlsafe(32),
         "EMAILSERVICE_REDIS_PASSWORD": secrets.token_urlsafe(24),
     }
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "deploy" / "plan.py"), "production", release, "mail"],
-        env={**os.environ, **environ},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    output = _plan("production", release, "mail", environ=environ, cwd=tmp_path)
     for expected in [
         "Render /etc/postfix/main.cf",
         "Dovecot running",
