@@ -1,15 +1,22 @@
 """The RQ worker process: every queue of the service, JSON logs with the job id, and fair
 scheduling of the tenants' jobs.
 
+Send jobs (the `send` queue) run in the worker's own process, one after the other; every
+other job runs in a work-horse forked for it. A send job is short, and a fork per message
+cost more than the send itself (BENCHMARKS.md, B5); in-process, the worker also keeps its
+SMTP connections from one message to the next (app.services.outbox). Their timeout is RQ's
+death penalty in either case, and a worker killed mid-send leaves the same traces as a killed
+work-horse: its entry `sending`, which the outbox sweep settles.
+
 Fairness: a tenant's job (a catalogue entry with an `owner`: sync, message changes, send, Sent
 copy) runs only in one of its tenant's slots (app.jobs.TenantSlots), at most
 min(TENANT_MAX_CONCURRENT_JOBS, workers - 1) at once over every worker, so one tenant never
-occupies every worker. The worker takes the slot after it dequeued the job and before it
-forks the work-horse; when the tenant's slots are all taken, the job is not run but scheduled
-again a few seconds later (RQ's scheduler puts it back at the end of its queue), and the
-worker goes on to the next job: another tenant's job behind a long backlog starts as soon as
-a worker is free, and a capped tenant's backlog costs a dequeue every few seconds per job, not
-a spinning worker. Nothing of a job's own semantics changes: it only runs later.
+occupies every worker. The worker takes the slot after it dequeued the job and before it runs
+it; when the tenant's slots are all taken, the job is not run but scheduled again a few
+seconds later (RQ's scheduler puts it back at the end of its queue), and the worker goes on to
+the next job: another tenant's job behind a long backlog starts as soon as a worker is free,
+and a capped tenant's backlog costs a dequeue every few seconds per job, not a spinning
+worker. Nothing of a job's own semantics changes: it only runs later.
 
 Outages: RQ's own worker quits on most Redis errors (a heartbeat while a job runs, a status
 write after it). This one waits instead and carries on where it was: its work loop waits for
@@ -29,6 +36,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -40,7 +48,7 @@ from rq.exceptions import InvalidJobOperation, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
-from rq.worker import DequeueStrategy
+from rq.worker import DequeueStrategy, WorkerStatus
 
 from app.context import DEPENDENCY_ERRORS, REDIS_ERRORS
 from app.jobs import CATALOGUE, QUEUES, JobSpec, QueueName, TenantSlots
@@ -58,6 +66,9 @@ RETRY_SLOT_SECONDS = (1.0, 3.0)
 DEPENDENCY_RETRY_SECONDS = (10.0, 20.0)
 # How long a count of the workers is used before counting again.
 WORKERS_COUNTED_SECONDS = 5.0
+# Queues whose jobs run in the worker's own process, without a fork per job: sending is short
+# work a user waits for, and keeps SMTP connections (app.services.outbox) from job to job.
+IN_PROCESS_QUEUES = frozenset({QueueName.SEND.value})
 _BY_FUNC: dict[str, JobSpec] = {spec.func: spec for spec in CATALOGUE}
 
 
@@ -122,13 +133,15 @@ def _alive(pid: int) -> bool:
 
 
 class ServiceWorker(Worker):
-    """An RQ worker whose forked work-horses drop inherited connections first, and which runs
-    a tenant's job only in one of the tenant's slots."""
+    """An RQ worker that runs send jobs in its own process and every other job in a forked
+    work-horse (which drops inherited connections first), and runs a tenant's job only in
+    one of the tenant's slots."""
 
     _slot: tuple[int, str] | None = None  # (tenant, holder) of the job running now
     _tenant_slots: TenantSlots | None = None
     _workers_counted: tuple[float, int] = (0.0, 0)  # (when, how many), see live_workers
     _outage: Outage | None = None
+    _inline = False  # a job runs in this process now (IN_PROCESS_QUEUES)
 
     @property
     def outage(self) -> Outage:
@@ -258,7 +271,7 @@ class ServiceWorker(Worker):
             super()._shutdown()  # type: ignore[no-untyped-call]
         except REDIS_ERRORS:
             self._stop_requested = True
-            if not self._horse_pid:
+            if not self._horse_pid and not self._inline:
                 raise StopRequested() from None
 
     def _revive_scheduler(self) -> None:
@@ -308,7 +321,7 @@ class ServiceWorker(Worker):
         try:
             super().heartbeat(timeout)
         except REDIS_ERRORS as exc:
-            if self._horse_pid:
+            if self._horse_pid or self._inline:
                 self.outage.failed(exc)
                 return
             raise RedisOutage(str(exc)) from exc
@@ -380,7 +393,7 @@ class ServiceWorker(Worker):
             self._put_back(job, queue, None, DEPENDENCY_RETRY_SECONDS)
             return
         if tenant_id is None:
-            super().execute_job(job, queue)
+            self._run(job, queue)
             return
         holder = f"{_this_machine()}|{os.getpid()}|{uuid.uuid4().hex}"
         if not self._take_slot(tenant_id, holder):
@@ -388,7 +401,7 @@ class ServiceWorker(Worker):
             return
         self._slot = (tenant_id, holder)
         try:
-            super().execute_job(job, queue)
+            self._run(job, queue)
         finally:
             self._slot = None
             # Released even if Redis is away now (after waiting for it): a slot left to its
@@ -397,6 +410,35 @@ class ServiceWorker(Worker):
             until_redis_answers(
                 self.outage, lambda: slots.release(tenant_id, holder), self._stopping
             )
+
+    def _run(self, job: Job, queue: Queue) -> None:
+        """A send job in this process (IN_PROCESS_QUEUES), any other in a forked work-horse."""
+        if queue.name not in IN_PROCESS_QUEUES:
+            super().execute_job(job, queue)
+            return
+        # As RQ's SimpleWorker, with what its work-horse monitor does meanwhile (the job's
+        # and the tenant slot's heartbeats) done by a thread. The job's timeout is RQ's
+        # death penalty (SIGALRM in this thread), as in a work-horse; a killed worker leaves
+        # its job `started`, which the outbox sweep settles, as for a killed work-horse.
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.job_monitoring_interval):
+                self.maintain_heartbeats(job, execution)
+
+        beating = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+        beating.start()
+        token = request_id_var.set(job.id)
+        self._inline = True
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self._inline = False
+            request_id_var.reset(token)
+            stop.set()
+            beating.join()
+        self.set_state(WorkerStatus.IDLE)
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         """RQ's heartbeat while a job runs (every job_monitoring_interval): the slot's too.
@@ -483,6 +525,7 @@ class ServiceWorker(Worker):
         """Run the job later, at the end of its queue: its tenant's slots are all in use."""
         delay = random.uniform(*within)
         queue.schedule_job(job, datetime.now(timezone.utc) + timedelta(seconds=delay))
+
         if len(self.queues) == 1:
             # A worker of one queue dequeues through RQ's intermediate list, which the
             # work-horse would have cleared; a job left there would be failed as stuck.
