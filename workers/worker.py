@@ -559,4 +559,9 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
             log.exception("%s at start failed", what)
     # with_scheduler: RQ's own scheduler moves jobs whose retry interval has passed back
     # into their queue; without it a Retry(interval=...) job would never run again.
-    return bool(worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level))
+    try:
+        return bool(
+            worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level)
+        )
+    finally:
+        outbox.SESSIONS.close()  # QUIT the SMTP sessions kept between send jobs
