@@ -13,10 +13,12 @@ copy) runs only in one of its tenant's slots (app.jobs.TenantSlots), at most
 min(TENANT_MAX_CONCURRENT_JOBS, workers - 1) at once over every worker, so one tenant never
 occupies every worker. The worker takes the slot after it dequeued the job and before it runs
 it; when the tenant's slots are all taken, the job is not run but scheduled again a few
-seconds later (RQ's scheduler puts it back at the end of its queue), and the worker goes on to
-the next job: another tenant's job behind a long backlog starts as soon as a worker is free,
-and a capped tenant's backlog costs a dequeue every few seconds per job, not a spinning
-worker. Nothing of a job's own semantics changes: it only runs later.
+seconds later (RQ's scheduler puts it back at the end of its queue), or as soon as a slot of
+its tenant is given back (the worker giving it back puts the tenant's oldest refused job at
+the front of its queue), and the worker goes on to the next job: another tenant's job behind
+a long backlog starts as soon as a worker is free, and a capped tenant's backlog costs a
+dequeue every few seconds per job, or per slot given back, not a spinning worker. Nothing of a
+job's own semantics changes: it only runs later.
 
 Outages: RQ's own worker quits on most Redis errors (a heartbeat while a job runs, a status
 write after it). This one waits instead and carries on where it was: its work loop waits for
@@ -44,7 +46,7 @@ from functools import cache
 from typing import Any, cast
 
 from rq import Queue, Worker
-from rq.exceptions import InvalidJobOperation, StopRequested
+from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
@@ -64,6 +66,13 @@ log = logging.getLogger(__name__)
 RETRY_SLOT_SECONDS = (1.0, 3.0)
 # ... and a job whose tenant could not be looked up (the database is down), after these.
 DEPENDENCY_RETRY_SECONDS = (10.0, 20.0)
+# A tenant's jobs refused a slot, oldest first (job ids): a worker that gives a slot of the
+# tenant back puts the oldest of them back in its queue at once, instead of leaving it to
+# its retry time. Kept this long after the last refusal; at most WAKE_TRIES ids are looked
+# at per release (ids whose job ran meanwhile are dropped).
+PARKED_KEY = "emailservice:tenant-parked:{tenant_id}"
+PARKED_TTL = 600
+WAKE_TRIES = 8
 # How long a count of the workers is used before counting again.
 WORKERS_COUNTED_SECONDS = 5.0
 # Queues whose jobs run in the worker's own process, without a fork per job: sending is short
@@ -410,6 +419,32 @@ class ServiceWorker(Worker):
             until_redis_answers(
                 self.outage, lambda: slots.release(tenant_id, holder), self._stopping
             )
+            self._wake(tenant_id)
+
+    def _wake(self, tenant_id: int) -> None:
+        """A slot of the tenant is free: the oldest of its refused jobs goes back to the
+        front of its queue now. Best effort: a refused job runs at its retry time anyway."""
+        key = PARKED_KEY.format(tenant_id=tenant_id)
+        try:
+            for _ in range(WAKE_TRIES):
+                raw = cast("bytes | None", self.connection.lpop(key))
+                if raw is None:
+                    return
+                job_id = raw.decode()
+                try:
+                    job = Job.fetch(job_id, connection=self.connection)
+                except NoSuchJobError:
+                    continue  # ran and expired meanwhile
+                queue = Queue(job.origin, connection=self.connection)
+                # Still waiting for its time: taken out of the registry here (one of two
+                # callers wins the removal), so RQ's scheduler does not queue it as well.
+                if not self.connection.zrem(queue.scheduled_job_registry.key, job_id):
+                    continue
+                queue.enqueue_job(job, at_front=True)
+                log.debug("job %s of tenant %s woken: a slot is free", job_id, tenant_id)
+                return
+        except REDIS_ERRORS as exc:
+            self.outage.failed(exc)
 
     def _run(self, job: Job, queue: Queue) -> None:
         """A send job in this process (IN_PROCESS_QUEUES), any other in a forked work-horse."""
@@ -525,7 +560,12 @@ class ServiceWorker(Worker):
         """Run the job later, at the end of its queue: its tenant's slots are all in use."""
         delay = random.uniform(*within)
         queue.schedule_job(job, datetime.now(timezone.utc) + timedelta(seconds=delay))
-
+        if tenant_id is not None:
+            key = PARKED_KEY.format(tenant_id=tenant_id)
+            with self.connection.pipeline() as pipe:
+                pipe.rpush(key, job.id)
+                pipe.expire(key, PARKED_TTL)
+                pipe.execute()
         if len(self.queues) == 1:
             # A worker of one queue dequeues through RQ's intermediate list, which the
             # work-horse would have cleared; a job left there would be failed as stuck.
