@@ -312,9 +312,15 @@ def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[Outb
             "The draft has no recipients.", [{"field": "to", "message": "at least one needed"}]
         )
     built = build(outgoing)
+    now = _now()
+    # The draft's change is written first: the tenant's usage row, locked from the quota
+    # check to the commit (so one tenant's sends pass it one at a time), is then held over
+    # the INSERT alone. A refused quota rolls both back.
+    draft.state = DraftState.SENT
+    draft.updated_at = now
+    session.flush()
     # The outbox keeps the built message until the entry is deleted: it counts.
     usage.claim_storage(unit, len(built.mime), "Sending this draft")
-    now = _now()
     # Every column set here, so that the answer needs no read after the INSERT.
     entry = OutboxEntry(
         account_id=account.id,
@@ -339,8 +345,6 @@ def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[Outb
         updated_at=now,
     )
     session.add(entry)
-    draft.state = DraftState.SENT
-    draft.updated_at = now
     session.flush()
     return entry, True
 
