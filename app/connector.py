@@ -110,8 +110,10 @@ class MailConnector:
         recipients: list[str],
         data: bytes,
         before_dot: Callable[[], None],
+        pool: smtp.SessionPool | None = None,
     ) -> str:
-        """Deliver `data` through the account's SMTP server (app.mail.smtp.submit)."""
+        """Deliver `data` through the account's SMTP server (app.mail.smtp.submit), on a
+        session of `pool` when it keeps one for these settings."""
         server = self.checked(self.server(account, "smtp"), time.monotonic() + RESOLVE_SECONDS)
         return smtp.submit(
             server,
@@ -120,6 +122,7 @@ class MailConnector:
             data,
             before_dot=before_dot,
             ca_file=self.ca_file,
+            pool=pool,
         )
 
     def _check_imap(

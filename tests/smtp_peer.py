@@ -8,6 +8,10 @@ Each connection follows the next script in `scripts` (then "accept"):
 - "close_mid_payload": closes after reading part of the payload (no "." seen).
 - "hold_after_dot": keeps (and relays) the message, sets `holding`, then waits for `release`
   before replying 250: the window in which a test kills the sending worker.
+- "accept_then_close": accepts one message, then closes the connection (as a server dropping
+  an idle client does) without a word.
+- "accept_then_cut": accepts one message, answers the RSET after it, then closes when the
+  next message begins (a kept session that breaks while it is reused).
 AUTH PLAIN/LOGIN accept any credentials. With `eightbitmime=False` it does not announce 8BITMIME
 (RFC 6152), so a sending Postfix must convert 8-bit bodies to 7 bits for it; `mail_params` keeps
 each MAIL command's parameters. It listens on `address` (loopback unless a test host must reach it).
@@ -72,7 +76,7 @@ class SmtpPeer:
             wfile.flush()
 
         say("220 peer.test ESMTP test peer")
-        sender, recipients = "", []
+        sender, recipients, accepted = "", [], 0
         while True:
             line = rfile.readline(4096)
             if not line:
@@ -90,6 +94,10 @@ class SmtpPeer:
                     say("334 UGFzc3dvcmQ6")
                     rfile.readline()
                 say("235 2.7.0 Authentication successful")
+            elif verb == "MAIL" and script == "accept_then_cut" and accepted:
+                connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+                return
             elif verb == "MAIL":
                 argument = line.decode().split(":", 1)[1].strip()
                 sender, _, params = argument.partition(" ")
@@ -115,6 +123,11 @@ class SmtpPeer:
                     self.holding.set()
                     self.release.wait(60)
                 say(f"250 2.0.0 Ok: queued as PEER{len(self.received)}")
+                accepted += 1
+                if script == "accept_then_close":
+                    connection.shutdown(socket.SHUT_RDWR)
+                    connection.close()
+                    return
             elif verb == "RSET":
                 say("250 2.0.0 Ok")
             elif verb == "QUIT":

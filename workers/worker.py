@@ -1,15 +1,24 @@
 """The RQ worker process: every queue of the service, JSON logs with the job id, and fair
 scheduling of the tenants' jobs.
 
+Send jobs (the `send` queue) run in the worker's own process, one after the other; every
+other job runs in a work-horse forked for it. A send job is short, and a fork per message
+cost more than the send itself (BENCHMARKS.md, B5); in-process, the worker also keeps its
+SMTP connections from one message to the next (app.services.outbox). Their timeout is RQ's
+death penalty in either case, and a worker killed mid-send leaves the same traces as a killed
+work-horse: its entry `sending`, which the outbox sweep settles.
+
 Fairness: a tenant's job (a catalogue entry with an `owner`: sync, message changes, send, Sent
 copy) runs only in one of its tenant's slots (app.jobs.TenantSlots), at most
 min(TENANT_MAX_CONCURRENT_JOBS, workers - 1) at once over every worker, so one tenant never
-occupies every worker. The worker takes the slot after it dequeued the job and before it
-forks the work-horse; when the tenant's slots are all taken, the job is not run but scheduled
-again a few seconds later (RQ's scheduler puts it back at the end of its queue), and the
-worker goes on to the next job: another tenant's job behind a long backlog starts as soon as
-a worker is free, and a capped tenant's backlog costs a dequeue every few seconds per job, not
-a spinning worker. Nothing of a job's own semantics changes: it only runs later.
+occupies every worker. The worker takes the slot after it dequeued the job and before it runs
+it; when the tenant's slots are all taken, the job is not run but scheduled again a few
+seconds later (RQ's scheduler puts it back at the end of its queue), or as soon as a slot of
+its tenant is given back (the worker giving it back puts the tenant's oldest refused job at
+the front of its queue), and the worker goes on to the next job: another tenant's job behind
+a long backlog starts as soon as a worker is free, and a capped tenant's backlog costs a
+dequeue every few seconds per job, or per slot given back, not a spinning worker. Nothing of a
+job's own semantics changes: it only runs later.
 
 Outages: RQ's own worker quits on most Redis errors (a heartbeat while a job runs, a status
 write after it). This one waits instead and carries on where it was: its work loop waits for
@@ -29,6 +38,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -36,11 +46,11 @@ from functools import cache
 from typing import Any, cast
 
 from rq import Queue, Worker
-from rq.exceptions import InvalidJobOperation, StopRequested
+from rq.exceptions import InvalidJobOperation, NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
-from rq.worker import DequeueStrategy
+from rq.worker import DequeueStrategy, WorkerStatus
 
 from app.context import DEPENDENCY_ERRORS, REDIS_ERRORS
 from app.jobs import CATALOGUE, QUEUES, JobSpec, QueueName, TenantSlots
@@ -56,8 +66,18 @@ log = logging.getLogger(__name__)
 RETRY_SLOT_SECONDS = (1.0, 3.0)
 # ... and a job whose tenant could not be looked up (the database is down), after these.
 DEPENDENCY_RETRY_SECONDS = (10.0, 20.0)
+# A tenant's jobs refused a slot, oldest first (job ids): a worker that gives a slot of the
+# tenant back puts the oldest of them back in its queue at once, instead of leaving it to
+# its retry time. Kept this long after the last refusal; at most WAKE_TRIES ids are looked
+# at per release (ids whose job ran meanwhile are dropped).
+PARKED_KEY = "emailservice:tenant-parked:{tenant_id}"
+PARKED_TTL = 600
+WAKE_TRIES = 8
 # How long a count of the workers is used before counting again.
 WORKERS_COUNTED_SECONDS = 5.0
+# Queues whose jobs run in the worker's own process, without a fork per job: sending is short
+# work a user waits for, and keeps SMTP connections (app.services.outbox) from job to job.
+IN_PROCESS_QUEUES = frozenset({QueueName.SEND.value})
 _BY_FUNC: dict[str, JobSpec] = {spec.func: spec for spec in CATALOGUE}
 
 
@@ -122,13 +142,15 @@ def _alive(pid: int) -> bool:
 
 
 class ServiceWorker(Worker):
-    """An RQ worker whose forked work-horses drop inherited connections first, and which runs
-    a tenant's job only in one of the tenant's slots."""
+    """An RQ worker that runs send jobs in its own process and every other job in a forked
+    work-horse (which drops inherited connections first), and runs a tenant's job only in
+    one of the tenant's slots."""
 
     _slot: tuple[int, str] | None = None  # (tenant, holder) of the job running now
     _tenant_slots: TenantSlots | None = None
     _workers_counted: tuple[float, int] = (0.0, 0)  # (when, how many), see live_workers
     _outage: Outage | None = None
+    _inline = False  # a job runs in this process now (IN_PROCESS_QUEUES)
 
     @property
     def outage(self) -> Outage:
@@ -258,7 +280,7 @@ class ServiceWorker(Worker):
             super()._shutdown()  # type: ignore[no-untyped-call]
         except REDIS_ERRORS:
             self._stop_requested = True
-            if not self._horse_pid:
+            if not self._horse_pid and not self._inline:
                 raise StopRequested() from None
 
     def _revive_scheduler(self) -> None:
@@ -308,7 +330,7 @@ class ServiceWorker(Worker):
         try:
             super().heartbeat(timeout)
         except REDIS_ERRORS as exc:
-            if self._horse_pid:
+            if self._horse_pid or self._inline:
                 self.outage.failed(exc)
                 return
             raise RedisOutage(str(exc)) from exc
@@ -380,7 +402,7 @@ class ServiceWorker(Worker):
             self._put_back(job, queue, None, DEPENDENCY_RETRY_SECONDS)
             return
         if tenant_id is None:
-            super().execute_job(job, queue)
+            self._run(job, queue)
             return
         holder = f"{_this_machine()}|{os.getpid()}|{uuid.uuid4().hex}"
         if not self._take_slot(tenant_id, holder):
@@ -388,7 +410,7 @@ class ServiceWorker(Worker):
             return
         self._slot = (tenant_id, holder)
         try:
-            super().execute_job(job, queue)
+            self._run(job, queue)
         finally:
             self._slot = None
             # Released even if Redis is away now (after waiting for it): a slot left to its
@@ -397,6 +419,61 @@ class ServiceWorker(Worker):
             until_redis_answers(
                 self.outage, lambda: slots.release(tenant_id, holder), self._stopping
             )
+            self._wake(tenant_id)
+
+    def _wake(self, tenant_id: int) -> None:
+        """A slot of the tenant is free: the oldest of its refused jobs goes back to the
+        front of its queue now. Best effort: a refused job runs at its retry time anyway."""
+        key = PARKED_KEY.format(tenant_id=tenant_id)
+        try:
+            for _ in range(WAKE_TRIES):
+                raw = cast("bytes | None", self.connection.lpop(key))
+                if raw is None:
+                    return
+                job_id = raw.decode()
+                try:
+                    job = Job.fetch(job_id, connection=self.connection)
+                except NoSuchJobError:
+                    continue  # ran and expired meanwhile
+                queue = Queue(job.origin, connection=self.connection)
+                # Still waiting for its time: taken out of the registry here (one of two
+                # callers wins the removal), so RQ's scheduler does not queue it as well.
+                if not self.connection.zrem(queue.scheduled_job_registry.key, job_id):
+                    continue
+                queue.enqueue_job(job, at_front=True)
+                log.debug("job %s of tenant %s woken: a slot is free", job_id, tenant_id)
+                return
+        except REDIS_ERRORS as exc:
+            self.outage.failed(exc)
+
+    def _run(self, job: Job, queue: Queue) -> None:
+        """A send job in this process (IN_PROCESS_QUEUES), any other in a forked work-horse."""
+        if queue.name not in IN_PROCESS_QUEUES:
+            super().execute_job(job, queue)
+            return
+        # As RQ's SimpleWorker, with what its work-horse monitor does meanwhile (the job's
+        # and the tenant slot's heartbeats) done by a thread. The job's timeout is RQ's
+        # death penalty (SIGALRM in this thread), as in a work-horse; a killed worker leaves
+        # its job `started`, which the outbox sweep settles, as for a killed work-horse.
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.job_monitoring_interval):
+                self.maintain_heartbeats(job, execution)
+
+        beating = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
+        beating.start()
+        token = request_id_var.set(job.id)
+        self._inline = True
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self._inline = False
+            request_id_var.reset(token)
+            stop.set()
+            beating.join()
+        self.set_state(WorkerStatus.IDLE)
 
     def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
         """RQ's heartbeat while a job runs (every job_monitoring_interval): the slot's too.
@@ -483,6 +560,12 @@ class ServiceWorker(Worker):
         """Run the job later, at the end of its queue: its tenant's slots are all in use."""
         delay = random.uniform(*within)
         queue.schedule_job(job, datetime.now(timezone.utc) + timedelta(seconds=delay))
+        if tenant_id is not None:
+            key = PARKED_KEY.format(tenant_id=tenant_id)
+            with self.connection.pipeline() as pipe:
+                pipe.rpush(key, job.id)
+                pipe.expire(key, PARKED_TTL)
+                pipe.execute()
         if len(self.queues) == 1:
             # A worker of one queue dequeues through RQ's intermediate list, which the
             # work-horse would have cleared; a job left there would be failed as stuck.
@@ -516,4 +599,9 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
             log.exception("%s at start failed", what)
     # with_scheduler: RQ's own scheduler moves jobs whose retry interval has passed back
     # into their queue; without it a Retry(interval=...) job would never run again.
-    return bool(worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level))
+    try:
+        return bool(
+            worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level)
+        )
+    finally:
+        outbox.SESSIONS.close()  # QUIT the SMTP sessions kept between send jobs

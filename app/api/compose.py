@@ -96,9 +96,9 @@ def delete_draft(draft_id: int) -> Response:
     ),
 )
 def send_draft(draft_id: int) -> Response:
-    compose.get_draft(unit(), draft_id)  # 404 before the header's check
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        compose.get_draft(unit(), draft_id)  # 404 before the header's check
         raise ValidationFailed(
             "The request is invalid.",
             [{"field": "Idempotency-Key", "message": "1-255 printable ASCII characters"}],

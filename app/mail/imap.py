@@ -1041,6 +1041,43 @@ class ImapSession:
             self.client.select_folder(folder, readonly=True)
             return bool(self.client.search(["HEADER", "Message-ID", message_id]))
 
+    def append_many(self, folder: str, messages: list[tuple[bytes, list[bytes], datetime]]) -> None:
+        """APPEND (raw, flags, internal date) messages to `folder` on this one login: in one
+        MULTIAPPEND (RFC 3502: all of them stored, or none) when the server offers it, else
+        one APPEND after the other."""
+        with _boundary(f"APPEND {folder}"):
+            if len(messages) > 1 and self.client.has_capability("MULTIAPPEND"):
+                self.client.multiappend(
+                    folder,
+                    [{"msg": raw, "flags": flags, "date": when} for raw, flags, when in messages],
+                )
+                return
+            for raw, flags, when in messages:
+                self.client.append(folder, raw, flags=flags, msg_time=when)
+
+    def message_ids_in(self, folder: str, message_ids: list[str]) -> set[str]:
+        """Which of `message_ids` `folder` holds by its Message-ID header: one SEARCH for all
+        of them (read-only), then their headers for an exact comparison."""
+        if not message_ids:
+            return set()
+        criteria: list[str] = []
+        for position, message_id in enumerate(message_ids):
+            if position < len(message_ids) - 1:
+                criteria.append("OR")
+            criteria += ["HEADER", "Message-ID", message_id]
+        with _boundary(f"SEARCH {folder}"):
+            self.client.select_folder(folder, readonly=True)
+            uids = self.client.search(criteria)
+            if not uids:
+                return set()
+            fetched = self.client.fetch(uids, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        found = set()
+        for data in fetched.values():
+            raw = data.get(b"BODY[HEADER.FIELDS (MESSAGE-ID)]") or b""
+            _, _, value = raw.decode("ascii", "replace").partition(":")
+            found.add("".join(value.split()))
+        return {message_id for message_id in message_ids if message_id in found}
+
     # IDLE (RFC 2177): the watcher holds it on INBOX and re-issues it before servers drop it.
     def idle_start(self, folder: str = "INBOX") -> None:
         self._idle_responses = 0

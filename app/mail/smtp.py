@@ -10,13 +10,17 @@ few seconds cannot stretch a verification past its deadline.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import logging
 import re
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from app.mail import (
@@ -30,6 +34,7 @@ from app.mail import (
     tls_context,
 )
 
+log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 30
 REPLY_MAX_BYTES = 64 * 1024
 _MAXLINE = 8192  # one reply line, as smtplib bounds it
@@ -229,8 +234,11 @@ def _category(exc: BaseException) -> str:
     return Category.PROTOCOL_ERROR
 
 
-def _close(client: smtplib.SMTP) -> None:
+def _close(client: smtplib.SMTP, wait: float | None = None) -> None:
+    """QUIT and close (waiting at most `wait` seconds for the reply when given)."""
     try:
+        if wait is not None and client.sock is not None:
+            client.sock.settimeout(wait)
         client.quit()
     except Exception:  # already disconnected
         client.close()
@@ -268,6 +276,7 @@ def submit(
     *,
     before_dot: Callable[[], None],
     ca_file: str | None = None,
+    pool: SessionPool | None = None,
 ) -> str:
     """Deliver `data` to `recipients`; return the server's reply to the final ".".
 
@@ -276,44 +285,212 @@ def submit(
     MailAuthError, SendRejected (5xx), SendDeferred (everything that is safe to retry: no
     connection, 4xx, a connection lost before the "."), or SendUncertain.
     Recipients refused with 5xx while others are accepted are reported in the returned text.
+
+    With a `pool`, a session kept from an earlier message to the same server with the same
+    credentials is used (after an RSET), and the session is kept again afterwards. A kept
+    session that breaks before `before_dot` ran (the server closed it meanwhile) is dropped
+    and the message goes out on a fresh session at once: the server discards a transaction
+    whose "." never came, so nothing is sent twice. After `before_dot`, never.
     """
+    if pool is not None:
+        kept = pool.take(server)
+        if kept is not None:
+            try:
+                return _transact(kept, server, sender, recipients, data, before_dot, pool)
+            except _Stale:
+                pass  # a fresh session below
     try:
         client = connect(server, ca_file)
     except MailConnectionError as exc:
         raise SendDeferred(exc.category, exc.peer_text) from None
-    try:
-        refused = _envelope(client, sender, recipients)
-        code, reply = _command("DATA", lambda: client.docmd("DATA"))
-        if code != 354:
-            _fail(code, reply, "DATA")
-        payload = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", data))
-        if not payload.endswith(b"\r\n"):
-            payload += b"\r\n"
-        try:
-            client.send(payload)
-        except (OSError, smtplib.SMTPException) as exc:
-            raise _lost(SendDeferred, "while sending the message", exc, server) from None
+    fresh = _Kept(client, _key(server) if pool is not None else "", time.monotonic())
+    return _transact(fresh, server, sender, recipients, data, before_dot, pool)
+
+
+def _transact(
+    kept: _Kept,
+    server: ServerSettings,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+    before_dot: Callable[[], None],
+    pool: SessionPool | None,
+) -> str:
+    """One message on `kept`'s session; the session kept in `pool` after a success, closed
+    otherwise. _Stale when a reused session broke before the "." was due."""
+    client, reused, dotted = kept.client, kept.messages > 0, False
+
+    def mark() -> None:
+        nonlocal dotted
+        dotted = True
         before_dot()
-        try:
-            client.send(b".\r\n")
-        except (OSError, smtplib.SMTPException) as exc:
-            # The write itself failed: the "." never left, the server discards the message.
-            raise _lost(SendDeferred, "before the end of the message", exc, server) from None
-        try:
-            assert client.sock is not None  # the send()s above succeeded: still connected
-            client.sock.settimeout(FINAL_REPLY_TIMEOUT)
-            code, reply_bytes = client.getreply()
-        except (OSError, smtplib.SMTPException) as exc:
-            raise failure(SendUncertain, NO_FINAL_REPLY, exc, server=server) from None
-        reply = _reply(reply_bytes)
-        if code // 100 != 2:
-            _fail(code, reply, "the end of the message")
-        result = f"{code} {reply}"
-        if refused:
-            result += "; not delivered to " + ", ".join(f"{r} ({m})" for r, m in refused.items())
-        return result
-    finally:
+
+    try:
+        result = _message(client, server, sender, recipients, data, mark)
+    except SendDeferred as exc:
+        if (
+            reused
+            and not dotted
+            and (isinstance(exc, _Closing) or exc.category != Category.DEFERRED)
+        ):
+            client.close()
+            log.info("a kept SMTP session broke before the message; sending on a fresh one")
+            raise _Stale() from None
         _close(client)
+        raise
+    except BaseException:
+        _close(client)
+        raise
+    if pool is not None:
+        pool.give(kept)
+    else:
+        _close(client)
+    return result
+
+
+def _message(
+    client: smtplib.SMTP,
+    server: ServerSettings,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+    before_dot: Callable[[], None],
+) -> str:
+    refused = _envelope(client, sender, recipients)
+    code, reply = _command("DATA", lambda: client.docmd("DATA"))
+    if code != 354:
+        _fail(code, reply, "DATA")
+    payload = _LEADING_DOT.sub(b"..", _LINE_END.sub(b"\r\n", data))
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    try:
+        client.send(payload)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise _lost(SendDeferred, "while sending the message", exc, server) from None
+    before_dot()
+    try:
+        client.send(b".\r\n")
+    except (OSError, smtplib.SMTPException) as exc:
+        # The write itself failed: the "." never left, the server discards the message.
+        raise _lost(SendDeferred, "before the end of the message", exc, server) from None
+    try:
+        assert client.sock is not None  # the send()s above succeeded: still connected
+        client.sock.settimeout(FINAL_REPLY_TIMEOUT)
+        code, reply_bytes = client.getreply()
+    except (OSError, smtplib.SMTPException) as exc:
+        raise failure(SendUncertain, NO_FINAL_REPLY, exc, server=server) from None
+    if client.sock is not None:
+        client.sock.settimeout(TIMEOUT_SECONDS)
+    reply = _reply(reply_bytes)
+    if code // 100 != 2:
+        _fail(code, reply, "the end of the message")
+    result = f"{code} {reply}"
+    if refused:
+        result += "; not delivered to " + ", ".join(f"{r} ({m})" for r, m in refused.items())
+    return result
+
+
+class _Stale(Exception):
+    """A kept session turned out dead before the message's "." was due."""
+
+
+class _Closing(SendDeferred):
+    """The server answered 421: it is closing the session."""
+
+
+@dataclass
+class _Kept:
+    client: smtplib.SMTP
+    key: str
+    opened: float  # time.monotonic()
+    used: float = 0.0  # when it last finished a message
+    messages: int = 0  # messages sent on it
+
+
+def _key(server: ServerSettings) -> str:
+    """Which kept sessions may serve `server`: the same address, name, port, security and
+    credentials (a digest: the pool holds no password)."""
+    fields = (server.host, server.address, server.port, server.security, server.username)
+    digest = hashlib.sha256("\0".join(map(str, fields)).encode())
+    digest.update(b"\0" + server.password.encode())
+    return digest.hexdigest()
+
+
+class SessionPool:
+    """Authenticated SMTP sessions kept between messages, in one process (a send worker).
+
+    At most `size` sessions, one per server and credentials, each used for at most
+    `max_messages` messages and `max_age` seconds and kept idle for at most `idle` seconds
+    (servers drop idle clients after a few minutes: RFC 5321 4.5.3.2.7 says 5). Sessions past
+    these are closed when the pool is next used (`prune`), the least recently used first
+    when the pool is full. Not shared between threads of work: take, send, give."""
+
+    def __init__(
+        self,
+        size: int = 8,
+        idle: float = 30.0,
+        max_messages: int = 100,
+        max_age: float = 600.0,
+    ) -> None:
+        self.size, self.idle, self.max_messages, self.max_age = size, idle, max_messages, max_age
+        self._kept: dict[str, _Kept] = {}
+        self._lock = threading.Lock()
+
+    def take(self, server: ServerSettings) -> _Kept | None:
+        """A kept session with this server and these credentials that answers RSET, if any."""
+        self.prune()
+        with self._lock:
+            kept = self._kept.pop(_key(server), None)
+        if kept is None:
+            return None
+        try:
+            code, _ = kept.client.rset()
+        except (OSError, smtplib.SMTPException):
+            kept.client.close()
+            return None
+        if code != 250:
+            _close(kept.client)
+            return None
+        return kept
+
+    def give(self, kept: _Kept) -> None:
+        """Keep a session after a message it carried went through."""
+        kept.messages += 1
+        kept.used = time.monotonic()
+        if kept.messages >= self.max_messages or kept.used - kept.opened >= self.max_age:
+            _close(kept.client)
+            return
+        with self._lock:
+            other = self._kept.pop(kept.key, None)
+            self._kept[kept.key] = kept
+        if other is not None:
+            _close(other.client)
+        self.prune()
+
+    def prune(self) -> None:
+        """Close the sessions idle or open too long, and the least recently used beyond
+        `size`."""
+        now = time.monotonic()
+        with self._lock:
+            ordered = sorted(self._kept.values(), key=lambda k: k.used)
+            expired = [
+                k for k in ordered if now - k.used > self.idle or now - k.opened > self.max_age
+            ]
+            live = [k for k in ordered if k not in expired]
+            expired += live[: max(len(live) - self.size, 0)]
+            for kept in expired:
+                del self._kept[kept.key]
+        for kept in expired:
+            _close(kept.client, wait=2.0)
+
+    def close(self) -> None:
+        with self._lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for session in kept:
+            _close(session.client, wait=2.0)
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 def _envelope(client: smtplib.SMTP, sender: str, recipients: list[str]) -> dict[str, str]:
@@ -344,6 +521,8 @@ def _command(step: str, call: Callable[[], tuple[int, bytes]]) -> tuple[int, str
 
 
 def _fail(code: int, reply: str, step: str) -> NoReturn:
+    if code == 421:
+        raise _Closing(Category.DEFERRED, f"{step}: {code} {reply}")
     if code // 100 == 4 or code < 200:
         raise SendDeferred(Category.DEFERRED, f"{step}: {code} {reply}")
     raise SendRejected(Category.REJECTED, f"{step}: {code} {reply}")

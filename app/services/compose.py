@@ -23,7 +23,7 @@ from app.mail.compose import Address, Outgoing, OutgoingAttachment, build, parse
 from app.models import Account, Draft, DraftAttachment, Message, OutboxEntry
 from app.services import outbox, usage
 from app.services.accounts import get_account
-from app.states import DraftState, OutboxState
+from app.states import DraftState, OutboxState, SentCopy
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_REFERENCES = 20  # ids kept in References (the first and the latest matter to threading)
@@ -224,11 +224,13 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
     """
     try:
         entry, created = _queue(unit, draft_id, idempotency_key)
+        _keep_loaded(unit.session, entry, created)
         unit.commit()
     except IntegrityError:
         # The same key arrived twice at once: the other request's entry is the answer.
         unit.session.rollback()
         entry, created = _queue(unit, draft_id, idempotency_key)
+        _keep_loaded(unit.session, entry, created)
         unit.commit()
     job_id = outbox.send_job_id(entry.id, entry.attempts)
     if created or _job_missing(unit, entry):
@@ -236,6 +238,14 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
             unit.ctx, SEND_MESSAGE, entry.id, job_id=job_id, tries=outbox.ENQUEUE_TRIES
         )
     return entry
+
+
+def _keep_loaded(session: Session, entry: OutboxEntry, created: bool) -> None:
+    """A new entry is answered as it was inserted: every field it has was set here (the id
+    came back with the INSERT), so it leaves the session before the commit, which would
+    otherwise expire it and cost a SELECT to read it back for the answer."""
+    if created:
+        session.expunge(entry)
 
 
 def _job_missing(unit: Unit, entry: OutboxEntry) -> bool:
@@ -252,7 +262,16 @@ def _job_missing(unit: Unit, entry: OutboxEntry) -> bool:
 def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[OutboxEntry, bool]:
     """The draft's outbox entry, queued; (entry, True) when this call created it."""
     session = unit.session
-    draft = _draft(session, draft_id, for_update=True)
+    # The draft, locked, and its account, in one round trip.
+    found = session.execute(
+        select(Draft, Account)
+        .join(Account, Account.id == Draft.account_id)
+        .where(Draft.id == draft_id)
+        .with_for_update(of=Draft)
+    ).first()
+    if found is None:
+        raise NotFound(f"Draft {draft_id} does not exist.")
+    draft, account = found
     if idempotency_key is not None:
         earlier = session.scalars(
             select(OutboxEntry).where(OutboxEntry.idempotency_key == idempotency_key)
@@ -272,7 +291,7 @@ def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[Outb
         raise Conflict(
             f"Draft {draft.id} was already sent: outbox entry {entry.id if entry else '?'}."
         )
-    account = session.get_one(Account, draft.account_id)
+    stored = attachment_bytes(session, draft) if draft.attachments else []
     outgoing = Outgoing(
         sender=Address(account.display_name or None, account.email),
         to=[parse_address(a) for a in draft.to_addrs],
@@ -283,7 +302,7 @@ def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[Outb
         html=draft.html_body,
         attachments=[
             OutgoingAttachment(meta["filename"], meta["content_type"], data)
-            for meta, data in zip(draft.attachments, attachment_bytes(session, draft), strict=True)
+            for meta, data in zip(draft.attachments, stored, strict=True)
         ],
         in_reply_to=draft.in_reply_to_header,
         references=draft.references_header,
@@ -293,22 +312,39 @@ def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[Outb
             "The draft has no recipients.", [{"field": "to", "message": "at least one needed"}]
         )
     built = build(outgoing)
+    now = _now()
+    # The draft's change is written first: the tenant's usage row, locked from the quota
+    # check to the commit (so one tenant's sends pass it one at a time), is then held over
+    # the INSERT alone. A refused quota rolls both back.
+    draft.state = DraftState.SENT
+    draft.updated_at = now
+    session.flush()
     # The outbox keeps the built message until the entry is deleted: it counts.
     usage.claim_storage(unit, len(built.mime), "Sending this draft")
+    # Every column set here, so that the answer needs no read after the INSERT.
     entry = OutboxEntry(
         account_id=account.id,
         draft_id=draft.id,
         idempotency_key=idempotency_key,
         state=OutboxState.QUEUED,
+        attempts=0,
+        last_error=None,
         message_id=built.message_id,
         envelope_from=account.email,
         recipients=outgoing.recipients(),
         mime=built.mime,
-        next_attempt_at=_now(),
+        next_attempt_at=now,
+        dot_sent_at=None,
+        sent_at=None,
+        smtp_reply=None,
+        sent_copy=SentCopy.NONE,
+        sent_copy_attempts=0,
+        sent_copy_error=None,
+        resolved_by=None,
+        created_at=now,
+        updated_at=now,
     )
     session.add(entry)
-    draft.state = DraftState.SENT
-    draft.updated_at = _now()
     session.flush()
     return entry, True
 

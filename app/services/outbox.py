@@ -18,6 +18,12 @@ The state machine (app.states.OutboxState): queued -> sending -> sent | failed |
   so a delivered message never ends `uncertain` for want of a database.
 - After `sent`, the message is APPENDed to the account's Sent folder, once: the folder is
   searched for its Message-ID first, so a retry after a lost APPEND reply adds no second copy.
+  Copies are filed per account in batches, a second after the send: one login, one SEARCH and
+  one MULTIAPPEND for every copy of the account that is due.
+- A worker keeps its SMTP session with an account's server from one message to the next
+  (app.mail.smtp.SessionPool): the next message starts with RSET; a session found dead
+  before the message's "." is replaced by a fresh one for the same attempt (nothing of the
+  message was committed on it), never after.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 
 from app.context import DEPENDENCY_ERRORS, ServiceContext, Unit
 from app.db import advisory_lock
@@ -36,13 +42,24 @@ from app.errors import Conflict, NotFound
 from app.jobs import FILE_SENT_COPY, SEND_MESSAGE, WAITING_STATES, JobSpec, backoff
 from app.mail import MailAuthError, MailConnectionError, MailError
 from app.mail.imap import ImapSession
-from app.mail.smtp import SendDeferred, SendRejected, SendUncertain
+from app.mail.smtp import SendDeferred, SendRejected, SendUncertain, SessionPool
 from app.models import Account, Folder, OutboxEntry
 from app.states import FolderRole, OutboxState, Resolution, SentCopy
 
 log = logging.getLogger(__name__)
 LOCK_NAMESPACE = 0x534E  # "SN"
+COPY_LOCK_NAMESPACE = 0x5343  # "SC": one worker files an account's Sent copies at a time
 COPY_ATTEMPTS = 8
+# A batch of Sent copies: at most this many messages and bytes (one at least) per APPEND.
+COPY_BATCH = 50
+COPY_BATCH_BYTES = 16 * 1024 * 1024
+# A copy job files batches for this long at most, then leaves the rest to its next job.
+COPY_JOB_SECONDS = 300.0
+# A copy job whose account's copies another worker is filing comes back after this long.
+COPY_BUSY_SECONDS = 2.0
+# The Sent copy is filed this long after the send, so that copies of a burst of sends
+# gather into one batch (one login) instead of a login each.
+COPY_DELAY_SECONDS = 1.0
 SENT_FOLDER = "Sent"  # created when an account has no folder with the sent role
 # A queued entry this far past its time has lost its job (Redis lost it, say): the sweeper
 # enqueues it again. Duplicates are harmless: the lock and the state decide.
@@ -63,6 +80,9 @@ ACCEPTED_TTL = 30 * 86400  # seconds; renewed on every write, far beyond any out
 RECORD_MARGIN = 60.0
 # Marking the "." is retried this long: the SMTP server waits for the "." meanwhile.
 MARK_DOT_SECONDS = 60.0
+# This process's SMTP sessions, kept between the send jobs it runs (a send worker runs them
+# one after the other in its own process: workers/worker.py).
+SESSIONS = SessionPool()
 DIED_SENDING = (
     "the worker stopped after the whole message was sent and before the server's reply: "
     "the server may have accepted it, so it is not sent again automatically"
@@ -134,6 +154,18 @@ def lock_key(outbox_id: int) -> int:
     return (LOCK_NAMESPACE << 32) | outbox_id
 
 
+def copy_lock_key(account_id: int) -> int:
+    return (COPY_LOCK_NAMESPACE << 32) | account_id
+
+
+@dataclass(frozen=True)
+class PendingCopy:
+    outbox_id: int
+    message_id: str
+    mime: bytes
+    sent_at: datetime | None
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 8
@@ -160,8 +192,11 @@ class Deliverer:
         ctx: ServiceContext,
         policy: RetryPolicy | None = None,
         record_seconds: float = SEND_MESSAGE.timeout - RECORD_MARGIN,
+        pool: SessionPool | None = None,
     ) -> None:
         self.ctx = ctx
+        # SMTP sessions kept from one message to the next (a send worker's, see `send`).
+        self.pool = pool
         self.sessions = ctx.sessions
         self.policy = policy or RetryPolicy(
             ctx.settings.send_max_attempts, ctx.settings.send_retry_seconds
@@ -207,6 +242,7 @@ class Deliverer:
                 recipients,
                 mime,
                 before_dot=lambda: self._mark_dot(outbox_id, attempts),
+                pool=self.pool,
             )
         except LostEntry as exc:
             # Cut off from the database, this worker lost its lock and a sweep settled the
@@ -363,34 +399,129 @@ class Deliverer:
     # -- the Sent copy -------------------------------------------------------------------
 
     def file_sent_copy(self, outbox_id: int) -> Outcome:
-        """APPEND the sent message to the account's Sent folder, unless it is there already."""
-        with advisory_lock(self.ctx.engine, lock_key(outbox_id)) as locked:
+        """File the Sent copy of this entry, and of every other entry of its account whose
+        copy is due, on one IMAP login (app.mail.imap.ImapSession.append_many); the outcome
+        for this entry. One account's copies are filed by one worker at a time (an advisory
+        lock of the account): a job finding it taken comes back shortly, by when its copy
+        has usually been filed by the holder.
+
+        A copy counts as filed once `sent_copy` is `done`, committed after the server
+        acknowledged its APPEND. A worker that dies in between leaves copies pending that
+        are in the folder already: every batch first searches the folder for its
+        Message-IDs, so none is filed twice."""
+        with self.sessions() as s:
+            row = s.execute(
+                select(OutboxEntry.account_id, OutboxEntry.sent_copy).where(
+                    OutboxEntry.id == outbox_id
+                )
+            ).first()
+        if row is None:
+            return Outcome("gone")
+        account_id, copy = row
+        if copy != SentCopy.PENDING:
+            return Outcome(copy)
+        with advisory_lock(self.ctx.engine, copy_lock_key(account_id)) as locked:
             if not locked:
-                return Outcome("busy")
-            with self.sessions() as s:
-                entry = s.get(OutboxEntry, outbox_id)
-                if entry is None or entry.sent_copy != SentCopy.PENDING:
-                    return Outcome(entry.sent_copy if entry else "gone")
-                account = s.get_one(Account, entry.account_id)
-                known = s.scalars(
-                    select(Folder.name).where(
-                        Folder.account_id == account.id, Folder.role == FolderRole.SENT
+                return Outcome("busy", retry_in=COPY_BUSY_SECONDS)
+            return self._file_copies(account_id, outbox_id)
+
+    def _file_copies(self, account_id: int, wanted: int) -> Outcome:
+        """Batches of the account's due copies, `wanted` first, on one login, until none is
+        left or COPY_JOB_SECONDS have passed (then the job is enqueued again)."""
+        deadline = time.monotonic() + COPY_JOB_SECONDS
+        with self.sessions() as s:
+            account = s.get_one(Account, account_id)
+            known = s.scalars(
+                select(Folder.name).where(
+                    Folder.account_id == account.id, Folder.role == FolderRole.SENT
+                )
+            ).first()
+        batch = self._due_copies(account_id, wanted)
+        if not batch:
+            return Outcome(self._copy_state(wanted))
+        filed = 0
+        try:
+            with self.ctx.connector.imap(account) as session:
+                folder = _sent_folder(session, known)
+                while batch:
+                    present = session.message_ids_in(folder, [c.message_id for c in batch])
+                    session.append_many(
+                        folder,
+                        [
+                            (c.mime, [b"\\Seen"], c.sent_at or _now())
+                            for c in batch
+                            if c.message_id not in present
+                        ],
                     )
-                ).first()
-                mime, message_id, when = entry.mime, entry.message_id, entry.sent_at
-            try:
-                with self.ctx.connector.imap(account) as session:
-                    folder = _sent_folder(session, known)
-                    if not session.has_message_id(folder, message_id):
-                        session.append(folder, mime, [b"\\Seen"], when or _now())
-            except MailError as exc:
-                return self._copy_failed(outbox_id, str(exc))
-            with self.sessions.begin() as s:
-                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-                entry.sent_copy, entry.sent_copy_error = SentCopy.DONE, None
-                entry.next_attempt_at = None
-                entry.updated_at = _now()
-            return Outcome("done")
+                    self._copies_done([c.outbox_id for c in batch])
+                    filed += len(batch)
+                    if time.monotonic() > deadline:
+                        break
+                    batch = self._due_copies(account_id, None)
+        except MailError as exc:
+            outcome = None
+            for copy in batch:
+                failed = self._copy_failed(copy.outbox_id, str(exc))
+                if copy.outbox_id == wanted:
+                    outcome = failed
+            return outcome or Outcome(self._copy_state(wanted))
+        log.info("sent copies filed", extra={"account_id": account_id, "count": filed})
+        # Some left for the next job (the deadline passed), or this entry's is done.
+        state = self._copy_state(wanted)
+        return Outcome(state, retry_in=0.0 if batch else None)
+
+    def _due_copies(self, account_id: int, wanted: int | None) -> list[PendingCopy]:
+        """The next batch of the account's pending copies: `wanted` (due or not), then the
+        due ones, oldest first, at most COPY_BATCH of them and COPY_BATCH_BYTES (at least
+        one)."""
+        pending = (OutboxEntry.account_id == account_id) & (
+            OutboxEntry.sent_copy == SentCopy.PENDING
+        )
+        due = or_(OutboxEntry.next_attempt_at.is_(None), OutboxEntry.next_attempt_at <= _now())
+        if wanted is not None:
+            due = or_(due, OutboxEntry.id == wanted)
+        with self.sessions() as s:
+            sizes = s.execute(
+                select(OutboxEntry.id, func.octet_length(OutboxEntry.mime))
+                .where(pending & due)
+                .order_by((OutboxEntry.id == wanted).desc(), OutboxEntry.id)
+                .limit(COPY_BATCH)
+            ).all()
+            chosen: list[int] = []
+            total = 0
+            for outbox_id, size in sizes:
+                if chosen and total + (size or 0) > COPY_BATCH_BYTES:
+                    break
+                chosen.append(outbox_id)
+                total += size or 0
+            if not chosen:
+                return []
+            rows = s.execute(
+                select(
+                    OutboxEntry.id, OutboxEntry.message_id, OutboxEntry.mime, OutboxEntry.sent_at
+                )
+                .where(OutboxEntry.id.in_(chosen), pending)
+                .order_by(OutboxEntry.id)
+            ).all()
+        return [PendingCopy(*row) for row in rows]
+
+    def _copies_done(self, outbox_ids: list[int]) -> None:
+        with self.sessions.begin() as s:
+            s.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id.in_(outbox_ids), OutboxEntry.sent_copy == SentCopy.PENDING)
+                .values(
+                    sent_copy=SentCopy.DONE,
+                    sent_copy_error=None,
+                    next_attempt_at=None,
+                    updated_at=_now(),
+                )
+            )
+
+    def _copy_state(self, outbox_id: int) -> str:
+        with self.sessions() as s:
+            state = s.scalar(select(OutboxEntry.sent_copy).where(OutboxEntry.id == outbox_id))
+        return str(state) if state is not None else "gone"
 
     def _copy_failed(self, outbox_id: int, error: str) -> Outcome:
         with self.sessions.begin() as s:
@@ -561,13 +692,13 @@ def send(ctx: ServiceContext, outbox_id: int) -> str:
     Redis may be down when the attempt ends: the outcome is in the database, and the sweep
     enqueues what could not be enqueued here."""
     started = time.monotonic()
-    outcome = Deliverer(ctx).deliver(outbox_id)
+    outcome = Deliverer(ctx, pool=SESSIONS).deliver(outbox_id)
     if outcome.retry_in is not None:
         attempts = _attempts(ctx, outbox_id)
         job_id = send_job_id(outbox_id, attempts) if attempts is not None else None
         enqueue_or_sweep(ctx, SEND_MESSAGE, outbox_id, delay=outcome.retry_in, job_id=job_id)
     if outcome.copy:
-        enqueue_or_sweep(ctx, FILE_SENT_COPY, outbox_id)
+        enqueue_or_sweep(ctx, FILE_SENT_COPY, outbox_id, delay=COPY_DELAY_SECONDS)
     if outcome.attempted:
         # Counted once Redis answers, as the job's own result is recorded: the metrics miss
         # no send that ended during an outage (unless it outlasts the job's time).
@@ -590,7 +721,8 @@ def _attempts(ctx: ServiceContext, outbox_id: int) -> int | None:
 
 
 def file_copy(ctx: ServiceContext, outbox_id: int) -> str:
-    """The Sent-copy job: APPEND the sent message (once); retried on failure."""
+    """The Sent-copy job: APPEND the sent message (once), with every other copy of its
+    account that is due, on one login; retried on failure."""
     outcome = Deliverer(ctx).file_sent_copy(outbox_id)
     if outcome.retry_in is not None:
         enqueue_or_sweep(ctx, FILE_SENT_COPY, outbox_id, delay=outcome.retry_in)
@@ -601,10 +733,16 @@ def recover(ctx: ServiceContext) -> int:
     """Settle sends whose worker died and queue work whose job was lost; how many queued."""
     send_ids, copy_ids = Deliverer(ctx).sweep()
     attempts: dict[int, int] = {}
+    accounts: dict[int, int] = {}  # account -> one entry whose copy is pending
     with ctx.sessions() as s:
         query = select(OutboxEntry.id, OutboxEntry.attempts).where(OutboxEntry.id.in_(send_ids))
         for outbox_id, count in s.execute(query):
             attempts[outbox_id] = count
+        query = select(OutboxEntry.id, OutboxEntry.account_id).where(OutboxEntry.id.in_(copy_ids))
+        for outbox_id, account_id in s.execute(query.order_by(OutboxEntry.id)):
+            accounts.setdefault(account_id, outbox_id)
+    # One copy job per account: it files the account's other due copies with that one.
+    copy_ids = list(accounts.values())
     for outbox_id in send_ids:
         ctx.jobs.enqueue(
             SEND_MESSAGE, outbox_id, job_id=send_job_id(outbox_id, attempts.get(outbox_id, 0))
