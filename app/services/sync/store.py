@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.mail.imap import FetchedMessage, FlagChange
 from app.models import Account, Folder, Message, MessageChange, MessageRaw
+from app.services.sync.parsing import BatchParse
 from app.services.sync.rows import FolderState, message_row
 from app.states import ChangeKind, ChangeState
 
@@ -111,30 +112,32 @@ class SyncStore:
         validity: int,
         fetched: list[FetchedMessage],
         over_quota: bool = False,
+        parse: BatchParse | None = None,
     ) -> None:
         """One batch, one transaction: raw bytes (deduplicated), parsed rows, progress.
 
-        Inserts are idempotent (ON CONFLICT DO NOTHING): a batch stored by a run that then
-        crashed is skipped by the next.
+        `parse`: the batch's parse, started as it was fetched (the raw bytes are inserted
+        while it runs); without it, each message is parsed here. Inserts are idempotent (ON
+        CONFLICT DO NOTHING): a batch stored by a run that then crashed is skipped by the next.
         """
         if not fetched:
             return
-        raws = {hashlib.sha256(m.raw).digest(): m.raw for m in fetched}
+        digests = [hashlib.sha256(m.raw).digest() for m in fetched]
+        raws = {digest: m.raw for digest, m in zip(digests, fetched, strict=True)}
         with self.sessions.begin() as s:
+            # executemany of one cached statement (SQLAlchemy sends multi-row VALUES pages),
+            # not a statement of its own per batch compiled from every row's values.
             s.execute(
-                insert(MessageRaw)
-                .values(
-                    [
-                        {
-                            "account_id": f.account_id,
-                            "tenant_id": f.tenant_id,
-                            "sha256": digest,
-                            "data": data,
-                        }
-                        for digest, data in raws.items()
-                    ]
-                )
-                .on_conflict_do_nothing(index_elements=["account_id", "sha256"])
+                insert(MessageRaw).on_conflict_do_nothing(index_elements=["account_id", "sha256"]),
+                [
+                    {
+                        "account_id": f.account_id,
+                        "tenant_id": f.tenant_id,
+                        "sha256": digest,
+                        "data": data,
+                    }
+                    for digest, data in raws.items()
+                ],
             )
             raw_ids: dict[bytes, int] = {
                 digest: raw_id
@@ -146,14 +149,20 @@ class SyncStore:
             }
             rows = [
                 message_row(
-                    f, validity, m, raw_ids[hashlib.sha256(m.raw).digest()], over_quota=over_quota
+                    f,
+                    validity,
+                    m,
+                    raw_ids[digest],
+                    over_quota=over_quota,
+                    fields=parse.result(m.uid, m.raw) if parse is not None else None,
                 )
-                for m in fetched
+                for digest, m in zip(digests, fetched, strict=True)
             ]
             s.execute(
-                insert(Message)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["folder_id", "uidvalidity", "uid"])
+                insert(Message).on_conflict_do_nothing(
+                    index_elements=["folder_id", "uidvalidity", "uid"]
+                ),
+                rows,
             )
             s.execute(
                 update(Account)
