@@ -23,7 +23,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -843,11 +843,18 @@ class ImapSession:
                             result[uid] = int(data[b"RFC822.SIZE"])
         return result
 
-    def fetch(self, uids: list[int], max_bytes: int | None = None) -> list[FetchedMessage]:
+    def fetch(
+        self,
+        uids: list[int],
+        max_bytes: int | None = None,
+        on_message: Callable[[FetchedMessage], None] | None = None,
+    ) -> list[FetchedMessage]:
         """Bodies (BODY.PEEK[], never BODY[]), flags, internal date and size of `uids`.
 
-        Responses are read as they arrive. A body above MAX_MESSAGE_BYTES is never read (the
-        literal is refused when announced, whatever RFC822.SIZE said), and the bodies kept
+        Responses are read as they arrive, and each message read whole is handed to
+        `on_message` at once (the sync starts parsing it while the rest arrives). A body
+        above MAX_MESSAGE_BYTES is never read (the literal is refused when announced,
+        whatever RFC822.SIZE said), and the bodies kept
         stop at `max_bytes` (the batch's bound, at least one message's): either way the
         connection is dropped and `BatchAbandoned` says what was read whole and what was not.
         Reconnect (`reconnect()`) and fetch the rest one by one: a single message refused so
@@ -868,7 +875,7 @@ class ImapSession:
                             if uid not in wanted or b"BODY[]" not in data:
                                 continue
                             raw = data[b"BODY[]"] or b""
-                            received[uid] = FetchedMessage(
+                            message = FetchedMessage(
                                 uid=uid,
                                 flags=Flags.parse(data.get(b"FLAGS", ())),
                                 internal_date=_aware(data.get(b"INTERNALDATE")),
@@ -876,10 +883,13 @@ class ImapSession:
                                 raw=raw,
                                 modseq=_modseq(data),
                             )
+                            received[uid] = message
                             kept += len(raw)
                             if kept > budget:
                                 self.transport.drop()
                                 raise LiteralTooLarge(kept)
+                            if on_message is not None:
+                                on_message(message)
             except LiteralTooLarge:
                 rest = [u for u in uids if u not in received]
                 raise BatchAbandoned(list(received.values()), rest) from None

@@ -1,4 +1,5 @@
-"""How raw messages are stored: compressed with lz4 (migration 0007), byte for byte."""
+"""How raw messages are stored: compressed with lz4 (migration 0007), byte for byte; and the
+parsed text beside them (migration 0010)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,20 @@ def test_raw_messages_are_stored_lz4_compressed_and_intact(mailbox, account_id, 
     assert compression == "lz4"
     # IMAP sends lines with CRLF; otherwise the stored bytes are the appended ones.
     assert bytes(data) == raw.replace(b"\n", b"\r\n")
+
+
+def test_a_long_messages_text_is_stored_lz4_compressed(mailbox, account_id, make_syncer, db):
+    """Migration 0010: the parsed text, HTML and headers of a message are TOASTed with lz4."""
+    body = "".join(f"line {n} of a long message, with words that repeat\n" for n in range(3000))
+    html = "<p>" + "</p><p>".join(f"paragraph {n}, repeated" for n in range(3000)) + "</p>"
+    mailbox.append("INBOX", message(subject="long text", body=body, html=html))
+    make_syncer().sync_account(account_id)
+    text_c, html_c, text_body = db.execute(
+        text(
+            "SELECT pg_column_compression(text_body), pg_column_compression(html_body), "
+            "text_body FROM messages WHERE account_id = :a AND subject = 'long text'"
+        ),
+        {"a": account_id},
+    ).one()
+    assert (text_c, html_c) == ("lz4", "lz4")
+    assert text_body == body

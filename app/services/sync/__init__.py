@@ -28,8 +28,8 @@ with the error recorded, and the job retries it with backoff.
 
 Modules: `account` (a run over an account: lock, round, folder list), `folder` (one folder's
 state machine, one method per step), `store` (the database writes, each one short
-transaction), `rows` (rows built from what the server sent), `control` (sync requests,
-status, the job).
+transaction), `rows` (rows built from what the server sent), `parsing` (the parse pool),
+`control` (sync requests, status, the job).
 """
 
 from app.services.sync.account import Syncer, SyncOutcome, lock_key

@@ -23,7 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.mail.imap import BatchAbandoned, FetchedMessage, Flags, FolderStatus, ImapSession
-from app.services.sync.rows import FolderState
+from app.services.sync.parsing import BatchParse
+from app.services.sync.rows import FolderState, parsed_fields
 from app.services.sync.store import SyncStore, now
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,10 @@ class FolderRun:
     def _fetch(self, batch: list[int]) -> None:
         """Fetch and store one batch of bodies (headers-only when over quota).
 
+        Each message goes to the parse pool as soon as it is read; the batch's raw bytes are
+        inserted while the pool finishes, and its rows wait for the parse only when they are
+        built. The next batch is fetched after this one is committed.
+
         A server may lie about sizes: the transport refuses a body above MAX_MESSAGE_BYTES
         when it is announced, and a batch that outgrows its bytes, dropping the connection
         (`BatchAbandoned`). What came whole is stored; after reconnecting, the rest is
@@ -200,12 +205,18 @@ class FolderRun:
         if self.headers_only():
             self._store(self._headers(batch), over_quota=True)
             return
+        parse = BatchParse(parsed_fields, len(batch))
         try:
-            self._store(self.imap.fetch(batch, self.limits.batch_bytes))
+            fetched = self.imap.fetch(
+                batch, self.limits.batch_bytes, on_message=lambda m: parse.submit(m.uid, m.raw)
+            )
+            self._store(fetched, parse=parse)
             return
         except BatchAbandoned as exc:
-            self._store(exc.received)
+            self._store(exc.received, parse=parse)
             rest = exc.remaining
+        finally:
+            parse.cancel()
         self.imap.reconnect()
         if len(batch) == 1:
             self._store(self._headers(rest))
@@ -237,9 +248,14 @@ class FolderRun:
                 found.append(_bare(uid))
         return found
 
-    def _store(self, fetched: list[FetchedMessage], over_quota: bool = False) -> None:
+    def _store(
+        self,
+        fetched: list[FetchedMessage],
+        over_quota: bool = False,
+        parse: BatchParse | None = None,
+    ) -> None:
         f = self.f
-        self.store.store_batch(f, self.validity, fetched, over_quota=over_quota)
+        self.store.store_batch(f, self.validity, fetched, over_quota=over_quota, parse=parse)
         self.budget.fetched += len(fetched)
         self.observer.batch_committed(f.name, [m.uid for m in fetched])
 

@@ -3,7 +3,7 @@ built from what the server sent (headers, addresses, bodies, attachment metadata
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -51,41 +51,17 @@ def _addresses(values: list[Address]) -> list[dict[str, str | None]]:
     return [{"name": a.name, "email": a.email} for a in values]
 
 
-def message_row(
-    f: FolderState, validity: int, m: FetchedMessage, raw_id: int, over_quota: bool = False
-) -> dict[str, Any]:
-    """The `messages` row of one fetched copy (its raw bytes stored as `raw_id`).
-
-    A copy fetched headers-only (`m.too_large`, or `over_quota`) has its header as its raw
-    bytes: its text, HTML and attachments are unknown, so they stay empty.
-    """
-    parsed = parse_message(m.raw)
-    headers_only = m.too_large or over_quota
-    if headers_only:
-        # Only the header was read: no body, so nothing to say about one.
-        parsed = replace(parsed, text=None, html=None, attachments=[], parse_error=None)
-    flags = m.flags
+def parsed_fields(raw: bytes) -> dict[str, Any]:
+    """The columns of a `messages` row that come from parsing `raw` (what the parse pool
+    computes: plain values, cheap to send back between processes)."""
+    parsed = parse_message(raw)
     # What search's `to:` and words match (migration 0005 backfills the same format).
     recipients = ", ".join(
         f"{a.name} <{a.email}>" if a.name else a.email
         for a in [*parsed.to, *parsed.cc, *parsed.bcc]
     )
     return {
-        "tenant_id": f.tenant_id,
-        "account_id": f.account_id,
-        "folder_id": f.id,
-        "uidvalidity": validity,
-        "uid": m.uid,
-        "modseq": m.modseq,
-        "seen": flags.seen,
-        "flagged": flags.flagged,
-        "answered": flags.answered,
-        "draft": flags.draft,
-        "keywords": list(flags.keywords),
-        "internal_date": m.internal_date,
-        "size": m.size,
-        "raw_id": raw_id,
-        "date": parsed.date or m.internal_date,
+        "date": parsed.date,
         "subject": parsed.subject,
         "from_name": parsed.from_.name if parsed.from_ else None,
         "from_email": parsed.from_.email if parsed.from_ else None,
@@ -113,6 +89,54 @@ def message_row(
         ],
         "has_attachments": any(not a.inline for a in parsed.attachments),
         "parse_error": parsed.parse_error,
+    }
+
+
+# Only the header was read: no body, so nothing to say about one.
+_NO_BODY: dict[str, Any] = {
+    "text_body": None,
+    "html_body": None,
+    "attachments": [],
+    "has_attachments": False,
+    "parse_error": None,
+}
+
+
+def message_row(
+    f: FolderState,
+    validity: int,
+    m: FetchedMessage,
+    raw_id: int,
+    over_quota: bool = False,
+    fields: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `messages` row of one fetched copy (its raw bytes stored as `raw_id`; `fields`:
+    `parsed_fields(m.raw)` when it was computed already, e.g. by the parse pool).
+
+    A copy fetched headers-only (`m.too_large`, or `over_quota`) has its header as its raw
+    bytes: its text, HTML and attachments are unknown, so they stay empty.
+    """
+    parsed = dict(fields if fields is not None else parsed_fields(m.raw))
+    if m.too_large or over_quota:
+        parsed.update(_NO_BODY)
+    flags = m.flags
+    return {
+        "tenant_id": f.tenant_id,
+        "account_id": f.account_id,
+        "folder_id": f.id,
+        "uidvalidity": validity,
+        "uid": m.uid,
+        "modseq": m.modseq,
+        "seen": flags.seen,
+        "flagged": flags.flagged,
+        "answered": flags.answered,
+        "draft": flags.draft,
+        "keywords": list(flags.keywords),
+        "internal_date": m.internal_date,
+        "size": m.size,
+        "raw_id": raw_id,
+        **parsed,
+        "date": parsed["date"] or m.internal_date,
         "too_large": m.too_large and not over_quota,
         "over_quota": over_quota,
     }
