@@ -46,10 +46,6 @@ class SyncStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def folder_state(self, folder_id: int) -> FolderState:
-        with self.sessions() as s:
-            return FolderState.of(s.get_one(Folder, folder_id))
-
     def uids(
         self,
         folder_id: int,
@@ -72,29 +68,26 @@ class SyncStore:
         with self.sessions.begin() as s:
             s.execute(update(Folder).where(Folder.id == folder_id).values(**values))
 
-    def folder_unchanged(self, f: FolderState) -> None:
-        """Nothing changed on the server, so nothing was stored: its counts stand (a local flag
-        change recounts its folder itself). One short transaction."""
+    def folders_unchanged(self, account_id: int, folder_ids: list[int]) -> None:
+        """Folders whose STATUS showed no change: nothing was stored, so their counts stand (a
+        local flag change recounts its folder itself). One statement for all of them, and
+        the round's progress once. Nothing else of theirs moves."""
+        if not folder_ids:
+            return
         with self.sessions.begin() as s:
-            s.execute(
-                update(Folder)
-                .where(Folder.id == f.id)
-                .values(last_synced_at=now(), last_error=None)
-            )
-            self._one_folder_done(s, f.account_id)
-
-    def folder_counted(self, folder_id: int) -> None:
-        """The folder's counts, and one more folder done in the round's progress."""
-        with self.sessions.begin() as s:
-            folder = count_folder(s, folder_id)
-            self._one_folder_done(s, folder.account_id)
+            self._unchanged(s, account_id, folder_ids)
 
     @staticmethod
-    def _one_folder_done(s: Session, account_id: int) -> None:
+    def _unchanged(s: Session, account_id: int, folder_ids: list[int]) -> None:
+        s.execute(
+            update(Folder)
+            .where(Folder.id.in_(folder_ids), Folder.account_id == account_id)
+            .values(last_synced_at=now(), last_error=None)
+        )
         s.execute(
             update(Account)
             .where(Account.id == account_id)
-            .values(sync_folders_done=Account.sync_folders_done + 1)
+            .values(sync_folders_done=Account.sync_folders_done + len(folder_ids))
         )
 
     def add_progress(self, account_id: int, total: int) -> None:
@@ -231,15 +224,22 @@ class SyncStore:
             )
 
     def advance(
-        self, folder_id: int, validity: int, values: dict[str, Any], drop_others: bool
+        self, f: FolderState, validity: int, values: dict[str, Any], drop_others: bool
     ) -> None:
-        """Move the folder's state forward; with `drop_others`, delete the copies of another
+        """Move the folder's state forward with its counts, and one more folder done in the
+        round's progress, in one transaction; with `drop_others`, delete the copies of another
         UIDVALIDITY in the same transaction, so the folder never shows neither or both."""
         with self.sessions.begin() as s:
             if drop_others:
                 s.execute(
                     delete(Message).where(
-                        Message.folder_id == folder_id, Message.uidvalidity != validity
+                        Message.folder_id == f.id, Message.uidvalidity != validity
                     )
                 )
-            s.execute(update(Folder).where(Folder.id == folder_id).values(**values))
+            s.execute(update(Folder).where(Folder.id == f.id).values(**values))
+            count_folder(s, f.id)
+            s.execute(
+                update(Account)
+                .where(Account.id == f.account_id)
+                .values(sync_folders_done=Account.sync_folders_done + 1)
+            )
