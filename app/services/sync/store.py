@@ -7,18 +7,46 @@ server never holds a transaction open.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.mail.imap import FetchedMessage, FlagChange
-from app.models import Account, Folder, Message, MessageChange, MessageRaw
+from app.models import Account, Folder, Message, MessageRaw
 from app.services.sync.rows import FolderState, message_row
 from app.states import ChangeKind, ChangeState
+
+# The server's flags on the copies of one folder. A flag change the user asked for and a worker
+# has not written back yet wins over the server's older state: never undone by a sync. A copy
+# that has these flags already (one just fetched) is not written again.
+APPLY_FLAGS = text(
+    """
+    UPDATE messages AS m
+    SET seen = c.seen, flagged = c.flagged, answered = c.answered, draft = c.draft,
+        keywords = c.keywords, modseq = c.modseq
+    FROM (
+        SELECT t.uid, t.seen, t.flagged, t.answered, t.draft, t.modseq,
+               ARRAY(SELECT jsonb_array_elements_text(t.keywords::jsonb)) AS keywords
+        FROM unnest(
+            CAST(:uids AS bigint[]), CAST(:seen AS boolean[]), CAST(:flagged AS boolean[]),
+            CAST(:answered AS boolean[]), CAST(:draft AS boolean[]), CAST(:keywords AS text[]),
+            CAST(:modseqs AS bigint[])
+        ) AS t(uid, seen, flagged, answered, draft, keywords, modseq)
+    ) AS c
+    WHERE m.folder_id = :folder_id AND m.uidvalidity = :validity AND m.uid = c.uid
+      AND NOT EXISTS (
+          SELECT 1 FROM message_changes AS mc
+          WHERE mc.message_id = m.id AND mc.kind = :kind AND mc.state = :pending
+      )
+      AND (m.seen, m.flagged, m.answered, m.draft, m.keywords, m.modseq)
+          IS DISTINCT FROM (c.seen, c.flagged, c.answered, c.draft, c.keywords, c.modseq)
+    """
+)
 
 
 def now() -> datetime:
@@ -180,48 +208,27 @@ class SyncStore:
                 )
 
     def apply_flags(self, folder_id: int, validity: int, changes: Iterable[FlagChange]) -> None:
-        """The server's flags on our copies, except where a user's change is still pending."""
-        params = [
-            {
-                "b_uid": c.uid,
-                "b_seen": c.flags.seen,
-                "b_flagged": c.flags.flagged,
-                "b_answered": c.flags.answered,
-                "b_draft": c.flags.draft,
-                "b_keywords": list(c.flags.keywords),
-                "b_modseq": c.modseq,
-            }
-            for c in changes
-        ]
-        if not params:
+        """The server's flags on our copies, except where a user's change is still pending: one
+        statement for all of them (a row per change, unnested from arrays)."""
+        changes = list(changes)
+        if not changes:
             return
+        params = {
+            "folder_id": folder_id,
+            "validity": validity,
+            "uids": [c.uid for c in changes],
+            "seen": [c.flags.seen for c in changes],
+            "flagged": [c.flags.flagged for c in changes],
+            "answered": [c.flags.answered for c in changes],
+            "draft": [c.flags.draft for c in changes],
+            # Keywords as JSON text: an array of arrays cannot be unnested row by row.
+            "keywords": [json.dumps(list(c.flags.keywords)) for c in changes],
+            "modseqs": [c.modseq for c in changes],
+            "kind": ChangeKind.FLAGS.value,
+            "pending": ChangeState.PENDING.value,
+        }
         with self.sessions.begin() as s:
-            s.connection().execute(
-                update(cast(Table, Message.__table__))
-                .where(
-                    Message.folder_id == folder_id,
-                    Message.uidvalidity == validity,
-                    Message.uid == bindparam("b_uid"),
-                    # A flag change the user asked for and a worker has not written back yet
-                    # wins over the server's older state: never undone by a sync.
-                    ~select(MessageChange.id)
-                    .where(
-                        MessageChange.message_id == Message.id,
-                        MessageChange.kind == ChangeKind.FLAGS,
-                        MessageChange.state == ChangeState.PENDING,
-                    )
-                    .exists(),
-                )
-                .values(
-                    seen=bindparam("b_seen"),
-                    flagged=bindparam("b_flagged"),
-                    answered=bindparam("b_answered"),
-                    draft=bindparam("b_draft"),
-                    keywords=bindparam("b_keywords"),
-                    modseq=bindparam("b_modseq"),
-                ),
-                params,
-            )
+            s.execute(APPLY_FLAGS, params)
 
     def advance(
         self, f: FolderState, validity: int, values: dict[str, Any], drop_others: bool
