@@ -176,7 +176,7 @@ class Syncer:
             values["state"] = AccountState.AUTH_FAILED
         with self.ctx.sessions.begin() as s:
             if unchanged:
-                SyncStore._unchanged(s, account_id, unchanged)
+                SyncStore.note_unchanged(s, account_id, unchanged)
             s.execute(update(Account).where(Account.id == account_id).values(**values))
 
     def _over_quota(self, tenant_id: int) -> bool:
@@ -217,7 +217,7 @@ class Syncer:
         raw bytes no copy refers to any more, in one transaction."""
         with self.ctx.sessions.begin() as s:
             if unchanged:
-                SyncStore._unchanged(s, account_id, unchanged)
+                SyncStore.note_unchanged(s, account_id, unchanged)
             s.execute(
                 update(Account)
                 .where(Account.id == account_id)

@@ -103,10 +103,11 @@ class SyncStore:
         if not folder_ids:
             return
         with self.sessions.begin() as s:
-            self._unchanged(s, account_id, folder_ids)
+            self.note_unchanged(s, account_id, folder_ids)
 
     @staticmethod
-    def _unchanged(s: Session, account_id: int, folder_ids: list[int]) -> None:
+    def note_unchanged(s: Session, account_id: int, folder_ids: list[int]) -> None:
+        """In session `s`: the folders marked synced now, and the round's progress."""
         s.execute(
             update(Folder)
             .where(Folder.id.in_(folder_ids), Folder.account_id == account_id)
