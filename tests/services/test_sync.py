@@ -279,6 +279,34 @@ def test_a_renamed_folder_keeps_its_messages_without_refetching(
     assert wire.fetched_bodies() == []
 
 
+def test_a_run_stopped_by_its_budget_keeps_the_unchanged_folders_it_checked(
+    mailbox, account_id, make_syncer, db_sessionmaker
+):
+    mailbox.fill("INBOX", 2)
+    mailbox.fill("Projects", 1)
+    make_syncer().sync_account(account_id)
+    mailbox.fill("Projects", 4, prefix="later")
+    started = datetime.now(timezone.utc)
+    quiet = {"flag_scan_interval": timedelta(hours=1), "batch_messages": 1}
+    # INBOX, Sent, Drafts and Archive come before Projects, unchanged; Projects stops the run.
+    outcome = make_syncer(max_messages=2, **quiet).sync_account(account_id)
+    assert not outcome.complete and outcome.messages_fetched == 2
+    with db_sessionmaker() as s:
+        synced = {
+            f.name
+            for f in s.scalars(select(Folder).where(Folder.account_id == account_id))
+            if f.last_synced_at is not None and f.last_synced_at >= started
+        }
+        done = s.get_one(Account, account_id).sync_folders_done
+    assert synced == {"INBOX", "Sent", "Drafts", "Archive"} and done == 4
+    # The continuation does not visit them again: it opens Projects alone and ends the round.
+    with wire_log() as wire:
+        assert make_syncer(**quiet).sync_account(account_id).complete
+    verbs = _verbs(wire.sent)
+    assert verbs.count("EXAMINE") == 1, verbs
+    assert set(stored(db_sessionmaker, account_id)["Projects"]) == mailbox.uids("Projects")
+
+
 class CutAfterFirstBatch(SyncObserver):
     """Cuts the connection once a batch is committed, in the middle of the next one."""
 
