@@ -12,6 +12,11 @@ hostile step, then misbehaves as `mode` says:
 - "endless_list": LIST never ends (a new folder line after another, until the client leaves);
 - "idle_flood": once in IDLE, sends untagged responses as fast as the client reads them,
   and never completes DONE;
+- "status_flood": with `list_status`, a LIST ... RETURN (STATUS ...) sends STATUS responses
+  without end after the folder lines;
+- any mode: `list_status` advertises LIST-STATUS (RFC 5819) and answers LIST ... RETURN
+  (STATUS ...) with a STATUS after each LIST line; `bad_status` replaces the STATUS answers of
+  some folders (in LIST-STATUS and in STATUS alike) with the given text;
 - any mode: `pile` more literals, each as large as the body, in every body's response;
 - any mode: a UID in `huge` is announced with a small RFC822.SIZE (its entry in `huge`) but
   its body is sent as a literal of `huge_literal_bytes` (1 GiB by default), generated as it
@@ -60,6 +65,8 @@ class ImapPeer:
     esearch: bool = False  # advertise ESEARCH (RFC 4731) and answer UID SEARCH RETURN with it
     esearch_answer: str | None = None  # the "ALL" set to claim instead of the real one
     pile: int = 0  # extra literals (each as large as the body) in every body's response
+    list_status: bool = False  # advertise LIST-STATUS and answer LIST ... RETURN (STATUS ...)
+    bad_status: dict[str, str] = field(default_factory=dict)  # folder: its STATUS line's text
 
     def __post_init__(self) -> None:
         self.sessions = 0
@@ -137,7 +144,11 @@ class Session:
                 return
 
     def capabilities(self) -> str:
-        return "IMAP4rev1 IDLE" + (" ESEARCH" if self.peer.esearch else "")
+        return (
+            "IMAP4rev1 IDLE"
+            + (" ESEARCH" if self.peer.esearch else "")
+            + (" LIST-EXTENDED LIST-STATUS" if self.peer.list_status else "")
+        )
 
     def drip(self, data: bytes) -> None:
         for i in range(len(data)):
@@ -163,18 +174,25 @@ class Session:
                 while True:
                     self.say(f'* LIST () "/" "endless-{n}"')
                     n += 1
+            with_status = peer.list_status and "STATUS (" in args.upper()
+            if with_status:
+                with peer._lock:
+                    peer.commands[-1] = "LIST-STATUS"
             for name in peer.folders:
                 self.say(f'* LIST () "/" "{name}"')
+                if with_status:
+                    self.say(self.status_line(name))
+            if with_status and peer.mode == "status_flood":
+                n = 0
+                while True:
+                    self.say(f'* STATUS "flood-{n}" (MESSAGES 1 UIDNEXT 2 UIDVALIDITY 3)')
+                    n += 1
         elif command == "STATUS":
             name = _folder(args)
-            mail = peer.folders.get(name)
-            if mail is None:
+            if name not in peer.folders:
                 self.say(f"{tag} NO no such folder")
                 return True
-            self.say(
-                f'* STATUS "{name}" (MESSAGES {len(mail)} UIDNEXT {max(mail, default=0) + 1} '
-                f"UIDVALIDITY {peer.uidvalidity})"
-            )
+            self.say(self.status_line(name))
         elif command in ("EXAMINE", "SELECT"):
             name = _folder(args)
             mail = peer.folders.get(name)
@@ -211,6 +229,16 @@ class Session:
             return True
         self.say(f"{tag} OK {command} done")
         return True
+
+    def status_line(self, name: str) -> str:
+        peer = self.peer
+        if name in peer.bad_status:
+            return peer.bad_status[name]
+        mail = peer.folders[name]
+        return (
+            f'* STATUS "{name}" (MESSAGES {len(mail)} UIDNEXT {max(mail, default=0) + 1} '
+            f"UIDVALIDITY {peer.uidvalidity})"
+        )
 
     def search(self, tag: str, args: str) -> None:
         """UID SEARCH [RETURN (ALL)] [<message numbers>] [UID <uids>] (what the sync sends)."""

@@ -25,13 +25,14 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import imapclient
 from imapclient.exceptions import IMAPClientError, LoginError
-from imapclient.response_parser import parse_fetch_response
+from imapclient.imap_utf7 import decode as decode_utf7
+from imapclient.response_parser import parse_fetch_response, parse_response
 
 from app.mail import (
     Category,
@@ -56,6 +57,11 @@ SEARCH_SPAN = 50_000
 # LIST may go on past MAX_FOLDERS_PER_ACCOUNT (the rest are skipped and counted) up to this
 # many times as many again (plus 10 000): beyond, it is a stream, not a folder list.
 LIST_EXCESS_FACTOR = 10
+# LIST-STATUS (RFC 5819): one STATUS response follows each LIST response. A server sending
+# more than this many STATUS responses beyond the folders it listed is refused.
+LIST_STATUS_SLACK = 100
+# The largest value a STATUS item may have (PostgreSQL's bigint; UIDs and counts are 32-bit).
+STATUS_VALUE_MAX = 2**63 - 1
 # Closing a session (LOGOUT) waits this long at most.
 LOGOUT_SECONDS = 5
 # In IDLE, a response that began must be whole within this (or the command timeout).
@@ -471,19 +477,47 @@ class FolderGone(MailError):
 
 
 @dataclass(frozen=True)
-class RemoteFolder:
-    name: str  # decoded, "/" as separator, INBOX upper-case
-    remote_name: str  # as the server names it (decoded from modified UTF-7)
-    delimiter: str | None
-    role: FolderRole | None
-
-
-@dataclass(frozen=True)
 class FolderStatus:
     uidvalidity: int
     uidnext: int | None
     messages: int
     highestmodseq: int | None
+
+    @classmethod
+    def of(cls, found: dict[Any, Any]) -> FolderStatus | None:
+        """From STATUS (or EXAMINE) items (`found`, bytes names); None when the server sent
+        no UIDVALIDITY or message count, or a value that is no number or out of range."""
+
+        def number(name: bytes) -> int | None:
+            value = found.get(name)
+            if isinstance(value, bytes) and value.isdigit() and len(value) <= 20:
+                value = int(value)
+            if isinstance(value, int) and 0 <= value <= STATUS_VALUE_MAX:
+                return value
+            if value is not None:
+                raise ValueError(name)
+            return None
+
+        try:
+            validity = number(b"UIDVALIDITY")
+            messages = number(b"MESSAGES")
+            uidnext = number(b"UIDNEXT")
+            modseq = number(b"HIGHESTMODSEQ")
+        except ValueError:
+            return None
+        if not validity or messages is None:
+            return None
+        return cls(uidvalidity=validity, uidnext=uidnext, messages=messages, highestmodseq=modseq)
+
+
+@dataclass(frozen=True)
+class RemoteFolder:
+    name: str  # decoded, "/" as separator, INBOX upper-case
+    remote_name: str  # as the server names it (decoded from modified UTF-7)
+    delimiter: str | None
+    role: FolderRole | None
+    # The folder's STATUS when LIST returned it (LIST-STATUS, RFC 5819), else None.
+    status: FolderStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -638,6 +672,8 @@ class ImapSession:
         self.move_supported = b"MOVE" in caps
         self.uidplus = b"UIDPLUS" in caps
         self.esearch = b"ESEARCH" in caps
+        self.list_status = b"LIST-STATUS" in caps
+        self.special_use = b"SPECIAL-USE" in caps
         if self.condstore:
             with _boundary("ENABLE CONDSTORE"):
                 client.enable("CONDSTORE")
@@ -685,6 +721,11 @@ class ImapSession:
         is bounded by the command's deadline and `max_stream_bytes`; the caller bounds what it
         keeps.
         """
+        for _, found in self._stream_kinds((kind,), *args):
+            yield found
+
+    def _stream_kinds(self, kinds: tuple[str, ...], *args: str) -> Iterator[tuple[str, list[Any]]]:
+        """`_stream` of several kinds of untagged responses: (kind, responses) as they come."""
         imap = self.transport
         with imap.bounds(max_bytes=self.limits.max_stream_bytes, max_lines=None):
             tag = imap._command(*args)
@@ -695,7 +736,7 @@ class ImapSession:
                     break
                 imap._check_bye()
                 imap._get_response()
-                found = imap.untagged_responses.pop(kind, None)
+                found = [(k, imap.untagged_responses.pop(k, None)) for k in kinds]
                 # Of the rest, only what imaplib itself looks at (a few deep): a server that
                 # invents a new response name per line must not grow the dict either.
                 for name in list(imap.untagged_responses):
@@ -703,23 +744,49 @@ class ImapSession:
                         del imap.untagged_responses[name][:-4]
                     else:
                         del imap.untagged_responses[name]
-                if found:
-                    yield found
+                for k, responses in found:
+                    if responses:
+                        yield k, responses
         typ, data = result
         if typ != "OK":
             raise IMAPClientError(f"{args[0]} {args[1] if len(args) > 1 else ''}: {data!r}")
 
-    def folders(self) -> list[RemoteFolder]:
+    def folders(self, status: bool = False) -> list[RemoteFolder]:
         """Selectable folders, with their role (RFC 6154) and decoded name: at most
         `max_folders` of them (INBOX always among them); how many more the server listed is
-        left in `folders_skipped`. The LIST response is read as it arrives."""
+        left in `folders_skipped`. The LIST response is read as it arrives.
+
+        With `status`, on a server with LIST-STATUS (RFC 5819), each folder carries its STATUS
+        from the same round trip (`RemoteFolder.status`; None for a folder whose STATUS was
+        missing or malformed: ask `status()` for it). Without LIST-STATUS, none does."""
         kept: list[RemoteFolder] = []
         inbox: RemoteFolder | None = None
         skipped = 0
         limit = self.limits.max_folders
+        command = ['""', '"*"']
+        if status and self.list_status:
+            items = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+            if self.condstore:
+                items.append("HIGHESTMODSEQ")
+            # An extended LIST returns special-use attributes only when asked (RFC 6154 5.1).
+            special = "SPECIAL-USE " if self.special_use else ""
+            command.append(f"RETURN ({special}STATUS ({' '.join(items)}))")
+        statuses: dict[str, FolderStatus | None] = {}
+        listed = answered = 0
         with _boundary("LIST"):
-            for items in self._stream("LIST", "LIST", '""', '"*"'):
-                for attributes, delimiter, remote in self.client._proc_folder_list(items):
+            for kind, responses in self._stream_kinds(("LIST", "STATUS"), "LIST", *command):
+                if kind == "STATUS":
+                    for remote, status_found in self._proc_status(responses):
+                        answered += 1
+                        if remote is not None and remote not in statuses:
+                            statuses[remote] = status_found
+                    if answered > listed + LIST_STATUS_SLACK:
+                        # More STATUS answers than folders: not a folder list any more.
+                        self.transport.drop()
+                        raise ResponseTooLong()
+                    continue
+                for attributes, delimiter, remote in self.client._proc_folder_list(responses):
+                    listed += 1
                     attrs = {a.lower() for a in attributes}
                     if b"\\noselect" in attrs or b"\\nonexistent" in attrs:
                         continue
@@ -737,7 +804,42 @@ class ImapSession:
                             self.transport.drop()
                             raise ResponseTooLong()
         self.folders_skipped = skipped
-        return ([inbox] if inbox else []) + kept
+        found = ([inbox] if inbox else []) + kept
+        if statuses:
+            found = [replace(f, status=statuses.get(f.remote_name)) for f in found]
+        return found
+
+    def _proc_status(self, responses: list[Any]) -> list[tuple[str | None, FolderStatus | None]]:
+        """(folder, its STATUS) of untagged STATUS responses: a malformed one gives no STATUS
+        (None), and one that does not even name its folder no folder (None)."""
+        parsed: list[Any] = []
+        try:
+            parsed = list(parse_response([r for r in responses if r not in (b"", None)]))
+        except (IMAPClientError, ValueError):  # unbalanced, or a number of 4300+ digits
+            return [(None, None)]
+        found: list[tuple[str | None, FolderStatus | None]] = []
+        for index in range(0, len(parsed) - 1, 2):
+            remote, items = parsed[index], parsed[index + 1]
+            if isinstance(remote, int):
+                remote = str(remote)
+            elif isinstance(remote, bytes):
+                try:
+                    remote = decode_utf7(remote) if self.client.folder_encode else remote.decode()
+                except UnicodeError:
+                    remote = None
+            if not isinstance(remote, str):
+                found.append((None, None))
+                continue
+            if not isinstance(items, tuple) or len(items) % 2:
+                found.append((remote, None))
+                continue
+            pairs = {
+                name.upper(): items[i + 1]
+                for i, name in enumerate(items)
+                if i % 2 == 0 and isinstance(name, bytes)
+            }
+            found.append((remote, FolderStatus.of(pairs)))
+        return found or [(None, None)]
 
     def status(self, folder: str) -> FolderStatus:
         """STATUS without selecting: the cheap check for "anything changed?"."""
@@ -749,16 +851,14 @@ class ImapSession:
                 found = self.client.folder_status(folder, what)
             except imaplib.IMAP4.abort:
                 raise  # the connection broke: not the folder's fault
-            except IMAPClientError as exc:  # a NO or BAD answer for this folder
+            except (IMAPClientError, ValueError) as exc:  # NO or BAD, or a 4300-digit number
                 raise FolderGone(
                     Category.COMMAND_FAILED, peer_text=f"STATUS {folder}: {_text(exc)}"
                 ) from None
-        return FolderStatus(
-            uidvalidity=int(found[b"UIDVALIDITY"]),
-            uidnext=int(found[b"UIDNEXT"]) if b"UIDNEXT" in found else None,
-            messages=int(found[b"MESSAGES"]),
-            highestmodseq=int(found[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in found else None,
-        )
+        status = FolderStatus.of({k.upper(): v for k, v in found.items()})
+        if status is None:
+            raise FolderGone(Category.COMMAND_FAILED, peer_text=f"STATUS {folder}: malformed")
+        return status
 
     def examine(self, folder: str) -> FolderStatus:
         """Select `folder` read-only (EXAMINE)."""

@@ -7,12 +7,13 @@ never on the sync's own counters.
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
 
 from app.mail import MailConnectionError
-from app.models import Folder, Message, MessageRaw
+from app.models import Account, Folder, Message, MessageRaw
 from app.services.sync import SyncObserver
 from tests.mailbox import add_account, message, stored, wire_log
 from tests.support import TcpProxy
@@ -128,13 +129,81 @@ def test_the_sync_never_sets_seen(mailbox, account_id, make_syncer):
     assert all(b"\\Seen" not in flags for flags in mailbox.flags("INBOX").values())
 
 
-def test_a_resync_with_no_change_fetches_no_body(mailbox, account_id, make_syncer):
+def _verbs(sent: list[str]) -> list[str]:
+    """The command names of logged commands (`UID FETCH`, `LIST`...)."""
+    verbs = []
+    for line in sent:
+        words = line[2:].lstrip("b'\"").split()
+        verb = words[1].upper() if len(words) > 1 else ""
+        verbs.append(f"UID {words[2].upper()}" if verb == "UID" and len(words) > 2 else verb)
+    return verbs
+
+
+def _folder_rows(sessionmaker, account_id: int) -> dict[str, tuple]:
+    with sessionmaker() as s:
+        return {
+            f.name: (f.uidvalidity, f.uidnext, f.highestmodseq, f.messages_count, f.unread_count)
+            for f in s.scalars(select(Folder).where(Folder.account_id == account_id))
+        }
+
+
+def test_a_resync_with_no_change_fetches_no_body(mailbox, account_id, make_syncer, db_sessionmaker):
     build_mailbox(mailbox)
     make_syncer().sync_account(account_id)
+    before = _folder_rows(db_sessionmaker, account_id)
+    started = datetime.now(timezone.utc)
+    # No flag rescan due (the server without CONDSTORE rescans every flag_scan_interval).
     with wire_log() as wire:
-        assert make_syncer().sync_account(account_id).complete
-    assert wire.sent  # the log is live: LOGIN, LIST, STATUS...
+        assert make_syncer(flag_scan_interval=timedelta(hours=1)).sync_account(account_id).complete
     assert wire.fetched_bodies() == []
+    # Dovecot offers LIST-STATUS (RFC 5819): every folder's STATUS comes with the list, in
+    # one round trip; no folder is asked STATUS on its own, none is opened.
+    verbs = _verbs(wire.sent)
+    assert verbs.count("LIST") == 1, verbs
+    (listed,) = [line for line in wire.sent if " LIST " in line]
+    condstore = before["INBOX"][2] is not None  # a HIGHESTMODSEQ stored
+    items = "MESSAGES UIDNEXT UIDVALIDITY" + (" HIGHESTMODSEQ" if condstore else "")
+    assert f"RETURN (SPECIAL-USE STATUS ({items}))" in listed
+    assert not {"STATUS", "EXAMINE", "SELECT", "UID SEARCH", "UID FETCH"} & set(verbs), verbs
+    # Nothing of the folders' state moved; each is marked synced, the round is complete.
+    assert _folder_rows(db_sessionmaker, account_id) == before
+    with db_sessionmaker() as s:
+        folders = s.scalars(select(Folder).where(Folder.account_id == account_id)).all()
+        account = s.get_one(Account, account_id)
+        assert all(f.last_synced_at >= started and f.last_error is None for f in folders)
+        assert account.sync_started_at is None and account.last_synced_at >= started
+        assert account.sync_folders_done == account.sync_folders_total == len(folders)
+
+
+def test_a_changed_folder_among_unchanged_ones_is_synced_alone(
+    mailbox, account_id, make_syncer, db_sessionmaker, monkeypatch
+):
+    build_mailbox(mailbox)
+    make_syncer().sync_account(account_id)
+    before = _folder_rows(db_sessionmaker, account_id)
+    mailbox.append("Données", message(subject="nouveau"))
+    with wire_log() as wire:
+        assert make_syncer(flag_scan_interval=timedelta(hours=1)).sync_account(account_id).complete
+    verbs = _verbs(wire.sent)
+    assert verbs.count("EXAMINE") == 1 and "STATUS" not in verbs, verbs
+    assert len(wire.fetched_bodies()) == 1
+    after = _folder_rows(db_sessionmaker, account_id)
+    assert {name for name in after if after[name] != before[name]} == {"Données"}
+    folders = stored(db_sessionmaker, account_id)
+    assert set(folders["Données"]) == mailbox.uids("Données")
+    assert after["Données"][3] == 2  # counted
+
+    # A listed STATUS too old to trust (a long run): each folder is asked STATUS itself.
+    from app.services.sync import account as account_module
+
+    monkeypatch.setattr(account_module, "LISTED_STATUS_SECONDS", -1.0)
+    mailbox.append("Archive/2024", message(subject="archived later"))
+    with wire_log() as wire:
+        assert make_syncer(flag_scan_interval=timedelta(hours=1)).sync_account(account_id).complete
+    verbs = _verbs(wire.sent)
+    assert verbs.count("STATUS") == len(after) and verbs.count("EXAMINE") == 1, verbs
+    folders = stored(db_sessionmaker, account_id)
+    assert set(folders["Archive/2024"]) == mailbox.uids("Archive/2024")
 
 
 def test_new_mail_flags_expunges_and_moves_from_another_client(
@@ -208,6 +277,34 @@ def test_a_renamed_folder_keeps_its_messages_without_refetching(
     assert "Old name" not in folders
     assert {m.subject: m.id for m in folders["New name"].values()} == before
     assert wire.fetched_bodies() == []
+
+
+def test_a_run_stopped_by_its_budget_keeps_the_unchanged_folders_it_checked(
+    mailbox, account_id, make_syncer, db_sessionmaker
+):
+    mailbox.fill("INBOX", 2)
+    mailbox.fill("Projects", 1)
+    make_syncer().sync_account(account_id)
+    mailbox.fill("Projects", 4, prefix="later")
+    started = datetime.now(timezone.utc)
+    quiet = {"flag_scan_interval": timedelta(hours=1), "batch_messages": 1}
+    # INBOX, Sent, Drafts and Archive come before Projects, unchanged; Projects stops the run.
+    outcome = make_syncer(max_messages=2, **quiet).sync_account(account_id)
+    assert not outcome.complete and outcome.messages_fetched == 2
+    with db_sessionmaker() as s:
+        synced = {
+            f.name
+            for f in s.scalars(select(Folder).where(Folder.account_id == account_id))
+            if f.last_synced_at is not None and f.last_synced_at >= started
+        }
+        done = s.get_one(Account, account_id).sync_folders_done
+    assert synced == {"INBOX", "Sent", "Drafts", "Archive"} and done == 4
+    # The continuation does not visit them again: it opens Projects alone and ends the round.
+    with wire_log() as wire:
+        assert make_syncer(**quiet).sync_account(account_id).complete
+    verbs = _verbs(wire.sent)
+    assert verbs.count("EXAMINE") == 1, verbs
+    assert set(stored(db_sessionmaker, account_id)["Projects"]) == mailbox.uids("Projects")
 
 
 class CutAfterFirstBatch(SyncObserver):

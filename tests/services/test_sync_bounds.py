@@ -14,12 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from app.config import Settings
 from app.context import ServiceContext
 from app.errors import Conflict
 from app.mail import MailConnectionError
-from app.models import Account
+from app.models import Account, Folder
 from app.schemas.messages import summary_model
 from app.services import messages
 from app.services.accounts import AccountFields, ServerFields, create_account
@@ -179,6 +180,112 @@ def test_folders_over_the_cap_are_skipped_and_noted(make_ctx, tenant_a, db_sessi
     with ctx.work(tenant_a.tenant_id) as unit:
         status = sync_status(unit, account_id)
     assert (status.state, status.last_error) == (SyncState.IDLE, note)
+
+
+def copies(db_sessionmaker, account_id: int) -> dict[str, dict[int, int]]:
+    """{folder: {uid: message id}}: which copies are stored (a copy stored again has a new id)."""
+    return {
+        name: {uid: m.id for uid, m in rows.items()}
+        for name, rows in stored(db_sessionmaker, account_id).items()
+    }
+
+
+def peer_folders() -> dict[str, dict[int, bytes]]:
+    return {
+        "INBOX": {1: peer_message("one"), 2: peer_message("two")},
+        "Archive": {1: peer_message("archived")},
+        "Projects": {1: peer_message("project")},
+    }
+
+
+def test_a_no_op_resync_without_list_status_asks_status_per_folder_and_opens_none(
+    make_ctx, tenant_a, db_sessionmaker
+):
+    with ImapPeer(folders=peer_folders()) as peer:
+        ctx = make_ctx(peer.pair)
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        assert syncer(ctx).sync_account(account_id).complete
+        first = copies(db_sessionmaker, account_id)
+        peer.commands.clear()
+        assert syncer(ctx).sync_account(account_id).complete
+        sent = list(peer.commands)
+    # No LIST-STATUS offered: the plain LIST, then one STATUS per folder, nothing opened.
+    assert sent.count("LIST") == 1 and "LIST-STATUS" not in sent
+    assert sent.count("STATUS") == 3
+    assert not {"EXAMINE", "SELECT", "UID SEARCH", "UID FETCH"} & set(sent)
+    assert copies(db_sessionmaker, account_id) == first
+    assert last_error(ctx, account_id) is None
+
+
+def test_a_no_op_resync_with_list_status_is_one_list_and_nothing_else(
+    make_ctx, tenant_a, db_sessionmaker
+):
+    with ImapPeer(folders=peer_folders(), list_status=True) as peer:
+        ctx = make_ctx(peer.pair)
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        assert syncer(ctx).sync_account(account_id).complete
+        peer.commands.clear()
+        assert syncer(ctx).sync_account(account_id).complete
+        sent = list(peer.commands)
+        # A change shows in the listed STATUS: that folder alone is opened.
+        peer.folders["Archive"][2] = peer_message("archived later")
+        peer.commands.clear()
+        assert syncer(ctx).sync_account(account_id).complete
+        changed = list(peer.commands)
+    assert "LIST-STATUS" in sent
+    assert not {"LIST", "STATUS", "EXAMINE", "SELECT", "UID FETCH"} & set(sent)
+    assert changed.count("EXAMINE") == 1 and "STATUS" not in changed
+    archive = stored(db_sessionmaker, account_id)["Archive"]
+    assert sorted(m.subject for m in archive.values()) == ["archived", "archived later"]
+
+
+BAD_STATUS = {
+    # Not a number, and a UIDVALIDITY of zero: no STATUS for the folder, asked STATUS again.
+    "Archive": '* STATUS "Archive" (MESSAGES many UIDNEXT 2 UIDVALIDITY 0)',
+    # A number of 5000 digits (Python refuses to convert it), and no list at all.
+    "Projects": '* STATUS "Projects" (MESSAGES ' + "9" * 5000 + " UIDNEXT 2 UIDVALIDITY 3)",
+    "INBOX": "* STATUS (",
+}
+
+
+def test_malformed_list_status_answers_are_not_trusted_and_a_bad_status_costs_its_folder(
+    make_ctx, tenant_a, db_sessionmaker
+):
+    with ImapPeer(folders=peer_folders(), list_status=True) as peer:
+        ctx = make_ctx(peer.pair)
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        assert syncer(ctx).sync_account(account_id).complete
+        first = copies(db_sessionmaker, account_id)
+        peer.bad_status = dict(BAD_STATUS)
+        peer.folders["INBOX"][3] = peer_message("three")
+        peer.commands.clear()
+        assert syncer(ctx).sync_account(account_id).complete
+        sent = list(peer.commands)
+    # Every folder whose listed STATUS was malformed was asked STATUS itself; those answers
+    # are malformed too: the folder is skipped with an error, the others go on.
+    assert sent.count("LIST-STATUS") == 1 and sent.count("STATUS") == 3
+    synced = copies(db_sessionmaker, account_id)
+    assert synced["Archive"] == first["Archive"] and synced["INBOX"] == first["INBOX"]
+    with ctx.sessions() as s:
+        errors = dict(
+            s.execute(
+                select(Folder.name, Folder.last_error).where(Folder.account_id == account_id)
+            ).all()
+        )
+    assert all(errors[name] and "STATUS" in errors[name] for name in BAD_STATUS), errors
+    assert last_error(ctx, account_id) is None
+
+
+def test_a_list_status_answer_without_end_fails_the_sync_with_a_clear_error(make_ctx, tenant_a):
+    with ImapPeer(folders=peer_folders(), list_status=True) as peer:
+        ctx = make_ctx(peer.pair, IMAP_COMMAND_TIMEOUT_SECONDS="60")
+        account_id = peer_account(ctx, tenant_a.tenant_id, peer)
+        peer.mode = "status_flood"
+        started = time.monotonic()
+        with pytest.raises(MailConnectionError, match="response too long"):
+            syncer(ctx).sync_account(account_id)
+        assert time.monotonic() - started < 30  # the answers' count, not the 60 s deadline
+    assert last_error(ctx, account_id) == "response too long"
 
 
 # Runs the real CLI (`emailservice sync ID`) and, as it exits, writes the peak resident set

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,7 +14,7 @@ from app.context import ServiceContext
 from app.db import advisory_lock
 from app.errors import NotFound
 from app.mail import MailAuthError, MailConnectionError
-from app.mail.imap import FolderGone, ImapSession, RemoteFolder
+from app.mail.imap import FolderGone, FolderStatus, ImapSession, RemoteFolder
 from app.models import Account, Folder, Message, MessageRaw
 from app.services import usage
 from app.services.sync.folder import Budget, FolderRun, SyncLimits, SyncObserver
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 LOCK_NAMESPACE = 0x5359  # "SY"
 # A round of folders left unfinished longer than this is started afresh.
 ROUND_EXPIRY = timedelta(hours=1)
+# A folder's STATUS from the folder list (LIST-STATUS) stands for "nothing changed" this long
+# after the list; a folder reached later in a long run is asked STATUS itself.
+LISTED_STATUS_SECONDS = 30.0
 # Folders are synced in this order: what users look at first, Junk and Trash last.
 ROLE_ORDER: dict[FolderRole | None, int] = {
     FolderRole.INBOX: 0,
@@ -105,17 +109,23 @@ class Syncer:
         except MailConnectionError as exc:
             self._record_failure(account_id, str(exc))
             raise
+        # Folders found unchanged, noted together: when the run ends, or stops at its budget.
+        unchanged: list[int] = []
         try:
-            for folder_id in self._reconcile_folders(imap, account_id, tenant_id):
-                f = self.store.folder_state(folder_id)
+            listed_at = time.monotonic()
+            folders = self._reconcile_folders(imap, account_id, tenant_id)
+            for f, listed in folders:
                 if f.last_synced_at is not None and f.last_synced_at >= round_started:
                     continue  # done earlier in this round
-                if budget.exhausted() or not self._sync_folder(imap, f, budget):
+                if time.monotonic() - listed_at > LISTED_STATUS_SECONDS:
+                    listed = None  # too old to stand for "nothing changed": ask again
+                if budget.exhausted() or not self._sync_folder(imap, f, budget, listed, unchanged):
+                    self.store.folders_unchanged(account_id, unchanged)
                     return SyncOutcome(complete=False, messages_fetched=budget.fetched)
-            self._finish_round(account_id, self._round_note(account_id))
+            self._finish_round(account_id, self._round_note(account_id), unchanged)
             return SyncOutcome(complete=True, messages_fetched=budget.fetched)
         except MailConnectionError as exc:
-            self._record_failure(account_id, str(exc))
+            self._record_failure(account_id, str(exc), unchanged)
             raise
         except Exception as exc:
             self._record_failure(account_id, f"internal error: {type(exc).__name__}")
@@ -123,8 +133,16 @@ class Syncer:
         finally:
             imap.close()
 
-    def _sync_folder(self, imap: ImapSession, f: FolderState, budget: Budget) -> bool:
-        """Sync one folder; False when the budget ran out before it was done."""
+    def _sync_folder(
+        self,
+        imap: ImapSession,
+        f: FolderState,
+        budget: Budget,
+        listed: FolderStatus | None,
+        unchanged: list[int],
+    ) -> bool:
+        """Sync one folder (`listed`: its STATUS from the folder list, if any); False when
+        the budget ran out before it was done. An unchanged folder is added to `unchanged`."""
         tenant_id = f.tenant_id
         run = FolderRun(
             imap,
@@ -136,17 +154,29 @@ class Syncer:
             headers_only=lambda: self.headers_only(tenant_id),
         )
         try:
-            return run.run()
+            done = run.run(listed)
+            if run.found_unchanged:
+                unchanged.append(f.id)
+            return done
         except FolderGone as exc:
             # One bad folder never stops the account: note it and go on.
             self.store.update_folder(f.id, last_error=str(exc), last_synced_at=now())
             return True
 
-    def _record_failure(self, account_id: int, error: str, auth_failed: bool = False) -> None:
+    def _record_failure(
+        self,
+        account_id: int,
+        error: str,
+        unchanged: list[int] | None = None,
+        auth_failed: bool = False,
+    ) -> None:
+        """The run's failure on the account (and the folders it found unchanged before it)."""
         values: dict[str, object] = {"last_error": error[:2000]}
         if auth_failed:
             values["state"] = AccountState.AUTH_FAILED
         with self.ctx.sessions.begin() as s:
+            if unchanged:
+                SyncStore.note_unchanged(s, account_id, unchanged)
             s.execute(update(Account).where(Account.id == account_id).values(**values))
 
     def _over_quota(self, tenant_id: int) -> bool:
@@ -180,8 +210,14 @@ class Syncer:
             )
         return "; ".join(notes) or None
 
-    def _finish_round(self, account_id: int, note: str | None = None) -> None:
+    def _finish_round(
+        self, account_id: int, note: str | None = None, unchanged: list[int] | None = None
+    ) -> None:
+        """The round is complete: the folders found unchanged, the account's state, and the
+        raw bytes no copy refers to any more, in one transaction."""
         with self.ctx.sessions.begin() as s:
+            if unchanged:
+                SyncStore.note_unchanged(s, account_id, unchanged)
             s.execute(
                 update(Account)
                 .where(Account.id == account_id)
@@ -193,9 +229,13 @@ class Syncer:
 
     # -- folders ----------------------------------------------------------------------------
 
-    def _reconcile_folders(self, imap: ImapSession, account_id: int, tenant_id: int) -> list[int]:
-        """Make the folder rows match the server's list; return their ids in sync order."""
-        remote = {f.remote_name: f for f in imap.folders()}
+    def _reconcile_folders(
+        self, imap: ImapSession, account_id: int, tenant_id: int
+    ) -> list[tuple[FolderState, FolderStatus | None]]:
+        """Make the folder rows match the server's list; return each folder's stored state
+        (read in the same transaction) in sync order, with its STATUS when the list gave it
+        (LIST-STATUS)."""
+        remote = {f.remote_name: f for f in imap.folders(status=True)}
         self.folders_skipped = imap.folders_skipped
         with self.ctx.sessions.begin() as s:
             rows = {
@@ -203,31 +243,33 @@ class Syncer:
                 for f in s.scalars(select(Folder).where(Folder.account_id == account_id))
             }
             vanished = {name: row for name, row in rows.items() if name not in remote}
+            current: list[Folder] = []
             for name, found in remote.items():
                 row = rows.get(name) or _renamed(imap, vanished, found)
                 if row is None:
-                    s.add(
-                        Folder(
-                            account_id=account_id,
-                            tenant_id=tenant_id,
-                            name=found.name,
-                            remote_name=found.remote_name,
-                            delimiter=found.delimiter,
-                            role=found.role,
-                        )
+                    row = Folder(
+                        account_id=account_id,
+                        tenant_id=tenant_id,
+                        name=found.name,
+                        remote_name=found.remote_name,
+                        delimiter=found.delimiter,
+                        role=found.role,
                     )
+                    s.add(row)
                 else:
                     row.name, row.remote_name = found.name, found.remote_name
                     row.delimiter, row.role = found.delimiter, found.role
+                current.append(row)
             for row in vanished.values():
                 s.delete(row)  # its messages go with it (ON DELETE CASCADE)
             s.flush()
-            ordered = sorted(
-                s.scalars(select(Folder).where(Folder.account_id == account_id)),
-                key=lambda f: (ROLE_ORDER.get(f.role, 4), f.name),
+            ordered = sorted(current, key=lambda f: (ROLE_ORDER.get(f.role, 4), f.name))
+            s.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(sync_folders_total=len(ordered))
             )
-            s.get_one(Account, account_id).sync_folders_total = len(ordered)
-            return [f.id for f in ordered]
+            return [(FolderState.of(f), remote[f.remote_name].status) for f in ordered]
 
 
 def _renamed(imap: ImapSession, vanished: dict[str, Folder], found: RemoteFolder) -> Folder | None:
@@ -236,7 +278,7 @@ def _renamed(imap: ImapSession, vanished: dict[str, Folder], found: RemoteFolder
     if not candidates:
         return None
     try:
-        status = imap.status(found.remote_name)
+        status = found.status or imap.status(found.remote_name)
     except FolderGone:
         return None
     for row in candidates:

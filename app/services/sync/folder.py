@@ -1,6 +1,6 @@
 """One run over one folder: the per-folder state machine, one method per step.
 
-    status ── unchanged ──────────────────────────────────────────────> done (nothing selected)
+    status ── unchanged ──────────────────────────> done (nothing selected, nothing written yet)
       │ changed
     examine ── UIDVALIDITY reset too often ──────────────────────────> done (left as it was)
       │
@@ -10,7 +10,8 @@
 
 New mail before deletions, deletions before the stored modseq moves (RFC 7162 3.1); the
 folder's state (uidnext, highestmodseq) advances only in the transaction of its last step,
-after everything it stands for is stored.
+after everything it stands for is stored. An unchanged folder's state does not move at all:
+only its last_synced_at, written by the account's run with the others' in one statement.
 """
 
 from __future__ import annotations
@@ -103,11 +104,16 @@ class FolderRun:
         self.rebuild = False  # UIDVALIDITY changed: the stored copies are invalid
         # Every UID the server has, when a step had to ask for all of them.
         self.server_uids: set[int] | None = None
+        self.found_unchanged = False  # set by run(): nothing to do, nothing written
 
-    def run(self) -> bool:
-        """Sync the folder; False when the budget ran out before it was done."""
-        if self.unchanged(self.imap.status(self.f.remote_name)):
-            self.store.folder_unchanged(self.f)
+    def run(self, listed: FolderStatus | None = None) -> bool:
+        """Sync the folder; False when the budget ran out before it was done.
+
+        `listed`: the folder's STATUS from the folder list (LIST-STATUS), else STATUS is asked
+        here. A folder found unchanged is not written to: `found_unchanged` says so, and the
+        caller notes it with the others in one statement (`SyncStore.folders_unchanged`)."""
+        if self.unchanged(listed or self.imap.status(self.f.remote_name)):
+            self.found_unchanged = True
             self.observer.folder_done(self.f.name)
             return True
         if not self.examine():
@@ -304,8 +310,7 @@ class FolderRun:
         if scanned_at is not None:
             values["last_flag_scan_at"] = scanned_at
         # After a reset the new copies are all in: the invalid ones go with the state change.
-        self.store.advance(f.id, self.validity, values, drop_others=self.rebuild)
-        self.store.folder_counted(f.id)
+        self.store.advance(f, self.validity, values, drop_others=self.rebuild)
 
 
 def _bare(uid: int) -> FetchedMessage:

@@ -7,16 +7,17 @@ server never holds a transaction open.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.mail.imap import FetchedMessage, FlagChange
-from app.models import Account, Folder, Message, MessageChange, MessageRaw
+from app.models import Account, Folder, Message, MessageRaw
 from app.services.sync.parsing import BatchParse
 from app.services.sync.rows import FolderState, message_row
 from app.states import ChangeKind, ChangeState
@@ -35,6 +36,34 @@ def _insert_messages(s: Session, rows: list[dict[str, Any]]) -> None:
             ),
             rows,
         )
+
+
+# The server's flags on the copies of one folder. A flag change the user asked for and a worker
+# has not written back yet wins over the server's older state: never undone by a sync. A copy
+# that has these flags already (one just fetched) is not written again.
+APPLY_FLAGS = text(
+    """
+    UPDATE messages AS m
+    SET seen = c.seen, flagged = c.flagged, answered = c.answered, draft = c.draft,
+        keywords = c.keywords, modseq = c.modseq
+    FROM (
+        SELECT t.uid, t.seen, t.flagged, t.answered, t.draft, t.modseq,
+               ARRAY(SELECT jsonb_array_elements_text(t.keywords::jsonb)) AS keywords
+        FROM unnest(
+            CAST(:uids AS bigint[]), CAST(:seen AS boolean[]), CAST(:flagged AS boolean[]),
+            CAST(:answered AS boolean[]), CAST(:draft AS boolean[]), CAST(:keywords AS text[]),
+            CAST(:modseqs AS bigint[])
+        ) AS t(uid, seen, flagged, answered, draft, keywords, modseq)
+    ) AS c
+    WHERE m.folder_id = :folder_id AND m.uidvalidity = :validity AND m.uid = c.uid
+      AND NOT EXISTS (
+          SELECT 1 FROM message_changes AS mc
+          WHERE mc.message_id = m.id AND mc.kind = :kind AND mc.state = :pending
+      )
+      AND (m.seen, m.flagged, m.answered, m.draft, m.keywords, m.modseq)
+          IS DISTINCT FROM (c.seen, c.flagged, c.answered, c.draft, c.keywords, c.modseq)
+    """
+)
 
 
 def now() -> datetime:
@@ -62,10 +91,6 @@ class SyncStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def folder_state(self, folder_id: int) -> FolderState:
-        with self.sessions() as s:
-            return FolderState.of(s.get_one(Folder, folder_id))
-
     def uids(
         self,
         folder_id: int,
@@ -88,29 +113,27 @@ class SyncStore:
         with self.sessions.begin() as s:
             s.execute(update(Folder).where(Folder.id == folder_id).values(**values))
 
-    def folder_unchanged(self, f: FolderState) -> None:
-        """Nothing changed on the server, so nothing was stored: its counts stand (a local flag
-        change recounts its folder itself). One short transaction."""
+    def folders_unchanged(self, account_id: int, folder_ids: list[int]) -> None:
+        """Folders whose STATUS showed no change: nothing was stored, so their counts stand (a
+        local flag change recounts its folder itself). One statement for all of them, and
+        the round's progress once. Nothing else of theirs moves."""
+        if not folder_ids:
+            return
         with self.sessions.begin() as s:
-            s.execute(
-                update(Folder)
-                .where(Folder.id == f.id)
-                .values(last_synced_at=now(), last_error=None)
-            )
-            self._one_folder_done(s, f.account_id)
-
-    def folder_counted(self, folder_id: int) -> None:
-        """The folder's counts, and one more folder done in the round's progress."""
-        with self.sessions.begin() as s:
-            folder = count_folder(s, folder_id)
-            self._one_folder_done(s, folder.account_id)
+            self.note_unchanged(s, account_id, folder_ids)
 
     @staticmethod
-    def _one_folder_done(s: Session, account_id: int) -> None:
+    def note_unchanged(s: Session, account_id: int, folder_ids: list[int]) -> None:
+        """In session `s`: the folders marked synced now, and the round's progress."""
+        s.execute(
+            update(Folder)
+            .where(Folder.id.in_(folder_ids), Folder.account_id == account_id)
+            .values(last_synced_at=now(), last_error=None)
+        )
         s.execute(
             update(Account)
             .where(Account.id == account_id)
-            .values(sync_folders_done=Account.sync_folders_done + 1)
+            .values(sync_folders_done=Account.sync_folders_done + len(folder_ids))
         )
 
     def add_progress(self, account_id: int, total: int) -> None:
@@ -208,59 +231,45 @@ class SyncStore:
                 )
 
     def apply_flags(self, folder_id: int, validity: int, changes: Iterable[FlagChange]) -> None:
-        """The server's flags on our copies, except where a user's change is still pending."""
-        params = [
-            {
-                "b_uid": c.uid,
-                "b_seen": c.flags.seen,
-                "b_flagged": c.flags.flagged,
-                "b_answered": c.flags.answered,
-                "b_draft": c.flags.draft,
-                "b_keywords": list(c.flags.keywords),
-                "b_modseq": c.modseq,
-            }
-            for c in changes
-        ]
-        if not params:
+        """The server's flags on our copies, except where a user's change is still pending: one
+        statement for all of them (a row per change, unnested from arrays)."""
+        changes = list(changes)
+        if not changes:
             return
+        params = {
+            "folder_id": folder_id,
+            "validity": validity,
+            "uids": [c.uid for c in changes],
+            "seen": [c.flags.seen for c in changes],
+            "flagged": [c.flags.flagged for c in changes],
+            "answered": [c.flags.answered for c in changes],
+            "draft": [c.flags.draft for c in changes],
+            # Keywords as JSON text: an array of arrays cannot be unnested row by row.
+            "keywords": [json.dumps(list(c.flags.keywords)) for c in changes],
+            "modseqs": [c.modseq for c in changes],
+            "kind": ChangeKind.FLAGS.value,
+            "pending": ChangeState.PENDING.value,
+        }
         with self.sessions.begin() as s:
-            s.connection().execute(
-                update(cast(Table, Message.__table__))
-                .where(
-                    Message.folder_id == folder_id,
-                    Message.uidvalidity == validity,
-                    Message.uid == bindparam("b_uid"),
-                    # A flag change the user asked for and a worker has not written back yet
-                    # wins over the server's older state: never undone by a sync.
-                    ~select(MessageChange.id)
-                    .where(
-                        MessageChange.message_id == Message.id,
-                        MessageChange.kind == ChangeKind.FLAGS,
-                        MessageChange.state == ChangeState.PENDING,
-                    )
-                    .exists(),
-                )
-                .values(
-                    seen=bindparam("b_seen"),
-                    flagged=bindparam("b_flagged"),
-                    answered=bindparam("b_answered"),
-                    draft=bindparam("b_draft"),
-                    keywords=bindparam("b_keywords"),
-                    modseq=bindparam("b_modseq"),
-                ),
-                params,
-            )
+            s.execute(APPLY_FLAGS, params)
 
     def advance(
-        self, folder_id: int, validity: int, values: dict[str, Any], drop_others: bool
+        self, f: FolderState, validity: int, values: dict[str, Any], drop_others: bool
     ) -> None:
-        """Move the folder's state forward; with `drop_others`, delete the copies of another
+        """Move the folder's state forward with its counts, and one more folder done in the
+        round's progress, in one transaction; with `drop_others`, delete the copies of another
         UIDVALIDITY in the same transaction, so the folder never shows neither or both."""
         with self.sessions.begin() as s:
             if drop_others:
                 s.execute(
                     delete(Message).where(
-                        Message.folder_id == folder_id, Message.uidvalidity != validity
+                        Message.folder_id == f.id, Message.uidvalidity != validity
                     )
                 )
-            s.execute(update(Folder).where(Folder.id == folder_id).values(**values))
+            s.execute(update(Folder).where(Folder.id == f.id).values(**values))
+            count_folder(s, f.id)
+            s.execute(
+                update(Account)
+                .where(Account.id == f.account_id)
+                .values(sync_folders_done=Account.sync_folders_done + 1)
+            )
