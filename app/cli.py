@@ -45,7 +45,7 @@ def serve(host: str | None, port: int | None, reload: bool) -> None:
     from app import create_app
     from app.serve import serve as serve_gracefully
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, background=True)
     serve_gracefully(
         create_app(settings),
         host=host or settings.api_host,

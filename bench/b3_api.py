@@ -46,7 +46,8 @@ def run(lab: Lab, quick: bool) -> Result:
     rows: list[Row] = []
     notes = [
         "Each server: 1 process x 8 threads (WAITRESS_THREADS=8; gunicorn --workers 1 "
-        "--worker-class gthread --threads 8), JSON request logs on, rate limits on (huge).",
+        "--worker-class gthread --threads 8), JSON request logs on (written by a thread of "
+        "their own in both), rate limits on (huge).",
         "wrk -t2 -c32; the open-loop rate is half of the Waitress app's saturation for that "
         "endpoint, the same rate for gunicorn.",
     ]

@@ -7,9 +7,15 @@ import re
 from sqlalchemy import select
 
 from app.context import Unit
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from app.models import Tenant, User
-from app.services.auth import Principal, hash_password, issue_token
+from app.services.auth import (
+    CACHE_SECONDS,
+    Principal,
+    hash_password,
+    issue_token,
+    revoke_tokens,
+)
 
 SLUG_RE = re.compile(r"^[a-z0-9-]{1,63}$")
 USERNAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f]{1,150}$")
@@ -63,8 +69,23 @@ def get_user(unit: Unit, tenant_slug: str, username: str) -> User:
 
 
 def delete_user(unit: Unit, tenant_slug: str, username: str) -> None:
-    unit.session.delete(get_user(unit, tenant_slug, username))
+    """Delete a user; their tokens are refused from the next request on, on every API process.
+
+    The tenant's revocation generation is replaced before the commit (when Redis does not
+    answer, nothing is deleted) and again after it: the first invalidates what every process
+    remembers, the second what a request may have looked up between the two.
+    """
+    user = get_user(unit, tenant_slug, username)
+    revoke_tokens(unit.ctx, tenant_slug)
+    unit.session.delete(user)
     unit.commit()
+    try:
+        revoke_tokens(unit.ctx, tenant_slug)
+    except Unavailable:
+        raise Unavailable(
+            f"User {username!r} deleted, but Redis stopped answering: an API process may "
+            f"still accept their token for up to {CACHE_SECONDS} s."
+        ) from None
 
 
 def user_token(unit: Unit, tenant_slug: str, username: str) -> str:

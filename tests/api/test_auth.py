@@ -8,9 +8,13 @@ import time
 
 import jwt
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
 from app import create_app
+from app.services.auth import generation_key, revoke_tokens
 from app.services.tenants import create_user, delete_user
+from tests.support import TcpProxy, api_process, http_get, run_cli
 
 
 def login(client, **body):
@@ -137,6 +141,91 @@ def test_deleted_user_token_stops_working_even_when_recreated(client, unit, tena
     assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 401
 
 
+def user_lookups(app) -> list[str]:
+    """Every statement of `app`'s engine that reads the users table, from now on."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        if "FROM users" in statement:
+            seen.append(statement)
+
+    event.listen(app.extensions["context"].engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_a_token_is_looked_up_once_until_its_tenant_revokes(env, migrated, ctx, tenant_a, tenant_b):
+    app = create_app(env)
+    client = app.test_client()
+    lookups = user_lookups(app)
+    for _ in range(3):
+        assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+    assert len(lookups) == 1
+    # Another tenant's revocation does not touch this one's.
+    revoke_tokens(ctx, tenant_b.slug)
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+    assert len(lookups) == 1
+    revoke_tokens(ctx, tenant_a.slug)
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+    assert len(lookups) == 2
+
+
+def test_a_lost_generation_is_a_revocation(env, migrated, redis_client, tenant_a):
+    """Redis restarted without its data: nothing remembered under the old generation counts."""
+    app = create_app(env)
+    client = app.test_client()
+    lookups = user_lookups(app)
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+    redis_client.delete(generation_key(tenant_a.slug))
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+    assert len(lookups) == 2
+
+
+def test_a_deleted_user_is_refused_at_once_by_every_api_process(env, migrated, tenant_a, tmp_path):
+    with (
+        api_process(env, tmp_path) as (first, _),
+        api_process(env, tmp_path) as (second, _),
+    ):
+        for port in (first, second, first, second):  # both remember the token now
+            assert http_get(port, "/api/accounts", tenant_a.headers)[0] == 200
+        deleted = run_cli(["user", "delete", "--tenant", tenant_a.slug, "alice"], env, tmp_path)
+        assert deleted.returncode == 0, deleted.stderr
+        assert http_get(second, "/api/accounts", tenant_a.headers)[0] == 401
+        assert http_get(first, "/api/accounts", tenant_a.headers)[0] == 401
+
+
+def test_with_redis_down_a_deleted_user_is_401_not_a_remembered_200(
+    env, migrated, unit, tenant_a, tenant_b
+):
+    redis = make_url(env["REDIS_URL"])
+    proxy = TcpProxy((redis.host, redis.port))
+    proxy.start()
+    try:
+        client = create_app(
+            dict(env, REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{redis.database}")
+        ).test_client()
+        for user in (tenant_a, tenant_b):
+            assert client.get("/api/accounts", headers=user.headers).status_code == 200
+        proxy.stop()
+        delete_user(unit, tenant_a.slug, "alice")  # the service's own Redis still answers
+        assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 401
+        # A user who still exists meets the rate limit's outage, as before.
+        assert client.get("/api/accounts", headers=tenant_b.headers).status_code == 503
+    finally:
+        proxy.stop()
+
+
+def test_deleting_a_user_while_redis_is_down_deletes_nothing(env, migrated, tenant_a, tmp_path):
+    redis = make_url(env["REDIS_URL"])
+    proxy = TcpProxy((redis.host, redis.port))  # never started: nothing answers
+    down = dict(env, REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{redis.database}")
+    deleted = run_cli(["user", "delete", "--tenant", tenant_a.slug, "alice"], down, tmp_path)
+    assert deleted.returncode != 0
+    assert "Redis is unavailable" in deleted.stderr
+    client = create_app(env).test_client()
+    assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
+
+
 def test_tenant_header_must_match_the_token(client, tenant_a, tenant_b):
     same = client.get("/api/accounts", headers={**tenant_a.headers, "X-Tenant-ID": tenant_a.slug})
     assert same.status_code == 200
@@ -146,6 +235,14 @@ def test_tenant_header_must_match_the_token(client, tenant_a, tenant_b):
     # The header alone grants nothing.
     alone = client.get("/api/accounts", headers={"X-Tenant-ID": tenant_b.slug})
     assert alone.status_code == 401
+
+
+def test_a_deleted_users_token_is_401_whatever_tenant_header_it_sends(
+    client, unit, tenant_a, tenant_b
+):
+    delete_user(unit, tenant_a.slug, "alice")
+    other = client.get("/api/accounts", headers={**tenant_a.headers, "X-Tenant-ID": tenant_b.slug})
+    assert other.status_code == 401
 
 
 def test_authentication_comes_before_existence(client):
