@@ -225,9 +225,16 @@ class Deliverer:
         if not locked:
             return Outcome("busy")
         with self.sessions.begin() as s:
-            entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-            if entry is None:
+            # The entry, locked, with its account: one round trip.
+            found = s.execute(
+                select(OutboxEntry, Account)
+                .join(Account, Account.id == OutboxEntry.account_id)
+                .where(OutboxEntry.id == outbox_id)
+                .with_for_update(of=OutboxEntry)
+            ).first()
+            if found is None:
                 return Outcome("gone")
+            entry, account = found
             if entry.state == OutboxState.SENDING:
                 self._settle_dead(entry)  # its worker died: we hold the lock
             if entry.state != OutboxState.QUEUED:
@@ -235,7 +242,6 @@ class Deliverer:
             entry.state, entry.dot_sent_at = OutboxState.SENDING, None
             entry.attempts += 1
             entry.updated_at = _now()
-            account = s.get_one(Account, entry.account_id)
             sender, recipients = entry.envelope_from, list(entry.recipients)
             mime, attempts = entry.mime, entry.attempts
         # `sending` is committed: from here a crash is settled by _settle_dead.
@@ -284,11 +290,28 @@ class Deliverer:
         worker, which must then be the only one to send it."""
 
         def mark() -> None:
+            # One conditional UPDATE (it locks the row as a SELECT .. FOR UPDATE would): the
+            # SMTP server waits meanwhile, so no read before it.
             with self.sessions.begin() as s:
-                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-                if entry.state != OutboxState.SENDING or entry.attempts != attempts:
-                    raise LostEntry(f"the entry is {entry.state} at attempt {entry.attempts}")
-                entry.dot_sent_at = _now()
+                marked = s.scalar(
+                    update(OutboxEntry)
+                    .where(
+                        OutboxEntry.id == outbox_id,
+                        OutboxEntry.state == OutboxState.SENDING,
+                        OutboxEntry.attempts == attempts,
+                    )
+                    .values(dot_sent_at=_now())
+                    .returning(OutboxEntry.id)
+                )
+                if marked is None:
+                    found = s.execute(
+                        select(OutboxEntry.state, OutboxEntry.attempts).where(
+                            OutboxEntry.id == outbox_id
+                        )
+                    ).first()
+                    if found is None:
+                        raise LostEntry("the entry is gone")
+                    raise LostEntry(f"the entry is {found[0]} at attempt {found[1]}")
 
         if not retrying(
             "marking the final dot", mark, time.monotonic() + MARK_DOT_SECONDS, outbox_id
