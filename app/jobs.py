@@ -130,11 +130,30 @@ def backoff(attempt: int, base: float = 30, cap: float = 3600) -> float:
     return float(min(base * 2**attempt, cap)) * random.uniform(0.5, 1.5)
 
 
+# KEYS: the queue's list, its scheduled jobs, the job's hash; ARGV[1]: the job's id. Takes
+# the job out of whichever holds it and deletes it, in one step: how many held it (0: a
+# worker has dequeued it already, or it is gone).
+_CLAIM = """
+local n = redis.call('LREM', KEYS[1], 0, ARGV[1]) + redis.call('ZREM', KEYS[2], ARGV[1])
+if n > 0 then redis.call('DEL', KEYS[3]) end
+return n
+"""
+
+
 class Jobs:
     """Enqueues catalogue jobs on one Redis connection, and reads their state."""
 
     def __init__(self, connection: Redis) -> None:
         self.connection = connection
+        self._claim = connection.register_script(_CLAIM)
+
+    def claim(self, spec: JobSpec, job_id: str) -> bool:
+        """Take a waiting job (queued, or scheduled for later) away from the workers, for
+        the caller to do its work itself: True when it was waiting and no worker will run
+        it now; False when a worker took it already or there is no such job."""
+        queue = self.queue(spec.queue)
+        keys = [queue.key, queue.scheduled_job_registry.key, Job.key_for(job_id)]
+        return bool(self._claim(keys=keys, args=[job_id]))
 
     def queue(self, name: QueueName) -> Queue:
         return Queue(name.value, connection=self.connection)

@@ -299,8 +299,14 @@ def mail_account_body(stack):
 
 
 @pytest.fixture
-def fresh_database(stack):
-    """The URL of an empty database on the stack's server, dropped afterwards."""
+def fresh_database(stack, stack_control):
+    """The URL of an empty database on the stack's server, dropped afterwards.
+
+    A database of its own is a deployment of its own, whose ids start again at 1: the
+    stack's Redis is emptied before and after, as a deployment's Redis is its own. Otherwise
+    what Redis keeps about another database's ids (RQ's job records, such as the tenant id
+    a worker caches in the meta of job `outbox-send-1-0`, or a kept acceptance of outbox
+    entry 1) would apply to this one's, and tests would depend on their order."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -309,9 +315,11 @@ def fresh_database(stack):
     dsn = admin.render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+    stack_control.flush_redis()  # keeps the stack's claim on the Redis database
     yield admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
         hide_password=False
     )
+    stack_control.flush_redis()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

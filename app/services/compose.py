@@ -313,14 +313,8 @@ def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[Outb
         )
     built = build(outgoing)
     now = _now()
-    # The draft's change is written first: the tenant's usage row, locked from the quota
-    # check to the commit (so one tenant's sends pass it one at a time), is then held over
-    # the INSERT alone. A refused quota rolls both back.
     draft.state = DraftState.SENT
     draft.updated_at = now
-    session.flush()
-    # The outbox keeps the built message until the entry is deleted: it counts.
-    usage.claim_storage(unit, len(built.mime), "Sending this draft")
     # Every column set here, so that the answer needs no read after the INSERT.
     entry = OutboxEntry(
         account_id=account.id,
@@ -346,6 +340,11 @@ def _queue(unit: Unit, draft_id: int, idempotency_key: str | None) -> tuple[Outb
     )
     session.add(entry)
     session.flush()
+    # The outbox keeps the built message until the entry is deleted: it counts. The INSERT's
+    # trigger added it to the tenant's usage row and holds that row until the commit, so
+    # the check comes after it: the row is held over this one read and the commit, and one
+    # tenant's concurrent sends wait for each other that long only. A refusal rolls back.
+    usage.check_stored(unit, len(built.mime), "Sending this draft")
     return entry, True
 
 

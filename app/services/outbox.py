@@ -80,6 +80,10 @@ ACCEPTED_TTL = 30 * 86400  # seconds; renewed on every write, far beyond any out
 RECORD_MARGIN = 60.0
 # Marking the "." is retried this long: the SMTP server waits for the "." meanwhile.
 MARK_DOT_SECONDS = 60.0
+# A send job that sent its message goes on with its account's further due entries on the
+# same session: this many at most, each started within this many seconds of the job's start.
+SEND_BATCH = 20
+SEND_BATCH_SECONDS = 5.0
 # This process's SMTP sessions, kept between the send jobs it runs (a send worker runs them
 # one after the other in its own process: workers/worker.py).
 SESSIONS = SessionPool()
@@ -221,9 +225,16 @@ class Deliverer:
         if not locked:
             return Outcome("busy")
         with self.sessions.begin() as s:
-            entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-            if entry is None:
+            # The entry, locked, with its account: one round trip.
+            found = s.execute(
+                select(OutboxEntry, Account)
+                .join(Account, Account.id == OutboxEntry.account_id)
+                .where(OutboxEntry.id == outbox_id)
+                .with_for_update(of=OutboxEntry)
+            ).first()
+            if found is None:
                 return Outcome("gone")
+            entry, account = found
             if entry.state == OutboxState.SENDING:
                 self._settle_dead(entry)  # its worker died: we hold the lock
             if entry.state != OutboxState.QUEUED:
@@ -231,7 +242,6 @@ class Deliverer:
             entry.state, entry.dot_sent_at = OutboxState.SENDING, None
             entry.attempts += 1
             entry.updated_at = _now()
-            account = s.get_one(Account, entry.account_id)
             sender, recipients = entry.envelope_from, list(entry.recipients)
             mime, attempts = entry.mime, entry.attempts
         # `sending` is committed: from here a crash is settled by _settle_dead.
@@ -280,11 +290,28 @@ class Deliverer:
         worker, which must then be the only one to send it."""
 
         def mark() -> None:
+            # One conditional UPDATE (it locks the row as a SELECT .. FOR UPDATE would): the
+            # SMTP server waits meanwhile, so no read before it.
             with self.sessions.begin() as s:
-                entry = s.get_one(OutboxEntry, outbox_id, with_for_update=True)
-                if entry.state != OutboxState.SENDING or entry.attempts != attempts:
-                    raise LostEntry(f"the entry is {entry.state} at attempt {entry.attempts}")
-                entry.dot_sent_at = _now()
+                marked = s.scalar(
+                    update(OutboxEntry)
+                    .where(
+                        OutboxEntry.id == outbox_id,
+                        OutboxEntry.state == OutboxState.SENDING,
+                        OutboxEntry.attempts == attempts,
+                    )
+                    .values(dot_sent_at=_now())
+                    .returning(OutboxEntry.id)
+                )
+                if marked is None:
+                    found = s.execute(
+                        select(OutboxEntry.state, OutboxEntry.attempts).where(
+                            OutboxEntry.id == outbox_id
+                        )
+                    ).first()
+                    if found is None:
+                        raise LostEntry("the entry is gone")
+                    raise LostEntry(f"the entry is {found[0]} at attempt {found[1]}")
 
         if not retrying(
             "marking the final dot", mark, time.monotonic() + MARK_DOT_SECONDS, outbox_id
@@ -689,16 +716,35 @@ def _sent_folder(session: ImapSession, known: str | None) -> str:
 def send(ctx: ServiceContext, outbox_id: int) -> str:
     """The send job: one delivery attempt; schedules its retry or its Sent copy.
 
-    Redis may be down when the attempt ends: the outcome is in the database, and the sweep
+    When it is sent, the job goes on with its account's further due entries on the same SMTP
+    session (SEND_BATCH of them at most, started within SEND_BATCH_SECONDS), each one's own
+    job taken away from the queue first (Jobs.claim: an entry whose job a worker has already
+    dequeued is left to it), and files their Sent copies with one copy job. The job holds
+    one of its tenant's slots meanwhile, as for one message: other tenants' jobs are not
+    held up longer than by any send, and the bound keeps one account from holding a worker.
+
+    Redis may be down when an attempt ends: the outcome is in the database, and the sweep
     enqueues what could not be enqueued here."""
     started = time.monotonic()
-    outcome = Deliverer(ctx, pool=SESSIONS).deliver(outbox_id)
+    outcome = _attempt(ctx, outbox_id, started)
+    copy = outbox_id if outcome.copy else None
+    if outcome.attempted and outcome.state == OutboxState.SENT:
+        copy = _send_further(ctx, outbox_id, started, copy)
+    if copy is not None:
+        enqueue_or_sweep(ctx, FILE_SENT_COPY, copy, delay=COPY_DELAY_SECONDS)
+    return outcome.state
+
+
+def _attempt(ctx: ServiceContext, outbox_id: int, started: float) -> Outcome:
+    """One delivery attempt within the job that started at `started`: its outcome recorded
+    (retried) before the job's timeout, its retry enqueued, its outcome counted."""
+    elapsed = time.monotonic() - started
+    record_seconds = SEND_MESSAGE.timeout - RECORD_MARGIN - elapsed
+    outcome = Deliverer(ctx, pool=SESSIONS, record_seconds=record_seconds).deliver(outbox_id)
     if outcome.retry_in is not None:
         attempts = _attempts(ctx, outbox_id)
         job_id = send_job_id(outbox_id, attempts) if attempts is not None else None
         enqueue_or_sweep(ctx, SEND_MESSAGE, outbox_id, delay=outcome.retry_in, job_id=job_id)
-    if outcome.copy:
-        enqueue_or_sweep(ctx, FILE_SENT_COPY, outbox_id, delay=COPY_DELAY_SECONDS)
     if outcome.attempted:
         # Counted once Redis answers, as the job's own result is recorded: the metrics miss
         # no send that ended during an outage (unless it outlasts the job's time).
@@ -709,7 +755,53 @@ def send(ctx: ServiceContext, outbox_id: int) -> str:
             started + SEND_MESSAGE.timeout - RECORD_MARGIN / 2,
             outbox_id,
         )
-    return outcome.state
+    return outcome
+
+
+def _send_further(
+    ctx: ServiceContext, outbox_id: int, started: float, copy: int | None
+) -> int | None:
+    """Send the account's further due entries after `outbox_id` (see `send`), until one is
+    not sent, none is left, or the bound is reached; the entry whose Sent-copy job is to
+    file the copies (`copy`, or the first entry sent here)."""
+    sent, after = 0, 0  # entries sent here; the last id looked at (keyset: none twice)
+    try:
+        with ctx.sessions() as s:
+            account_id = s.scalar(select(OutboxEntry.account_id).where(OutboxEntry.id == outbox_id))
+        while account_id is not None and sent < SEND_BATCH:
+            with ctx.sessions() as s:
+                due = s.execute(
+                    select(OutboxEntry.id, OutboxEntry.attempts)
+                    .where(
+                        OutboxEntry.account_id == account_id,
+                        OutboxEntry.state == OutboxState.QUEUED,
+                        OutboxEntry.next_attempt_at <= _now(),
+                        OutboxEntry.id > after,
+                    )
+                    .order_by(OutboxEntry.id)
+                    .limit(SEND_BATCH - sent)
+                ).all()
+            if not due:
+                return copy
+            for next_id, attempts in due:
+                after = next_id
+                if time.monotonic() - started > SEND_BATCH_SECONDS:
+                    return copy
+                if not ctx.jobs.claim(SEND_MESSAGE, send_job_id(next_id, attempts)):
+                    continue  # a worker has its job, or it has none (the sweep's then)
+                outcome = _attempt(ctx, next_id, started)
+                sent += 1
+                if outcome.copy and copy is None:
+                    copy = next_id
+                if not (outcome.attempted and outcome.state == OutboxState.SENT):
+                    return copy  # the server defers or refuses: the rest keep their jobs
+    except DEPENDENCY_ERRORS as exc:
+        # The entries not taken keep their jobs; the one taken has its outcome recorded.
+        log.warning(
+            "sending an account's further entries stopped",
+            extra={"outbox_id": outbox_id, "error": type(exc).__name__},
+        )
+    return copy
 
 
 def _attempts(ctx: ServiceContext, outbox_id: int) -> int | None:

@@ -8,7 +8,8 @@ for tests and for checking the total by hand.
 The checks that guard a limit lock the tenant first, so two requests at the limit cannot both
 pass: accounts under the tenant row (FOR NO KEY UPDATE, which still lets rows of the tenant be
 inserted meanwhile), storage under the tenant's usage row, which every change of stored bytes
-updates anyway.
+updates anyway. A send checks after its write instead (check_stored): the outbox INSERT's
+trigger locks the usage row itself, so a lock taken before it would only be held longer.
 """
 
 from __future__ import annotations
@@ -120,6 +121,26 @@ def claim_storage(unit: Unit, added: int, what: str) -> None:
     if used + added > limit:
         raise QuotaExceeded(
             f"{what} would store {added} more bytes; the tenant stores {used} of "
+            f"{limit} (TENANT_MAX_STORAGE_BYTES). Delete mail or drafts to make room."
+        )
+
+
+def check_stored(unit: Unit, added: int, what: str) -> None:
+    """Raise QuotaExceeded when the tenant's stored bytes, `added` of them just written in
+    this unit (flushed), pass its storage quota; the unit must then roll back.
+
+    For a write whose trigger updates the tenant's usage row anyway (an outbox INSERT): that
+    UPDATE holds the row locked until the unit ends, so the total read here is exact (every
+    other writer of the tenant waits for this unit, and this unit's own bytes are in it) with
+    no lock taken before the write, and the row is held over this one read and the commit
+    only. claim_storage, which locks the row before the write, holds it over the write too."""
+    if added <= 0:
+        return
+    tenant_id, limit = _tenant(unit), unit.ctx.settings.tenant_max_storage_bytes
+    total = storage_bytes(unit.session, tenant_id)
+    if total > limit:
+        raise QuotaExceeded(
+            f"{what} would store {added} more bytes; the tenant stores {total - added} of "
             f"{limit} (TENANT_MAX_STORAGE_BYTES). Delete mail or drafts to make room."
         )
 

@@ -259,6 +259,46 @@ def test_a_draft_or_send_over_the_storage_quota_is_refused_and_nothing_is_lost(
     assert db.scalar(select(Draft.size).where(Draft.id == first["id"])) < 1000
 
 
+def test_parallel_sends_at_the_storage_quota_never_pass_it_together(
+    env, migrated, tenant_a, account_id, db
+):
+    # Identical drafts: every built message is about as large as the first one sent.
+    roomy = app_with(env).test_client()
+    body = draft_body(account_id, attachments=[attachment(b"e" * 3_000)])
+    ids = [
+        roomy.post("/api/compose", json=body, headers=tenant_a.headers).get_json()["id"]
+        for _ in range(11)
+    ]
+    assert roomy.post(f"/api/compose/{ids.pop()}/send", headers=tenant_a.headers).status_code == 202
+    mime = db.scalar(
+        select(func.octet_length(OutboxEntry.mime)).where(
+            OutboxEntry.tenant_id == tenant_a.tenant_id
+        )
+    )
+    used, _ = totals(db, tenant_a.tenant_id)
+    # Room for three more sends, not four, whatever their order.
+    app = app_with(env, TENANT_MAX_STORAGE_BYTES=used + 3 * mime + mime // 2)
+    start = threading.Barrier(len(ids))
+    statuses: list[int] = []
+
+    def send(draft_id: int) -> None:
+        client = app.test_client()
+        start.wait(30)
+        response = client.post(f"/api/compose/{draft_id}/send", headers=tenant_a.headers)
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=send, args=(draft_id,)) for draft_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(statuses) == [202] * 3 + [403] * (len(ids) - 3)
+    count = select(func.count()).where(OutboxEntry.tenant_id == tenant_a.tenant_id)
+    assert db.scalar(count) == 4
+    running, full = totals(db, tenant_a.tenant_id)
+    assert running == full <= used + 3 * mime + mime // 2
+
+
 def test_over_quota_says_when_new_mail_must_be_stored_headers_only(
     ctx, tenant_a, mailbox, make_syncer, db
 ):

@@ -665,3 +665,41 @@ def test_a_worker_cut_off_before_the_dot_whose_entry_was_requeued_never_sends_it
     assert len(peer.received) == 1
     sent = entry(db_sessionmaker, outbox_id)
     assert (sent.state, sent.attempts) == ("sent", 2)
+
+
+def test_a_send_job_takes_its_accounts_further_due_entries_within_its_bound(
+    ctx, db_sessionmaker, tenant_a, tenant_b, mailbox, recipient, empty_queues, monkeypatch
+):
+    """One job sends what its account has due on its session, each one's own job taken from
+    the queue (no worker runs it as well), up to SEND_BATCH; another account's entries and
+    the entries beyond the bound keep their jobs; one Sent-copy job files the copies."""
+    from app.jobs import FILE_SENT_COPY, SEND_MESSAGE
+    from app.services import outbox
+
+    monkeypatch.setattr(outbox, "SEND_BATCH", 3)
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+    other = make_account(ctx, tenant_b.tenant_id, recipient)
+    ids = [queue(ctx, tenant_a.tenant_id, account_id, [recipient.email]) for _ in range(6)]
+    elsewhere = queue(ctx, tenant_b.tenant_id, other, [mailbox.email])
+    send_queue = ctx.jobs.queue(SEND_MESSAGE.queue)
+    assert set(send_queue.get_job_ids()) >= {outbox.send_job_id(i, 0) for i in ids}
+    send_queue.empty()  # ids[0]'s job is this call; the others' are queued again below
+    for outbox_id in [*ids[1:], elsewhere]:
+        ctx.jobs.enqueue(SEND_MESSAGE, outbox_id, job_id=outbox.send_job_id(outbox_id, 0))
+    # ids[2]'s job was dequeued by another worker meanwhile: not taken from it.
+    assert send_queue.remove(outbox.send_job_id(ids[2], 0)) == 1
+
+    assert outbox.send(ctx, ids[0]) == "sent"
+
+    states = {i: entry(db_sessionmaker, i).state for i in [*ids, elsewhere]}
+    taken = [ids[0], ids[1], ids[3], ids[4]]  # the first, then three (the bound)
+    assert [i for i, state in states.items() if state == "sent"] == taken
+    waiting = send_queue.get_job_ids()
+    assert sorted(waiting) == sorted(outbox.send_job_id(i, 0) for i in (ids[5], elsewhere))
+    assert all(ctx.jobs.state(outbox.send_job_id(i, 0)) is None for i in taken[1:])
+    copies = ctx.jobs.queue(FILE_SENT_COPY.queue).scheduled_job_registry.get_job_ids()
+    assert len(copies) == 1
+    assert outbox.file_copy(ctx, ids[0]) == "done"
+    assert all(entry(db_sessionmaker, i).sent_copy == "done" for i in taken)
+    for outbox_id in taken:
+        arrived(recipient, entry(db_sessionmaker, outbox_id).message_id)
