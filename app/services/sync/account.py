@@ -15,7 +15,7 @@ from app.errors import NotFound
 from app.mail import MailAuthError, MailConnectionError
 from app.mail.imap import FolderGone, ImapSession, RemoteFolder
 from app.models import Account, Folder, Message, MessageRaw
-from app.services import usage
+from app.services import indexing, usage
 from app.services.sync.folder import Budget, FolderRun, SyncLimits, SyncObserver
 from app.services.sync.rows import FolderState
 from app.services.sync.store import SyncStore, now
@@ -135,12 +135,18 @@ class Syncer:
             self.observer,
             headers_only=lambda: self.headers_only(tenant_id),
         )
+        fetched = budget.fetched
         try:
             return run.run()
         except FolderGone as exc:
             # One bad folder never stops the account: note it and go on.
             self.store.update_folder(f.id, last_error=str(exc), last_synced_at=now())
             return True
+        finally:
+            if budget.fetched > fetched:
+                # Its rows are readable; the indexing job makes them searchable, in a worker,
+                # while the next folders sync.
+                indexing.request_index(self.ctx)
 
     def _record_failure(self, account_id: int, error: str, auth_failed: bool = False) -> None:
         values: dict[str, object] = {"last_error": error[:2000]}
