@@ -83,8 +83,8 @@ FILE_SENT_COPY = JobSpec(
 )
 # Search vectors of newly synced mail (app.services.indexing): the service's own job, which
 # gives every account with work left one short batch in turn and hands over to its
-# continuation after 30 s. On `default`, ahead of the long syncs: a mailbox's words become
-# searchable while its other folders still sync.
+# continuation after 30 s. On `default`, ahead of the long syncs: a sync run's mail becomes
+# searchable while the account's next run fetches more.
 INDEX_MESSAGES = JobSpec("workers.jobs.index_messages", QueueName.DEFAULT, 300)
 HEARTBEAT = JobSpec("workers.jobs.heartbeat", QueueName.DEFAULT, 60)
 SYNC_ALL_ACCOUNTS = JobSpec("workers.jobs.sync_all_accounts", QueueName.DEFAULT, 600)

@@ -3,8 +3,8 @@
 Two instants per run: *readable*, when the sync returns (every message listed, its summary and
 raw bytes stored), and *searchable*, when no message of the account is left without its search
 vector (polled after the sync returns). The vectors are computed as in production: the sync
-stores rows without them and enqueues the indexing job after each folder, which a real
-`emailservice worker` process (started for B1, as deployed) runs while the next folders sync.
+stores rows without them and enqueues the indexing job at the end of its run, which a real
+`emailservice worker` process (started for B1, as deployed) runs.
 
 Side by side, alternating: the project's Syncer (as `emailservice sync` runs it, in a warm
 process as a worker does), mbsync into a Maildir, and the raw fetch ceiling. Each project

@@ -9,8 +9,10 @@ was generated with before migration 0011, so the vector is the same).
 Who runs it: one job of the service's own (INDEX_MESSAGES, not a tenant's), which takes one
 batch of every account with rows to index in turn, round after round, so no tenant waits
 behind another's large mailbox; it stops after JOB_SECONDS and enqueues its continuation.
-- The sync requests it after each folder that stored new mail (`request_index`: at most one
-  job waits at a time; a Redis failure only delays it).
+- The sync requests it at the end of each run that stored new mail (`request_index`: at
+  most one job waits at a time; a Redis failure only delays it). A sync job's run is bounded
+  (SYNC_JOB_MAX_MESSAGES), so a long first sync becomes searchable run by run, each run's
+  mail indexed while the next run fetches.
 - The scheduler's minute-by-minute resume of interrupted work (workers.jobs.resume_syncs)
   requests it when rows are left unindexed (`index_pending`): rows a killed worker, a lost
   job or a Redis outage left behind are indexed within a minute or so; nothing stays

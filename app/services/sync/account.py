@@ -122,6 +122,12 @@ class Syncer:
             raise
         finally:
             imap.close()
+            if budget.fetched:
+                # Its mail is readable; the indexing job makes it searchable, in a worker.
+                # Asked for once the run is over (a job is at most SYNC_JOB_MAX_MESSAGES, so
+                # a long first sync becomes searchable run by run): on a small machine,
+                # indexing while this run still stores takes its CPU (BENCHMARKS.md, B1).
+                indexing.request_index(self.ctx)
 
     def _sync_folder(self, imap: ImapSession, f: FolderState, budget: Budget) -> bool:
         """Sync one folder; False when the budget ran out before it was done."""
@@ -135,18 +141,12 @@ class Syncer:
             self.observer,
             headers_only=lambda: self.headers_only(tenant_id),
         )
-        fetched = budget.fetched
         try:
             return run.run()
         except FolderGone as exc:
             # One bad folder never stops the account: note it and go on.
             self.store.update_folder(f.id, last_error=str(exc), last_synced_at=now())
             return True
-        finally:
-            if budget.fetched > fetched:
-                # Its rows are readable; the indexing job makes them searchable, in a worker,
-                # while the next folders sync.
-                indexing.request_index(self.ctx)
 
     def _record_failure(self, account_id: int, error: str, auth_failed: bool = False) -> None:
         values: dict[str, object] = {"last_error": error[:2000]}
