@@ -81,6 +81,11 @@ SEND_MESSAGE = JobSpec(
 FILE_SENT_COPY = JobSpec(
     "workers.jobs.file_sent_copy", QueueName.SEND, 900, (10, 30, 60), owner=Owner.OUTBOX
 )
+# Search vectors of newly synced mail (app.services.indexing): the service's own job, which
+# gives every account with work left one short batch in turn and hands over to its
+# continuation after 30 s. On `default`, ahead of the long syncs: a sync run's mail becomes
+# searchable while the account's next run fetches more.
+INDEX_MESSAGES = JobSpec("workers.jobs.index_messages", QueueName.DEFAULT, 300)
 HEARTBEAT = JobSpec("workers.jobs.heartbeat", QueueName.DEFAULT, 60)
 SYNC_ALL_ACCOUNTS = JobSpec("workers.jobs.sync_all_accounts", QueueName.DEFAULT, 600)
 SWEEP_OUTBOX = JobSpec("workers.jobs.sweep_outbox", QueueName.SEND, 600)
@@ -97,6 +102,7 @@ CATALOGUE: tuple[JobSpec, ...] = (
     SWEEP_OUTBOX,
     RESUME_SYNCS,
     RESUME_CHANGES,
+    INDEX_MESSAGES,
 )
 
 
@@ -117,7 +123,8 @@ def periodic_jobs(settings: Settings) -> list[PeriodicJob]:
         PeriodicJob("periodic-sync", SYNC_ALL_ACCOUNTS, settings.sync_interval_seconds),
         # Settles sends whose worker died and re-queues work whose job was lost.
         PeriodicJob("periodic-outbox-sweep", SWEEP_OUTBOX, 60),
-        # Resumes syncs whose worker was killed mid-round (also at worker start).
+        # Resumes syncs whose worker was killed mid-round, and the indexing of what such a
+        # worker (or a lost job) left unsearchable (also at worker start).
         PeriodicJob("periodic-sync-resume", RESUME_SYNCS, 60),
         # Queues message changes (flags, moves, deletions) whose write-back job was lost.
         PeriodicJob("periodic-changes-resume", RESUME_CHANGES, 60),

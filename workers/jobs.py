@@ -6,7 +6,7 @@ for how long at most and how it is retried; nothing enqueues a job by another wa
 
 from __future__ import annotations
 
-from app.services import messages, outbox, sync
+from app.services import indexing, messages, outbox, sync
 from workers.runtime import context
 
 
@@ -46,10 +46,19 @@ def sweep_outbox() -> int:
 
 
 def resume_syncs() -> int:
-    """Resume syncs a killed worker left half-done (also at worker start)."""
-    return sync.control.resume_interrupted(context())
+    """Resume syncs a killed worker left half-done, and the indexing of what it stored
+    (also at worker start)."""
+    ctx = context()
+    resumed = sync.control.resume_interrupted(ctx)
+    indexing.index_pending(ctx)
+    return resumed
 
 
 def resume_changes() -> int:
     """Queue message changes whose write-back job was lost (also at worker start)."""
     return messages.resume_pending(context())
+
+
+def index_messages() -> int:
+    """Search vectors of newly synced messages, every account in turn, for a bounded time."""
+    return indexing.index_messages(context())

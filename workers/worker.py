@@ -55,7 +55,7 @@ from rq.worker import DequeueStrategy, WorkerStatus
 from app.context import DEPENDENCY_ERRORS, REDIS_ERRORS
 from app.jobs import CATALOGUE, QUEUES, JobSpec, QueueName, TenantSlots
 from app.logs import request_id_var
-from app.services import messages, outbox, usage
+from app.services import indexing, messages, outbox, usage
 from app.services.sync import control as sync_control
 from workers import runtime
 from workers.runtime import Outage, until_redis_answers
@@ -585,12 +585,13 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
     except (OSError, ValueError):
         log.exception("loading the TLS trust store failed; each job will try again")
     # What a crashed worker left half-done is taken up before new work starts, not when
-    # someone asks: sends settled, syncs and message changes resumed (and every minute by the
-    # scheduler's sweeps, which also cover a database that is down right now).
+    # someone asks: sends settled, syncs, message changes and indexing resumed (and every
+    # minute by the scheduler's sweeps, which also cover a database that is down right now).
     sweeps = {
         "outbox sweep": outbox.recover,
         "resuming interrupted syncs": sync_control.resume_interrupted,
         "resuming pending message changes": messages.resume_pending,
+        "indexing what was left unsearchable": indexing.index_pending,
     }
     for what, sweep in sweeps.items():
         try:

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -34,6 +33,8 @@ from app.states import ChangeKind, ChangeState, FolderRole
 from app.tenancy import TenantScoped
 
 # What full-text search matches (migration 0005 says why each part is weighted and cut so).
+# PostgreSQL has it as message_search_vector(subject, from_name, from_email, recipients,
+# text_body) (migration 0011); kept here as the reference the tests compare that with.
 SEARCH_CONFIG = "mail_search"
 SEARCH_VECTOR = f"""
 setweight(to_tsvector('{SEARCH_CONFIG}'::regconfig, left(coalesce(subject, ''), 1000)), 'A')
@@ -91,6 +92,13 @@ class Message(TenantScoped, Base):
         Index("ix_messages_raw_id", "raw_id"),
         # Search (migration 0005 explains each with its plan).
         Index("ix_messages_search", "tenant_id", "search_vector", postgresql_using="gin"),
+        # What the indexing job has left to do (migration 0011).
+        Index(
+            "ix_messages_unindexed",
+            "account_id",
+            "id",
+            postgresql_where=text("search_vector IS NULL"),
+        ),
         Index("ix_messages_tenant_date", "tenant_id", text("date DESC"), text("id DESC")),
         Index("ix_messages_folder_date", "folder_id", text("date DESC"), text("id DESC")),
         Index(
@@ -147,10 +155,11 @@ class Message(TenantScoped, Base):
     too_large: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     over_quota: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # Kept by PostgreSQL; deferred: only search reads it, inside SQL.
-    search_vector: Mapped[str | None] = mapped_column(
-        TSVECTOR, Computed(SEARCH_VECTOR, persisted=True), deferred=True
-    )
+    # message_search_vector(...) of the row (migration 0011): a trigger fills it on INSERT
+    # and recomputes it when an UPDATE changes what it is made of, except in a transaction
+    # that defers it (the sync's batches: app.services.indexing fills those afterwards).
+    # NULL: not searchable by words yet. Deferred: only search reads it, inside SQL.
+    search_vector: Mapped[str | None] = mapped_column(TSVECTOR, deferred=True)
 
 
 class MessageChange(TenantScoped, Base):

@@ -21,7 +21,11 @@ QUERY_HELP = (
     '(before, UTC), account:ID; `-` negates a filter too; values may be quoted (from:"Jörg '
     'Müller"). Accents and case do not matter ("munchen" finds "München"). Terms are separated '
     "by ASCII white space; words without a letter or digit are ignored; an empty query lists "
-    "all mail. The pattern is the exact syntax: anything else is a 422 naming the problem."
+    "all mail. The pattern is the exact syntax: anything else is a 422 naming the problem. "
+    "Newly synced mail is listed and readable at once, and matched by words, phrases and "
+    "subject: once it is indexed, shortly after (until then it matches no word, so an "
+    "exclusion lets it through; the other filters match it at once): "
+    "`progress.messages_indexing` of GET /api/sync/status/{account_id} counts what is left."
 )
 
 

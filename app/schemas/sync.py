@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.models import Folder
 from app.schemas.common import Page, Timestamp
@@ -25,6 +25,11 @@ class SyncProgress(BaseModel):
     folders_total: int
     messages_synced: int
     messages_total: int
+    messages_indexing: int = Field(
+        description="Messages stored and readable whose words are not searchable yet (the "
+        "indexing job computes them shortly after the sync stored them; search filters "
+        "other than words already find them)."
+    )
 
 
 class FolderSummary(BaseModel):
@@ -54,6 +59,7 @@ class SyncStatusOut(BaseModel):
                 folders_total=account.sync_folders_total,
                 messages_synced=account.sync_messages_synced,
                 messages_total=account.sync_messages_total,
+                messages_indexing=status.unindexed,
             ),
             folders=[
                 FolderSummary(name=f.name, messages=f.messages, last_synced_at=f.last_synced_at)

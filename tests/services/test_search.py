@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 
 from app.errors import ValidationFailed
 from app.models import Folder, Message
+from app.services import indexing
 from app.services.search.grammar import QUERY_PATTERN
 from app.services.search.syntax import MAX_QUERY_CHARS, Filter, Term, Text, parse
 from tests.conftest import make_tenant_user
@@ -620,6 +621,11 @@ def test_mail_synced_from_dovecot_is_found(
     mailbox.append("Archive", message(subject="Other", body="nothing to see"))
     assert make_syncer().sync_account(account_id).complete
     tenant = Mailboxes(ctx, tenant_a.tenant_id)
+    # Readable at once; found by its words once the indexing job has been over it (a worker
+    # runs it: tests/services/test_search_index.py).
+    assert tenant.search("zitronenfalter").hits == []
+    assert len(tenant.search(f"in:inbox account:{account_id}").hits) == 1
+    indexing.index_account(ctx, account_id)
     for query in (
         "zitronenfalter",
         "buro rhein",

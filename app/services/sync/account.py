@@ -16,7 +16,7 @@ from app.errors import NotFound
 from app.mail import MailAuthError, MailConnectionError
 from app.mail.imap import FolderGone, FolderStatus, ImapSession, RemoteFolder
 from app.models import Account, Folder, Message, MessageRaw
-from app.services import usage
+from app.services import indexing, usage
 from app.services.sync.folder import Budget, FolderRun, SyncLimits, SyncObserver
 from app.services.sync.rows import FolderState
 from app.services.sync.store import SyncStore, now
@@ -132,6 +132,12 @@ class Syncer:
             raise
         finally:
             imap.close()
+            if budget.fetched:
+                # Its mail is readable; the indexing job makes it searchable, in a worker.
+                # Asked for once the run is over (a job is at most SYNC_JOB_MAX_MESSAGES, so
+                # a long first sync becomes searchable run by run): on a small machine,
+                # indexing while this run still stores takes its CPU (BENCHMARKS.md, B1).
+                indexing.request_index(self.ctx)
 
     def _sync_folder(
         self,

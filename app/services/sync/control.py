@@ -25,6 +25,7 @@ from app.errors import Conflict, NotFound
 from app.jobs import SYNC_ACCOUNT, backoff
 from app.mail import MailConnectionError
 from app.models import Account, Folder
+from app.services import indexing
 from app.services.accounts import get_account
 from app.services.sync.account import ROUND_EXPIRY, Syncer, lock_key
 from app.services.sync.folder import SyncLimits
@@ -146,6 +147,9 @@ class SyncStatus:
     state: SyncState
     last_error: str | None
     folders: list[FolderProgress]
+    # Messages stored (listed, readable) whose search vector the indexing job has not
+    # computed yet: word search does not find them until it has.
+    unindexed: int = 0
 
 
 def sync_status(unit: Unit, account_id: int) -> SyncStatus:
@@ -173,7 +177,7 @@ def sync_status(unit: Unit, account_id: int) -> SyncStatus:
         # A round was started and neither finished, nor runs, nor waits: its worker died.
         state = SyncState.FAILED
         error = "The sync was interrupted (its worker stopped); sync again."
-    return SyncStatus(account, state, error, folders)
+    return SyncStatus(account, state, error, folders, indexing.pending(unit.session, account.id))
 
 
 def _recent(moment: datetime) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.mail.imap import FetchedMessage, FlagChange
 from app.models import Account, Folder, Message, MessageRaw
+from app.services.indexing import defer_search
 from app.services.sync.parsing import BatchParse
 from app.services.sync.rows import FolderState, message_row
 from app.states import ChangeKind, ChangeState
@@ -157,12 +158,15 @@ class SyncStore:
         `parse`: the batch's parse, started as it was fetched (the raw bytes are inserted
         while it runs); without it, each message is parsed here. Inserts are idempotent (ON
         CONFLICT DO NOTHING): a batch stored by a run that then crashed is skipped by the next.
+        The rows are stored without their search vector: readable once this commits,
+        searchable once the indexing job (app.services.indexing) has been over them.
         """
         if not fetched:
             return
         digests = [hashlib.sha256(m.raw).digest() for m in fetched]
         raws = {digest: m.raw for digest, m in zip(digests, fetched, strict=True)}
         with self.sessions.begin() as s:
+            defer_search(s)
             # One multi-row INSERT (narrow rows, cheap to build): the tenant_usage trigger runs
             # once per statement, so an executemany would run it once per raw. (INSERT ...
             # SELECT unnest(bytea[]) cost more CPU in B1, here and in PostgreSQL.)
