@@ -251,6 +251,7 @@ def sync(account_id: int) -> None:
     from app.context import ServiceContext
     from app.errors import ServiceError
     from app.mail import MailConnectionError
+    from app.services.indexing import index_account
     from app.services.sync import Syncer, SyncLimits, SyncObserver
 
     class ProgressBars(SyncObserver):
@@ -277,8 +278,12 @@ def sync(account_id: int) -> None:
 
     ctx = ServiceContext.build(load_settings())
     syncer = Syncer(ctx, SyncLimits(max_messages=None, max_seconds=None), ProgressBars())
+    indexed = 0
     try:
         outcome = syncer.sync_account(account_id)
+        if outcome.messages_fetched:
+            # Searchable when the command returns, with or without a worker running.
+            indexed = index_account(ctx, account_id)
     except ServiceError as exc:
         raise click.ClickException(exc.message) from None
     except MailConnectionError as exc:
@@ -289,7 +294,10 @@ def sync(account_id: int) -> None:
         raise click.ClickException(f"a sync of account {account_id} is running elsewhere")
     if outcome.auth_failed:
         raise click.ClickException(f"account {account_id}: the IMAP server refused the login")
-    click.echo(f"account {account_id} synced: {outcome.messages_fetched} messages fetched")
+    click.echo(
+        f"account {account_id} synced: {outcome.messages_fetched} messages fetched,"
+        f" {indexed} indexed for search"
+    )
 
 
 @cli.command()

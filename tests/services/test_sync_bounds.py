@@ -14,13 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.config import Settings
 from app.context import ServiceContext
 from app.errors import Conflict
 from app.mail import MailConnectionError
-from app.models import Account, Folder
+from app.models import Account, Folder, Message
 from app.schemas.messages import summary_model
 from app.services import messages
 from app.services.accounts import AccountFields, ServerFields, create_account
@@ -340,6 +340,17 @@ def test_a_sync_process_stays_small_while_a_peer_streams_a_gigabyte(
         3: False,
     }
     assert [m.subject for m in synced["Later"].values()] == ["next folder"]
+    # The command leaves the mail searchable too, with no worker running to index it.
+    assert "indexed for search" in done.stdout, done.stdout
+    with db_sessionmaker() as s:
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.account_id == account_id, Message.search_vector.is_(None))
+            )
+            == 0
+        )
 
 
 def test_the_headers_only_hook_stores_new_mail_headers_only_as_over_quota(
