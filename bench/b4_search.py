@@ -163,7 +163,6 @@ def run(lab: Lab, quick: bool) -> Result:
                 summarize([percentile(a[sl], 95) for a, _ in passes]),
                 "same SQL in psql (EXPLAIN ANALYZE)",
                 summarize([percentile(s[sl], 95) for _, s in passes]),
-                goal=("<=", 1.3),
             )
         )  # fmt: skip
     rows.append(
