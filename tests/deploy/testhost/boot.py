@@ -277,9 +277,10 @@ class TestHost(SSHTarget):
         if self._process is not None and self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
 
-    def stop(self, stop_timeout: float = 30) -> None:
+    def stop(self, stop_timeout: float = 60) -> None:
         """Power off (SIGTERM to nspawn), SIGKILL after stop_timeout, remove veth, namespace and
-        run dir. Safe to call twice and after a failed boot."""
+        run dir. Safe to call twice and after a failed boot. A power-off that outlasts
+        stop_timeout is an error that shows the console (the unit systemd was waiting for)."""
         if self._stopped:
             return
         started = time.monotonic()
@@ -290,7 +291,10 @@ class TestHost(SSHTarget):
             try:
                 process.wait(stop_timeout)
             except subprocess.TimeoutExpired:
-                errors.append(f"{self.machine} did not power off in {stop_timeout} s: killed")
+                errors.append(
+                    f"{self.machine} did not power off in {stop_timeout} s: killed. "
+                    f"Console:\n{self.console_log()}"
+                )
                 process.kill()
                 process.wait(30)
         steps = [lambda: remove_tree(self.rundir)]
