@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.exceptions
 import sqlalchemy.exc
@@ -29,6 +29,7 @@ from app.connector import MailConnector
 from app.db import make_engine, make_sessionmaker, ping
 from app.jobs import Jobs
 from app.mail.imap import ImapLimits
+from app.mail.smtp import SessionPool
 from app.secrets import SecretBox
 from app.telemetry import Counters
 from app.tenancy import bind_tenant
@@ -79,6 +80,9 @@ class ServiceContext:
     redis: Redis
     jobs: Jobs  # the only way to enqueue work (app.jobs)
     counters: Counters  # job outcomes for /metrics
+    # SMTP sessions kept between the send jobs this process runs (a send worker runs them one
+    # after the other in its own process: workers/worker.py closes them when it stops).
+    smtp_sessions: SessionPool = field(default_factory=SessionPool)
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceContext:

@@ -173,6 +173,24 @@ def http_get(
 
 
 @contextmanager
+def app_through_redis_proxy(settings: dict[str, str]):
+    """A test client of the API whose Redis connections go through a TcpProxy: stop the proxy
+    for an outage, start it again for the recovery. Yields (client, proxy)."""
+    from sqlalchemy.engine import make_url
+
+    from app import create_app
+
+    redis = make_url(settings["REDIS_URL"])
+    proxy = TcpProxy((redis.host, redis.port))
+    proxy.start()
+    try:
+        url = f"redis://127.0.0.1:{proxy.port}/{redis.database}"
+        yield create_app(dict(settings, REDIS_URL=url)).test_client(), proxy
+    finally:
+        proxy.stop()
+
+
+@contextmanager
 def api_process(settings: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path]]:
     """A real `emailservice serve` on a free port; yields (port, path of its stderr log)."""
     port = free_port()

@@ -605,4 +605,4 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
             worker.work(burst=burst, with_scheduler=True, logging_level=ctx.settings.log_level)
         )
     finally:
-        outbox.SESSIONS.close()  # QUIT the SMTP sessions kept between send jobs
+        ctx.smtp_sessions.close()  # QUIT the SMTP sessions kept between send jobs

@@ -84,9 +84,6 @@ MARK_DOT_SECONDS = 60.0
 # same session: this many at most, each started within this many seconds of the job's start.
 SEND_BATCH = 20
 SEND_BATCH_SECONDS = 5.0
-# This process's SMTP sessions, kept between the send jobs it runs (a send worker runs them
-# one after the other in its own process: workers/worker.py).
-SESSIONS = SessionPool()
 DIED_SENDING = (
     "the worker stopped after the whole message was sent and before the server's reply: "
     "the server may have accepted it, so it is not sent again automatically"
@@ -507,27 +504,32 @@ class Deliverer:
         due = or_(OutboxEntry.next_attempt_at.is_(None), OutboxEntry.next_attempt_at <= _now())
         if wanted is not None:
             due = or_(due, OutboxEntry.id == wanted)
+        order = ((OutboxEntry.id == wanted).desc(), OutboxEntry.id)
+        # The running total of the sizes in the batch's order (the size alone reads no mail:
+        # PostgreSQL knows a stored value's length), so only the chosen rows' mail is read.
+        candidates = (
+            select(
+                OutboxEntry.id,
+                func.sum(func.octet_length(OutboxEntry.mime)).over(order_by=order).label("total"),
+                func.row_number().over(order_by=order).label("position"),
+            )
+            .where(pending & due)
+            .order_by(*order)
+            .limit(COPY_BATCH)
+            .subquery()
+        )
         with self.sessions() as s:
-            sizes = s.execute(
-                select(OutboxEntry.id, func.octet_length(OutboxEntry.mime))
-                .where(pending & due)
-                .order_by((OutboxEntry.id == wanted).desc(), OutboxEntry.id)
-                .limit(COPY_BATCH)
-            ).all()
-            chosen: list[int] = []
-            total = 0
-            for outbox_id, size in sizes:
-                if chosen and total + (size or 0) > COPY_BATCH_BYTES:
-                    break
-                chosen.append(outbox_id)
-                total += size or 0
-            if not chosen:
-                return []
             rows = s.execute(
                 select(
                     OutboxEntry.id, OutboxEntry.message_id, OutboxEntry.mime, OutboxEntry.sent_at
                 )
-                .where(OutboxEntry.id.in_(chosen), pending)
+                .join(candidates, candidates.c.id == OutboxEntry.id)
+                .where(
+                    or_(
+                        candidates.c.position == 1,
+                        func.coalesce(candidates.c.total, 0) <= COPY_BATCH_BYTES,
+                    )
+                )
                 .order_by(OutboxEntry.id)
             ).all()
         return [PendingCopy(*row) for row in rows]
@@ -740,7 +742,8 @@ def _attempt(ctx: ServiceContext, outbox_id: int, started: float) -> Outcome:
     (retried) before the job's timeout, its retry enqueued, its outcome counted."""
     elapsed = time.monotonic() - started
     record_seconds = SEND_MESSAGE.timeout - RECORD_MARGIN - elapsed
-    outcome = Deliverer(ctx, pool=SESSIONS, record_seconds=record_seconds).deliver(outbox_id)
+    deliverer = Deliverer(ctx, pool=ctx.smtp_sessions, record_seconds=record_seconds)
+    outcome = deliverer.deliver(outbox_id)
     if outcome.retry_in is not None:
         attempts = _attempts(ctx, outbox_id)
         job_id = send_job_id(outbox_id, attempts) if attempts is not None else None

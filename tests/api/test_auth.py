@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from app import create_app
 from app.services.auth import generation_key, revoke_tokens
 from app.services.tenants import create_user, delete_user
-from tests.support import TcpProxy, api_process, http_get, run_cli
+from tests.support import TcpProxy, api_process, app_through_redis_proxy, http_get, run_cli
 
 
 def login(client, **body):
@@ -197,13 +197,7 @@ def test_a_deleted_user_is_refused_at_once_by_every_api_process(env, migrated, t
 def test_with_redis_down_a_deleted_user_is_401_not_a_remembered_200(
     env, migrated, unit, tenant_a, tenant_b
 ):
-    redis = make_url(env["REDIS_URL"])
-    proxy = TcpProxy((redis.host, redis.port))
-    proxy.start()
-    try:
-        client = create_app(
-            dict(env, REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{redis.database}")
-        ).test_client()
+    with app_through_redis_proxy(env) as (client, proxy):
         for user in (tenant_a, tenant_b):
             assert client.get("/api/accounts", headers=user.headers).status_code == 200
         proxy.stop()
@@ -211,8 +205,6 @@ def test_with_redis_down_a_deleted_user_is_401_not_a_remembered_200(
         assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 401
         # A user who still exists meets the rate limit's outage, as before.
         assert client.get("/api/accounts", headers=tenant_b.headers).status_code == 503
-    finally:
-        proxy.stop()
 
 
 def test_deleting_a_user_while_redis_is_down_deletes_nothing(env, migrated, tenant_a, tmp_path):

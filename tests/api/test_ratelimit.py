@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from app import create_app
-from tests.support import TcpProxy, api_process, http_get, wait_for
+from tests.support import api_process, app_through_redis_proxy, http_get, wait_for
 
 
 def test_minute_limit_headers_and_429(env, migrated, tenant_a):
@@ -71,13 +70,7 @@ def test_the_limit_is_shared_by_separate_api_processes(two_api_processes, tenant
 
 
 def test_redis_down_is_503_and_recovers(env, migrated, tenant_a):
-    redis = make_url(env["REDIS_URL"])
-    proxy = TcpProxy((redis.host, redis.port))
-    proxy.start()
-    try:
-        client = create_app(
-            dict(env, REDIS_URL=f"redis://127.0.0.1:{proxy.port}/{redis.database}")
-        ).test_client()
+    with app_through_redis_proxy(env) as (client, proxy):
         assert client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
         proxy.stop()
         down = client.get("/api/accounts", headers=tenant_a.headers)
@@ -87,5 +80,3 @@ def test_redis_down_is_503_and_recovers(env, migrated, tenant_a):
         assert wait_for(
             lambda: client.get("/api/accounts", headers=tenant_a.headers).status_code == 200
         )
-    finally:
-        proxy.stop()

@@ -21,8 +21,8 @@ from types import SimpleNamespace
 import pytest
 
 from tasks import backup as backup_task
-from tasks import dkim
 from tests.deploy.inventory import group_data
+from tests.deploy.test_dkim_templates import dkim_tool as load_dkim_tool
 from tests.deploy.test_templates import render
 
 ADDRESS = "ann@example.test"
@@ -259,19 +259,7 @@ def dkim_tool(keys: Path) -> dict:
     """emailservice-dkim as the deploy renders it for the vagrant inventory, its keys in `keys`,
     loaded: its functions by name. The keys' owner is this test's user (no opendkim here), and
     OpenDKIM (not running here) is not reloaded."""
-    data = SimpleNamespace(**group_data("vagrant"))
-    source = render(
-        "dkim/emailservice-dkim.j2",
-        "vagrant",
-        keys_dir=str(keys),
-        domains=dkim.domains(data),
-        mail_hostname=data.mail_hostname,
-        public_addresses=data.public_addresses,
-        dmarc=data.dmarc_record,
-        key_bits=data.dkim_key_bits,
-    )
-    namespace: dict = {"__name__": "emailservice_dkim"}
-    exec(compile(source, "emailservice-dkim", "exec"), namespace)
+    namespace = load_dkim_tool("vagrant", str(keys))
     assert namespace["DOMAINS"] == [DOMAIN]
     namespace["OWNER"] = pwd.getpwuid(os.getuid()).pw_name
     namespace["reload_signer"] = lambda: None

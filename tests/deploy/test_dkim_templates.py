@@ -81,13 +81,14 @@ def test_the_devstack_signs_nothing(tmp_path):
         assert "dkim" not in text.lower() and "transport_maps" not in text
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_the_key_tool_is_python_with_the_inventorys_domains(env):
+def dkim_tool(env: str, keys_dir: str) -> dict:
+    """emailservice-dkim as the deploy renders it for `env`'s inventory, its keys in
+    `keys_dir`, loaded: its functions by name."""
     data = SimpleNamespace(**group_data(env))
     source = render(
         "dkim/emailservice-dkim.j2",
         env,
-        keys_dir=dkim.KEYS_DIR,
+        keys_dir=keys_dir,
         domains=dkim.domains(data),
         mail_hostname=data.mail_hostname,
         public_addresses=data.public_addresses,
@@ -96,7 +97,13 @@ def test_the_key_tool_is_python_with_the_inventorys_domains(env):
     )
     namespace: dict = {"__name__": "emailservice_dkim"}
     exec(compile(source, "emailservice-dkim", "exec"), namespace)
-    assert namespace["DOMAINS"] == [data.mail_domain]
+    return namespace
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_key_tool_is_python_with_the_inventorys_domains(env):
+    namespace = dkim_tool(env, dkim.KEYS_DIR)
+    assert namespace["DOMAINS"] == [group_data(env)["mail_domain"]]
     # Zone-file strings: at most 255 characters each, joined back unchanged.
     value = "p=" + "A" * 400
     quoted = namespace["quoted"](value)

@@ -10,6 +10,7 @@ from sqlalchemy import insert
 from app.context import ServiceContext
 from app.mail.imap import FetchedMessage, Flags
 from app.models import Account, Folder, Message, MessageRaw
+from app.services import indexing
 from app.services.search import search
 from app.services.sync.rows import FolderState, message_row
 from app.states import Security
@@ -60,9 +61,13 @@ class Mailboxes:
         seen: bool = True,
         flagged: bool = False,
         validity: int | None = None,
+        deferred: bool = False,
     ) -> int:
-        """Store `raw` in the folder as the sync would; the new message's id."""
+        """Store `raw` in the folder as the sync would; the new message's id. `deferred`: as a
+        sync that defers the search vector to the indexing job stores it."""
         with self.sessions.begin() as session:
+            if deferred:
+                indexing.defer_search(session)
             folder = session.get(Folder, folder_id)
             uid = self.uids[folder_id] = self.uids.get(folder_id, 0) + 1
             stored = MessageRaw(

@@ -3,22 +3,19 @@ job (app.services.indexing) fills it, and the vector is the one the generated co
 
 from __future__ import annotations
 
-import hashlib
 from email.message import EmailMessage
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import select, text, update
 
 from app.jobs import INDEX_MESSAGES, QueueName
-from app.mail.imap import FetchedMessage, Flags
-from app.models import Folder, Message, MessageRaw
+from app.models import Folder, Message
 from app.models.sync import SEARCH_VECTOR
 from app.services import indexing
 from app.services.messages import _copy_to
-from app.services.sync.rows import FolderState, message_row
 from tests.conftest import make_tenant_user
 from tests.mailbox import PDF, add_account, message
-from tests.services.search_corpus import Mailboxes, utc
+from tests.services.search_corpus import Mailboxes
 from tests.support import run_cli
 
 
@@ -79,29 +76,7 @@ class Store:
         self.inbox = self.boxes.folder(self.account_id, "INBOX", "inbox")
 
     def store(self, raws: list[bytes], deferred: bool) -> list[int]:
-        ids = []
-        with self.ctx.sessions.begin() as session:
-            if deferred:
-                indexing.defer_search(session)
-            folder = session.get_one(Folder, self.inbox)
-            for uid, raw in enumerate(raws, start=len(self.boxes.uids) + 1):
-                self.boxes.uids[uid] = uid
-                stored = MessageRaw(
-                    account_id=folder.account_id,
-                    sha256=hashlib.sha256(raw).digest(),
-                    data=raw,
-                    tenant_id=folder.tenant_id,
-                )
-                session.add(stored)
-                session.flush()
-                fetched = FetchedMessage(
-                    uid, Flags(True, False, False, False, ()), utc(2024, 1, 1), len(raw), raw, None
-                )
-                row = message_row(FolderState.of(folder), folder.uidvalidity, fetched, stored.id)
-                ids.append(
-                    session.execute(insert(Message).values(row).returning(Message.id)).scalar_one()
-                )
-        return ids
+        return [self.boxes.store(self.inbox, raw, deferred=deferred) for raw in raws]
 
     def subjects(self, query: str) -> list[str]:
         return sorted(h.message.subject or "" for h in self.boxes.search(query).hits)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from app.mail.smtp import SessionPool
+from app.models import OutboxEntry
+from app.services import outbox
 from app.services.outbox import Deliverer, RetryPolicy
 from tests.mailbox import UserPool
 from tests.services.test_outbox import (
@@ -173,3 +175,30 @@ def test_sent_copies_are_filed_in_one_login_and_a_copy_filed_before_a_crash_is_n
     assert len(logins) == 1, logins
     in_sent = [m["Message-ID"] for m in inbox(mailbox, "Sent")]
     assert sorted(in_sent) == sorted(e.message_id for e in entries)  # each exactly once
+
+
+def test_a_batch_of_sent_copies_is_bounded_in_count_and_bytes_the_wanted_one_first(
+    ctx, db_sessionmaker, tenant_a, mailbox, recipient, monkeypatch
+):
+    deliverer = Deliverer(ctx, RetryPolicy(max_attempts=3))
+    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+    ids = [
+        queue(ctx, tenant_a.tenant_id, account_id, [recipient.email], subject=f"batch {i}")
+        for i in range(4)
+    ]
+    for outbox_id in ids:
+        assert deliverer.deliver(outbox_id).state == "sent"
+    with db_sessionmaker() as session:
+        size = max(len(session.get(OutboxEntry, i).mime) for i in ids)
+
+    def batch(wanted):
+        return [copy.outbox_id for copy in deliverer._due_copies(account_id, wanted)]
+
+    assert batch(None) == ids  # within both bounds: all of them, oldest first
+    monkeypatch.setattr(outbox, "COPY_BATCH_BYTES", 2 * size + size // 2)
+    assert batch(ids[3]) == [ids[0], ids[3]]  # the wanted one and the oldest that fits
+    monkeypatch.setattr(outbox, "COPY_BATCH_BYTES", size // 2)
+    assert batch(ids[2]) == [ids[2]]  # one too big for the bound still goes, alone
+    monkeypatch.setattr(outbox, "COPY_BATCH_BYTES", 100 * size)
+    monkeypatch.setattr(outbox, "COPY_BATCH", 3)
+    assert batch(ids[3]) == [ids[0], ids[1], ids[3]]
