@@ -166,10 +166,19 @@ class Jobs:
         return Queue(name.value, connection=self.connection)
 
     def enqueue(
-        self, spec: JobSpec, *args: Any, delay: float = 0, job_id: str | None = None
+        self,
+        spec: JobSpec,
+        *args: Any,
+        delay: float = 0,
+        job_id: str | None = None,
+        tenant_id: int | None = None,
     ) -> str:
-        """Queue `spec` with `args` (now, or after `delay` seconds); the job's id."""
+        """Queue `spec` with `args` (now, or after `delay` seconds); the job's id. A caller
+        that knows the tenant the job works for passes it: the worker then takes the tenant's
+        slot without looking the tenant up (workers/worker.py)."""
         options: dict[str, Any] = {"job_timeout": spec.timeout}
+        if tenant_id is not None:
+            options["meta"] = {"tenant_id": tenant_id}
         if spec.retry_intervals:
             options["retry"] = Retry(
                 max=len(spec.retry_intervals), interval=list(spec.retry_intervals)

@@ -235,7 +235,12 @@ def send_draft(unit: Unit, draft_id: int, idempotency_key: str | None) -> Outbox
     job_id = outbox.send_job_id(entry.id, entry.attempts)
     if created or _job_missing(unit, entry):
         outbox.enqueue_or_sweep(
-            unit.ctx, SEND_MESSAGE, entry.id, job_id=job_id, tries=outbox.ENQUEUE_TRIES
+            unit.ctx,
+            SEND_MESSAGE,
+            entry.id,
+            job_id=job_id,
+            tries=outbox.ENQUEUE_TRIES,
+            tenant_id=entry.tenant_id,
         )
     return entry
 

@@ -132,13 +132,14 @@ def enqueue_or_sweep(
     delay: float = 0,
     job_id: str | None = None,
     tries: int = 1,
+    tenant_id: int | None = None,
 ) -> bool:
     """Enqueue a job of an entry whose state is committed, `tries` times with short pauses;
     when Redis stays down, log it and leave the entry to the sweep (which queues due work
-    that has no job). True if enqueued."""
+    that has no job). True if enqueued. `tenant_id`: the entry's, when the caller has it."""
     for attempt in range(tries):
         try:
-            ctx.jobs.enqueue(spec, outbox_id, delay=delay, job_id=job_id)
+            ctx.jobs.enqueue(spec, outbox_id, delay=delay, job_id=job_id, tenant_id=tenant_id)
             return True
         except DEPENDENCY_ERRORS as exc:
             error = type(exc).__name__

@@ -186,10 +186,19 @@ def test_a_message_over_the_size_limit_is_413(env, migrated, tenant_a, account_i
     assert response.get_json()["error"]["code"] == "payload_too_large"
 
 
-def test_sending_queues_once_and_the_draft_becomes_read_only(client, tenant_a, draft, db):
+def test_sending_queues_once_and_the_draft_becomes_read_only(
+    client, tenant_a, draft, db, redis_client
+):
+    from rq.job import Job
+
+    from app.services.outbox import send_job_id
+
     sent = client.post(f"/api/compose/{draft['id']}/send", headers=tenant_a.headers)
     assert sent.status_code == 202
     entry = sent.get_json()
+    # The job names its tenant: a worker takes the tenant's slot without looking it up.
+    job = Job.fetch(send_job_id(entry["id"], 0), connection=redis_client)
+    assert job.meta["tenant_id"] == tenant_a.tenant_id
     assert (entry["state"], entry["attempts"], entry["outbox_id"]) == ("queued", 0, entry["id"])
     assert entry["message_id"].startswith("<") and entry["message_id"].endswith(">")
     assert sent.headers["Location"] == f"/api/outbox/{entry['id']}"
@@ -366,6 +375,8 @@ def test_redis_failing_between_the_commit_and_the_enqueue_is_a_202_and_the_retry
     (the entry exists), and its retry with the same key, once Redis is back, enqueues it."""
     from urllib.parse import urlsplit
 
+    from rq.job import Job
+
     from app import create_app
     from app.jobs import Jobs
     from app.services.outbox import send_job_id
@@ -402,3 +413,5 @@ def test_redis_failing_between_the_commit_and_the_enqueue_is_a_202_and_the_retry
     proxy.stop()
     assert (again.status_code, again.get_json()["id"]) == (202, entry_id)
     assert jobs.state(send_job_id(entry_id, 0)) == "queued"
+    job = Job.fetch(send_job_id(entry_id, 0), connection=redis_client)
+    assert job.meta["tenant_id"] == tenant_a.tenant_id
