@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import undefer
 
 from app.context import DEPENDENCY_ERRORS, ServiceContext, Unit
 from app.db import advisory_lock
@@ -223,9 +224,11 @@ class Deliverer:
         if not locked:
             return Outcome("busy")
         with self.sessions.begin() as s:
-            # The entry, locked, with its account: one round trip.
+            # The entry, locked, with its message (deferred elsewhere) and its account: one
+            # round trip.
             found = s.execute(
                 select(OutboxEntry, Account)
+                .options(undefer(OutboxEntry.mime))
                 .join(Account, Account.id == OutboxEntry.account_id)
                 .where(OutboxEntry.id == outbox_id)
                 .with_for_update(of=OutboxEntry)
