@@ -74,6 +74,56 @@ def smtp_source(lab: Lab, sender: str, rcpt: str, count: int) -> float:
     return count / elapsed
 
 
+def _bare_session(
+    host: str, port: int, ca_file: str, login: tuple[str, str], rcpt: str, count: int, body: bytes
+) -> None:
+    """One kept submission session (STARTTLS + AUTH) sending `count` messages."""
+    import smtplib
+    import ssl
+    from email.utils import make_msgid
+
+    context = ssl.create_default_context(cafile=ca_file)
+    with smtplib.SMTP(host, port, timeout=60) as client:
+        client.starttls(context=context)
+        client.login(*login)
+        for _ in range(count):
+            headers = (
+                f"From: {login[0]}\r\nTo: {rcpt}\r\nSubject: bare\r\n"
+                f"Message-ID: {make_msgid()}\r\n\r\n"
+            )
+            client.sendmail(login[0], [rcpt], headers.encode() + body)
+
+
+def bare_sender(lab: Lab, sender: str, password: str, rcpt: str, count: int) -> float:
+    """The send ceiling of Python here: CONCURRENCY processes, each one kept session over
+    submission (STARTTLS + AUTH, as the project's accounts send) writing messages of the
+    same size with smtplib; no API, no database, no queue. msgs/s."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    body = (b"x" * 76 + b"\r\n") * (BODY_BYTES // 78)
+    info = lab.info
+    shares = [count // CONCURRENCY + (i < count % CONCURRENCY) for i in range(CONCURRENCY)]
+    with ProcessPoolExecutor(CONCURRENCY) as pool:
+        pool.submit(int).result()  # the processes exist before the clock starts
+        began = time.perf_counter()
+        futures = [
+            pool.submit(
+                _bare_session,
+                info.host,
+                info.submission_port,
+                info.ca_file,
+                (sender, password),
+                rcpt,
+                share,
+                body,
+            )  # fmt: skip
+            for share in shares
+        ]
+        for future in futures:
+            future.result()
+    return count / (time.perf_counter() - began)
+
+
 def project_run(
     lab: Lab, bases: list[str], tenant, account_id: int, rcpt: str, count: int, rep: int
 ):
@@ -151,7 +201,8 @@ def run(lab: Lab, quick: bool) -> Result:
     tenant = lab.tenant("b5")
     account_id = lab.account(tenant.id, sender, password)
     rows: list[Row] = []
-    peer = []
+    peer: list[float] = []
+    bare: list[float] = []
     project, accept = [], []
     with ExitStack() as stack:
         bases = [stack.enter_context(lab.api("waitress")) for _ in range(API_PROCESSES)]
@@ -164,10 +215,12 @@ def run(lab: Lab, quick: bool) -> Result:
                 procs.append(stack.enter_context(lab.process(args, f"b5-worker{i}")))
             time.sleep(2)  # workers registered and listening
         for rep in range(size["reps"]):
-            order = ["project", "peer"] if rep % 2 == 0 else ["peer", "project"]
+            order = ["project", "peer", "bare"] if rep % 2 == 0 else ["bare", "peer", "project"]
             for side in order:
                 if side == "peer":
                     peer.append(smtp_source(lab, sender, rcpt, n))
+                elif side == "bare":
+                    bare.append(bare_sender(lab, sender, password, rcpt, n))
                 elif reason is None:
                     rate, latencies = project_run(lab, bases, tenant, account_id, rcpt, n, rep)
                     project.append(rate)
@@ -201,6 +254,13 @@ def run(lab: Lab, quick: bool) -> Result:
                 goal=("<=", 50), goal_on="value",
             )
         )  # fmt: skip
+    rows.append(
+        Row(
+            "B5", "ceiling: Python smtplib, TLS + AUTH, kept sessions", "msgs/s",
+            summarize(bare), "smtp-source", summarize(peer),
+            note="no API, database or queue: what a Python sender gets through submission here",
+        )
+    )  # fmt: skip
     notes = [
         f"concurrency {CONCURRENCY}: {CONCURRENCY} API client threads over {API_PROCESSES} API "
         f"processes (the deploy's default) and {CONCURRENCY} send workers; smtp-source -s "
