@@ -210,7 +210,9 @@ def run(lab: Lab, quick: bool) -> Result:
         reason = available(base, tenant.headers)
         if reason is None:
             procs = []
-            for i in range(CONCURRENCY):
+            # One tenant may occupy every worker but one (the fairness cap): one more worker
+            # than CONCURRENCY gives the tenant CONCURRENCY sessions, as smtp-source has.
+            for i in range(CONCURRENCY + 1):
                 args = [str(BIN / "emailservice"), "worker", "send"]
                 procs.append(stack.enter_context(lab.process(args, f"b5-worker{i}")))
             time.sleep(2)  # workers registered and listening
@@ -263,7 +265,8 @@ def run(lab: Lab, quick: bool) -> Result:
     )  # fmt: skip
     notes = [
         f"concurrency {CONCURRENCY}: {CONCURRENCY} API client threads over {API_PROCESSES} API "
-        f"processes (the deploy's default) and {CONCURRENCY} send workers; smtp-source -s "
+        f"processes (the deploy's default) and {CONCURRENCY + 1} send workers, of which the "
+        f"tenant may occupy {CONCURRENCY} (the fairness cap); smtp-source -s "
         f"{CONCURRENCY} -l {BODY_BYTES}.",
         "smtp-source cannot STARTTLS or AUTH: it sends to the same Postfix's port 25, the "
         "project to submission (TLS + SASL), as its accounts are configured.",
