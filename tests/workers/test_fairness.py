@@ -42,11 +42,16 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Occupancy:
-    """Samples, every 0.1 s, how many workers run one of A's jobs (read from RQ itself)."""
+    """Samples, every 0.1 s, how many workers run one of A's jobs (read from RQ itself).
+
+    A job counts once the same worker still has it a sample later: a worker that takes a job
+    and refuses it (the tenant's slots are full) has it for a few milliseconds only, and is
+    not running it."""
 
     def __init__(self, redis, accounts: set[int]) -> None:
         self.redis, self.accounts = redis, accounts
         self.samples: list[int] = []
+        self._seen: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -58,8 +63,9 @@ class Occupancy:
         self._stop.set()
         self._thread.join(10)
 
-    def count(self) -> int:
-        running = 0
+    def running(self) -> set[tuple[str, str]]:
+        """(worker, job id) of every execution of one of A's jobs now."""
+        found = set()
         for worker in Worker.all(connection=self.redis):
             for execution in worker.get_current_executions(refresh=True):
                 try:
@@ -67,12 +73,14 @@ class Occupancy:
                 except NoSuchJobError:
                     continue
                 if job.func_name == SYNC_ACCOUNT.func and job.args[0] in self.accounts:
-                    running += 1
-        return running
+                    found.add((worker.name, job.id))
+        return found
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.samples.append(self.count())
+            now = self.running()
+            self.samples.append(len(now & self._seen))
+            self._seen = now
 
 
 def test_one_tenants_backlog_never_takes_every_worker_and_others_go_first(
