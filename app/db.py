@@ -36,7 +36,7 @@ def _ping_idle_connections(engine: Engine) -> None:
     dropped by a PostgreSQL restart is detected and replaced (with every connection pooled
     before it), so the service recovers by itself. One given back less than
     PING_AFTER_IDLE_SECONDS ago is used as it is: no restart fits in that time, and the ping
-    was a third of a short request's round trips. (A connection that dies in use fails its
+    was one of the four round trips of a short read. (A connection that dies in use fails its
     statement either way: the same as PostgreSQL going away mid-transaction.)"""
     dialect = engine.dialect
 

@@ -1,13 +1,17 @@
 """B5: send throughput through the API, vs Postfix's smtp-source, at the same concurrency.
 
 The project: drafts of about 8 KiB made with `POST /api/compose` (untimed), then each sent
-with `POST /api/compose/{id}/send` by C client threads, delivered by C `emailservice worker
-send` processes over SMTP submission (STARTTLS + AUTH through Dovecot) to the stack's Postfix;
+with `POST /api/compose/{id}/send` by C client threads over two API processes, delivered by
+C + 1 `emailservice worker send` processes (the tenant may occupy C of them) over SMTP
+submission (STARTTLS + AUTH through Dovecot) to the stack's Postfix;
 the time runs until every outbox entry is `sent`. The comparator: `smtp-source -s C` sending
 the same number of 8 KiB messages. smtp-source speaks neither STARTTLS nor AUTH, which the
 submission port requires (smtpd_tls_security_level=encrypt), so it sends into the same
 Postfix's port-25 listener: the same smtpd, cleanup, queue and LMTP delivery to Dovecot,
-without the TLS handshake and AUTH the project pays per connection.
+without the TLS handshake and AUTH the project pays per connection. The same run measures
+the send ceiling of Python here: C processes, each one kept submission session (STARTTLS +
+AUTH) sending the same number of same-size messages with smtplib, without API, database or
+queue.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ def bare_sender(lab: Lab, sender: str, password: str, rcpt: str, count: int) -> 
                 rcpt,
                 share,
                 body,
-            )  # fmt: skip
+            )
             for share in shares
         ]
         for future in futures:
