@@ -144,17 +144,24 @@ def test_an_idle_session_is_closed_rather_than_reused(ctx_allowing, tenant_a, ma
         assert peer.sessions == 2
 
 
-def test_sent_copies_are_filed_in_one_login_and_a_copy_filed_before_a_crash_is_not_doubled(
-    ctx, db_sessionmaker, tenant_a, mailbox, recipient, stack
-):
-    deliverer = Deliverer(ctx, RetryPolicy(max_attempts=3))
-    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
+def sent_four(ctx, deliverer, tenant, mailbox, recipient, prefix: str):
+    """Four messages of a new account sent by `deliverer`, their Sent copies pending:
+    (account id, outbox ids)."""
+    account_id = make_account(ctx, tenant.tenant_id, mailbox)
     ids = [
-        queue(ctx, tenant_a.tenant_id, account_id, [recipient.email], subject=f"copy {i}")
+        queue(ctx, tenant.tenant_id, account_id, [recipient.email], subject=f"{prefix} {i}")
         for i in range(4)
     ]
     for outbox_id in ids:
         assert deliverer.deliver(outbox_id).state == "sent"
+    return account_id, ids
+
+
+def test_sent_copies_are_filed_in_one_login_and_a_copy_filed_before_a_crash_is_not_doubled(
+    ctx, db_sessionmaker, tenant_a, mailbox, recipient, stack
+):
+    deliverer = Deliverer(ctx, RetryPolicy(max_attempts=3))
+    account_id, ids = sent_four(ctx, deliverer, tenant_a, mailbox, recipient, "copy")
     entries = [entry(db_sessionmaker, i) for i in ids]
     assert {e.sent_copy for e in entries} == {"pending"}
     # A worker died after its APPEND of the third copy and before recording it: the copy is
@@ -181,13 +188,7 @@ def test_a_batch_of_sent_copies_is_bounded_in_count_and_bytes_the_wanted_one_fir
     ctx, db_sessionmaker, tenant_a, mailbox, recipient, monkeypatch
 ):
     deliverer = Deliverer(ctx, RetryPolicy(max_attempts=3))
-    account_id = make_account(ctx, tenant_a.tenant_id, mailbox)
-    ids = [
-        queue(ctx, tenant_a.tenant_id, account_id, [recipient.email], subject=f"batch {i}")
-        for i in range(4)
-    ]
-    for outbox_id in ids:
-        assert deliverer.deliver(outbox_id).state == "sent"
+    account_id, ids = sent_four(ctx, deliverer, tenant_a, mailbox, recipient, "batch")
     with db_sessionmaker() as session:
         size = max(len(session.get(OutboxEntry, i).mime) for i in ids)
 
