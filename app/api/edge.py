@@ -3,7 +3,7 @@ of work (opened on first use, closed when the request ends), and responses from 
 
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, g, jsonify
+from flask import Flask, Response, current_app, g
 from pydantic import BaseModel
 
 from app.context import ServiceContext, Unit
@@ -43,9 +43,10 @@ def unit() -> Unit:
 
 
 def respond(body: BaseModel, status: int = 200, *, location: str | None = None) -> Response:
-    """`body` as the JSON response (field names as the schema publishes them)."""
-    response = jsonify(body.model_dump(mode="json", by_alias=True))
-    response.status_code = status
+    """`body` as the JSON response (field names as the schema publishes them), serialised by
+    pydantic's own encoder: a page of 50 summaries through a dict and the json module cost
+    more than reading them from the database."""
+    response = Response(body.model_dump_json(by_alias=True), status, mimetype="application/json")
     if location is not None:
         response.headers["Location"] = location
     return response

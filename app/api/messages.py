@@ -10,6 +10,7 @@ from flask import Blueprint, Response
 from app.api.edge import respond, unit
 from app.api.openapi import operation
 from app.api.validation import parse_body, parse_query
+from app.errors import ValidationFailed
 from app.schemas.messages import (
     ChangeOut,
     FlagsIn,
@@ -35,9 +36,12 @@ TAGS = ("messages",)
     errors=(404, 422),
 )
 def list_messages(account_id: int) -> Response:
-    accounts.get_account(unit(), account_id)  # 404 before the parameters' checks
-    params = parse_query(MessageListParams)
-    page = page_request(params, DATE_ID)
+    try:
+        params = parse_query(MessageListParams)
+        page = page_request(params, DATE_ID)
+    except ValidationFailed:
+        accounts.get_account(unit(), account_id)  # 404 before the parameters' checks
+        raise
     rows = messages.list_messages(unit(), account_id, params.folder, page.after, page.limit + 1)
     items, cursor = paginate(
         rows, page.limit, key=lambda c: (c.message.date, c.message.id), codec=DATE_ID

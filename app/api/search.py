@@ -8,7 +8,7 @@ from app.api.edge import respond, unit
 from app.api.openapi import operation
 from app.api.validation import parse_query
 from app.schemas.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from app.schemas.search import SearchHit, SearchPage, SearchParams
+from app.schemas.search import SearchPage, SearchParams
 from app.services.search import search as search_mail
 
 bp = Blueprint("search", __name__, url_prefix="/api/sync")
@@ -32,5 +32,4 @@ def search() -> Response:
         limit=min(params.limit or DEFAULT_LIMIT, MAX_LIMIT),
         cursor=params.cursor,
     )
-    hits = [SearchHit.of(hit) for hit in result.hits]
-    return respond(SearchPage(items=hits, next_cursor=result.next_cursor))
+    return respond(SearchPage.of(result.hits, result.next_cursor))

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.common import Page
-from app.schemas.messages import MessageSummary, summary_model
+from app.schemas.messages import MessageSummary, summary_fields
 from app.services.search import Hit
 from app.services.search.cursors import CURSOR_PATTERN
 from app.services.search.grammar import QUERY_SCHEMA
@@ -59,10 +59,9 @@ class SearchHit(MessageSummary):
         description="Plain text, HTML-escaped, with the matched words in <mark>...</mark>."
     )
 
-    @classmethod
-    def of(cls, hit: Hit) -> SearchHit:
-        return cls(**summary_model(hit.message, hit.folder).model_dump(), snippet=hit.snippet)
-
 
 class SearchPage(Page[SearchHit]):
-    pass
+    @classmethod
+    def of(cls, hits: list[Hit], next_cursor: str | None) -> SearchPage:
+        items = [{**summary_fields(h.message, h.folder), "snippet": h.snippet} for h in hits]
+        return cls.model_validate({"items": items, "next_cursor": next_cursor})

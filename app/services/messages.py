@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
-from sqlalchemy import ColumnElement, Table, and_, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Row, Table, and_, literal, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 
 from app.context import DEPENDENCY_ERRORS, ServiceContext, Unit
 from app.errors import Conflict, NotFound, ValidationFailed
@@ -62,11 +62,15 @@ SUMMARY_COLUMNS = (
 )
 
 
+# What a summary is made from: a message, or a row of its SUMMARY_COLUMNS.
+Summarized = Message | Row[Unpack[tuple[Any, ...]]]
+
+
 @dataclass(frozen=True)
 class Copy:
     """A message (one copy in one folder) and the folder's name."""
 
-    message: Message
+    message: Summarized
     folder: str
 
 
@@ -126,22 +130,23 @@ def list_messages(
 
     The order is ix_messages_folder_date's (date DESC, id DESC), so a page is an index range
     scan; every synced message has a date (the Date header, else the server's internal date).
-    Only the summary's columns are loaded: no bodies for a list.
+    Only the summary's columns are read, as rows (no bodies and no ORM objects for a list).
+    Two statements: the folder (tenant-bound, so another tenant's account has none), then the
+    page; the account is looked up only to tell a missing account from a missing folder.
     """
-    account = get_account(unit, account_id)
-    folder = find_folder(unit.session, account.id, folder_name)
+    folder = find_folder(unit.session, account_id, folder_name)
     if folder is None:
+        get_account(unit, account_id)
         raise NotFound(f"Account {account_id} has no folder {folder_name!r}.")
     query = (
-        select(Message)
-        .options(load_only(*SUMMARY_COLUMNS))
+        select(*SUMMARY_COLUMNS)
         .where(Message.folder_id == folder.id, Message.uidvalidity == folder.uidvalidity)
         .order_by(Message.date.desc(), Message.id.desc())
         .limit(limit)
     )
     if after is not None:
         query = query.where(date_keyset(*after))
-    return [Copy(message, folder.name) for message in unit.session.scalars(query)]
+    return [Copy(row, folder.name) for row in unit.session.execute(query)]
 
 
 def date_keyset(date: datetime | None, message_id: int) -> ColumnElement[bool]:
