@@ -9,7 +9,6 @@ received is answered and its response flushed, at most GRACE_SECONDS, then exits
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
@@ -20,6 +19,8 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ThreadedTaskDispatcher
+
+from app.context import freeze_startup_objects
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -45,11 +46,7 @@ def serve(
     removes them by default, which made every client behind nginx one address, 127.0.0.1,
     sharing one per-address login limit. Without trusted proxies they are still removed.
     """
-    # The app, its modules and their caches live as long as the process: moved out of the
-    # collector's sight, so a full collection (which walks every tracked object, holding the
-    # GIL) no longer stalls every request thread for tens of milliseconds (BENCHMARKS.md, B3).
-    gc.collect()
-    gc.freeze()
+    freeze_startup_objects()  # no full collection stalls every request thread
     # A host with several addresses ("localhost" on Debian: 127.0.0.1 and ::1) gets a listening
     # server per address, and create_server() then returns none of them; every listener and
     # every connection is in this map. (fd -> dispatcher; types-waitress says socket.)

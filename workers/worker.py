@@ -52,7 +52,7 @@ from rq.job import Job, JobStatus
 from rq.scheduler import RQScheduler
 from rq.worker import DequeueStrategy, WorkerStatus
 
-from app.context import DEPENDENCY_ERRORS, REDIS_ERRORS
+from app.context import DEPENDENCY_ERRORS, REDIS_ERRORS, freeze_startup_objects
 from app.jobs import CATALOGUE, QUEUES, JobSpec, QueueName, TenantSlots
 from app.logs import request_id_var
 from app.services import indexing, messages, outbox, usage
@@ -598,6 +598,8 @@ def run_worker(queue_names: tuple[str, ...] = (), burst: bool = False) -> bool:
             sweep(ctx)
         except Exception:
             log.exception("%s at start failed", what)
+    # Send jobs run in this process: no full collection stalls them for long.
+    freeze_startup_objects()
     # with_scheduler: RQ's own scheduler moves jobs whose retry interval has passed back
     # into their queue; without it a Retry(interval=...) job would never run again.
     try:
